@@ -1,0 +1,3 @@
+from lazyfs.cli import main
+
+main()
