@@ -2,30 +2,134 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
 from lazyfs import __version__
-from lazyfs.errors import LazyfsError
+from lazyfs.errors import IntegrityError, LazyfsError, UsageError
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DEFAULT_CACHE_SIZE = "50G"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def fail(exc: LazyfsError) -> None:
-    click.echo(f"lazyfs: error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+def reports_errors(command: F) -> F:
+    """Turn the project's errors into one line on stderr and the error's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LazyfsError as exc:
+            click.echo(f"lazyfs: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("lazyfs: interrupted", err=True)
+            sys.exit(130)
+
+    return cast(F, wrapper)
+
+
+def configure_logging(level: str, log_file: Path | None) -> None:
+    handler: logging.Handler
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # httpx logs every request at INFO; that is noise beside our own per-block messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _size(text: str) -> int:
+    from lazyfs.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lazyfs")
 def main() -> None:
-    """Mount a remote model repository read-only; every block is verified before it is read."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Mount a remote model repository read-only; every block is verified before it is read.
+
+    \b
+    Publish:  lazyfs manifest build ./model && lazyfs serve ./model --port 8000
+    Mount:    lazyfs mount http://127.0.0.1:8000 /mnt/models/model
+    Unmount:  lazyfs unmount /mnt/models/model
+    """
+
+
+@main.group()
+def manifest() -> None:
+    """Build or check the block manifest of a published directory."""
+
+
+@manifest.command("build")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--block-size",
+    default="4M",
+    show_default=True,
+    help="Block size, a power of two from 64K to 64M.",
+)
+@reports_errors
+def manifest_build(directory: Path, block_size: str) -> None:
+    """Hash every file under DIRECTORY and write DIRECTORY/lazyfs-manifest.json.
+
+    \b
+    Example:
+      lazyfs manifest build ./my-model --block-size 4M
+    """
+    from lazyfs.manifest import MANIFEST_NAME, check_block_size, manifest_digest
+    from lazyfs.publish import build_manifest, write_atomically
+    from lazyfs.sizes import format_size
+
+    size = _size(block_size)
+    check_block_size(size)
+    started = time.monotonic()
+    built = build_manifest(directory, size)
+    raw = built.to_json()
+    write_atomically(directory / MANIFEST_NAME, raw)
+    elapsed = max(time.monotonic() - started, 1e-9)
+    blocks = sum(len(entry.blocks) for entry in built.files)
+    click.echo(
+        f"wrote {directory / MANIFEST_NAME}: {len(built.files)} files, "
+        f"{format_size(built.total_size)}, {blocks} blocks of {format_size(size)}, "
+        f"hashed in {elapsed:.1f}s ({format_size(int(built.total_size / elapsed))}/s)"
+    )
+    click.echo(f"manifest sha256: {manifest_digest(raw)}")
+
+
+@manifest.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path))
+@reports_errors
+def manifest_verify(directory: Path) -> None:
+    """Check every file under DIRECTORY against its manifest.
+
+    \b
+    Example:
+      lazyfs manifest verify ./my-model
+    """
+    from lazyfs.publish import load_local_manifest, verify_directory
+
+    loaded = load_local_manifest(directory)
+    problems = verify_directory(directory, loaded)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise IntegrityError(f"{len(problems)} problem(s) in {directory}")
+    click.echo(f"ok: {len(loaded.files)} files match the manifest")
 
 
 @main.command()
@@ -33,6 +137,7 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0: any free port).")
 @click.option("--access-log", type=click.Path(path_type=Path), help="Append one line per request.")
+@reports_errors
 def serve(directory: Path, host: str, port: int, access_log: Path | None) -> None:
     """Serve a published DIRECTORY over HTTP (GET, HEAD, byte ranges).
 
@@ -42,7 +147,122 @@ def serve(directory: Path, host: str, port: int, access_log: Path | None) -> Non
     """
     from lazyfs.server import run_server
 
-    try:
-        run_server(directory, host, port, access_log)
-    except LazyfsError as exc:
-        fail(exc)
+    run_server(directory, host, port, access_log)
+
+
+def _default_cache_dir() -> Path:
+    from lazyfs.cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _log_name(mountpoint: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(mountpoint.resolve()).strip("/"))
+    return f"mount-{slug or 'root'}.log"
+
+
+@main.command()
+@click.argument("url")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Block cache (default: $XDG_CACHE_HOME/lazyfs, else ~/.cache/lazyfs).",
+)
+@click.option(
+    "--cache-size",
+    default=DEFAULT_CACHE_SIZE,
+    show_default=True,
+    help="Cache bound; least recently used blocks are evicted beyond it.",
+)
+@click.option("--manifest-sha256", help="Refuse to mount unless the manifest has this sha256.")
+@click.option("--allow-other", is_flag=True, help="Let users other than the mounter read it.")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground, logging to stderr.")
+@click.option("--log-file", type=click.Path(path_type=Path), help="Log here instead.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option("--ready-fd", type=int, hidden=True)
+@reports_errors
+def mount(
+    url: str,
+    mountpoint: Path,
+    cache_dir: Path | None,
+    cache_size: str,
+    manifest_sha256: str | None,
+    allow_other: bool,
+    foreground: bool,
+    log_file: Path | None,
+    log_level: str,
+    ready_fd: int | None,
+) -> None:
+    """Mount the repository published at URL on MOUNTPOINT, read-only and lazily.
+
+    Returns once the mount is live (exit 0) or has failed (one line saying why).
+
+    \b
+    Example:
+      lazyfs mount http://127.0.0.1:8000 /mnt/models/demo --cache-size 20G
+    """
+    from lazyfs.mount import MountConfig, run_foreground, start_background
+
+    if not re.match(r"https?://", url):
+        raise UsageError(f"URL must start with http:// or https://: {url}")
+    if manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256):
+        raise UsageError("--manifest-sha256 must be 64 lowercase hex digits")
+    config = MountConfig(
+        url=url,
+        mountpoint=mountpoint.absolute(),
+        cache_dir=(cache_dir or _default_cache_dir()).absolute(),
+        cache_size=_size(cache_size),
+        manifest_sha256=manifest_sha256,
+        allow_other=allow_other,
+    )
+    if foreground:
+        configure_logging(log_level, log_file)
+        run_foreground(config, ready_fd)
+        return
+    log_path = (log_file or config.cache_dir / "logs" / _log_name(mountpoint)).absolute()
+    extra = ["--log-level", log_level]
+    if manifest_sha256:
+        extra += ["--manifest-sha256", manifest_sha256]
+    if allow_other:
+        extra.append("--allow-other")
+    start_background(config, log_path, extra)
+    click.echo(f"mounted {url} at {mountpoint} (log: {log_path})")
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@reports_errors
+def unmount(mountpoint: Path) -> None:
+    """Unmount MOUNTPOINT and stop its daemon; also cleans up a mount whose daemon died.
+
+    \b
+    Example:
+      lazyfs unmount /mnt/models/demo
+    """
+    from lazyfs.mount import unmount as unmount_path
+
+    unmount_path(mountpoint.absolute())
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--size", default="256M", show_default=True, help="Size of the weights file.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@reports_errors
+def sample(directory: Path, size: str, seed: int) -> None:
+    """Write a sample model repository (safetensors weights, config, tokenizer) to DIRECTORY.
+
+    \b
+    Example:
+      lazyfs sample ./demo-model --size 256M && lazyfs manifest build ./demo-model
+    """
+    from lazyfs.sample import write_sample_repository
+
+    written = write_sample_repository(directory, _size(size), seed)
+    click.echo(f"wrote {len(written)} files to {directory}")

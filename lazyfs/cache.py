@@ -1,0 +1,140 @@
+"""The local cache: verified blocks keyed by digest (diskcache), and manifests for offline mounts.
+
+Layout of a cache directory (created 0700):
+
+    blocks/      diskcache store; key = block sha256 hex, value = the block, stored as a file
+    manifests/   the last manifest seen per source URL, so a mount works offline
+    logs/        logs of background mounts
+
+All methods here block; callers on the event loop run them in ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+
+from lazyfs.errors import CacheError, UsageError
+from lazyfs.publish import write_atomically
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lazyfs"
+
+
+def prepare_cache_dir(path: Path) -> Path:
+    """Create the cache directory 0700 (it holds private model bytes); refuse a non-directory."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise UsageError(f"cache dir {path} is not a directory")
+        os.chmod(path, 0o700)
+        for sub in ("blocks", "manifests", "logs"):
+            (path / sub).mkdir(mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"cache dir {path} is not a directory") from None
+    except OSError as exc:
+        raise UsageError(f"cannot use cache dir {path}: {exc.strerror}") from None
+    return path
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    blocks: int
+    volume: int
+    limit: int
+
+
+class BlockStore:
+    """Verified blocks on disk, least recently used evicted beyond ``size_limit`` bytes."""
+
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self.size_limit = size_limit
+        try:
+            self._cache = diskcache.Cache(
+                str(directory),
+                size_limit=size_limit,
+                eviction_policy="least-recently-used",
+                # Culling a few entries per insert keeps the store near its limit without
+                # long pauses; blocks are large, so ten is plenty.
+                cull_limit=10,
+                statistics=False,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot open block cache in {directory}: {exc}") from None
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def read_slice(self, digest: str, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` of the block with ``digest``, or None if it is not cached."""
+        try:
+            handle = self._cache.get(digest, default=None, read=True, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"block cache read failed: {exc}") from None
+        if handle is None:
+            return None
+        with handle:
+            # pread of just the slice: serving 128 KiB must not cost reading 4 MiB.
+            data = os.pread(handle.fileno(), end - start, start)
+        if len(data) != end - start:
+            # A truncated block file: treat as missing so it is fetched again.
+            self.discard(digest)
+            return None
+        return data
+
+    def put(self, digest: str, block: bytes) -> None:
+        try:
+            # A file-like value is written in large chunks; bytes would be written line by line.
+            self._cache.set(digest, io.BytesIO(block), read=True, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot store block in cache: {exc}") from None
+
+    def contains(self, digest: str) -> bool:
+        return digest in self._cache
+
+    def discard(self, digest: str) -> None:
+        try:
+            self._cache.delete(digest, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot delete cached block: {exc}") from None
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(len(self._cache), self._cache.volume(), self.size_limit)
+
+
+def _manifest_cache_path(cache_dir: Path, source: str) -> Path:
+    key = hashlib.sha256(source.encode()).hexdigest()[:32]
+    return cache_dir / "manifests" / f"{key}.json"
+
+
+def load_cached_manifest(cache_dir: Path, source: str) -> tuple[bytes, float] | None:
+    """The manifest last seen for ``source`` and when it was stored, if any."""
+    path = _manifest_cache_path(cache_dir, source)
+    try:
+        return path.read_bytes(), path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CacheError(f"cannot read cached manifest {path}: {exc.strerror}") from None
+
+
+def store_manifest(cache_dir: Path, source: str, raw: bytes) -> float:
+    """Keep ``raw`` as the manifest of ``source``; rewritten only when it changed, so the
+    file's mtime (shown as the mount's timestamps) is stable across remounts."""
+    cached = load_cached_manifest(cache_dir, source)
+    if cached is not None and cached[0] == raw:
+        return cached[1]
+    path = _manifest_cache_path(cache_dir, source)
+    try:
+        write_atomically(path, raw, mode=0o600)
+        return path.stat().st_mtime
+    except OSError as exc:
+        raise CacheError(f"cannot store manifest in {path.parent}: {exc.strerror}") from None

@@ -1,0 +1,210 @@
+"""The FUSE operations: a read-only view of a manifest. The only module that raises FUSEError.
+
+pyfuse3 ends its main loop on any other exception, so every handler maps the project's errors
+to an errno here and lets nothing else escape but bugs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from lazyfs.errors import LazyfsError
+from lazyfs.reader import BlockReader
+from lazyfs.tree import Node, Tree
+
+log = logging.getLogger(__name__)
+
+# Content under a mount never changes (a new manifest is a new mount), so the kernel may keep
+# names, attributes and pages for as long as it likes.
+CACHE_TIMEOUT = 24 * 3600.0
+STATFS_BLOCK = 4096
+
+
+@contextmanager
+def errors_as_errno(what: str) -> Iterator[None]:
+    """Any lazyfs error (origin, integrity, cache) fails the request with EIO, logged."""
+    try:
+        yield
+    except LazyfsError as exc:
+        log.error("%s failed: %s", what, exc)
+        raise FUSEError(errno.EIO) from exc
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    """Every operation that would change the tree answers EROFS."""
+
+    async def setattr(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def mkdir(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def unlink(self, *args: Any) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def rmdir(self, *args: Any) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def rename(self, *args: Any) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise FUSEError(errno.EROFS)
+
+    async def write(self, *args: Any) -> int:
+        raise FUSEError(errno.EROFS)
+
+    async def create(self, *args: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise FUSEError(errno.EROFS)
+
+    async def setxattr(self, *args: Any) -> None:
+        raise FUSEError(errno.EROFS)
+
+    async def removexattr(self, *args: Any) -> None:
+        raise FUSEError(errno.EROFS)
+
+
+class LazyFS(ReadOnlyOperations):
+    def __init__(self, tree: Tree, reader: BlockReader, mtime: float) -> None:
+        super().__init__()
+        self.tree = tree
+        self.reader = reader
+        self._mtime_ns = int(mtime * 1e9)
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        # A file handle is the file's inode: opening keeps no per-handle state.
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.nodes.get(inode)
+        if node is None:
+            raise FUSEError(errno.ENOENT)
+        return node
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attributes = pyfuse3.EntryAttributes()
+        attributes.st_ino = pyfuse3.InodeT(node.inode)
+        if node.entry is None:
+            attributes.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
+            attributes.st_nlink = 2 + self.tree.subdirectory_count(node)
+            attributes.st_size = 0
+        else:
+            permissions = 0o555 if node.entry.executable else 0o444
+            attributes.st_mode = pyfuse3.ModeT(stat.S_IFREG | permissions)
+            attributes.st_nlink = 1
+            attributes.st_size = node.entry.size
+        attributes.st_blksize = self.reader.block_size
+        attributes.st_blocks = (attributes.st_size + 511) // 512
+        attributes.st_uid = self._uid
+        attributes.st_gid = self._gid
+        attributes.st_atime_ns = attributes.st_mtime_ns = self._mtime_ns
+        attributes.st_ctime_ns = self._mtime_ns
+        attributes.attr_timeout = CACHE_TIMEOUT
+        attributes.entry_timeout = CACHE_TIMEOUT
+        return attributes
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        try:
+            decoded = name.decode()
+        except UnicodeDecodeError:
+            raise FUSEError(errno.ENOENT) from None
+        node = self.tree.lookup(parent_inode, decoded)
+        if node is None:
+            raise FUSEError(errno.ENOENT)
+        return self._attributes(node)
+
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._attributes(self._node(inode))
+
+    async def access(
+        self, inode: pyfuse3.InodeT, mode: pyfuse3.ModeT, ctx: pyfuse3.RequestContext
+    ) -> bool:
+        self._node(inode)
+        return not mode & os.W_OK
+
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        if not self._node(inode).is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        return pyfuse3.FileHandleT(inode)
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        node = self._node(fh)
+        # start_id is the position of the next child, so a large listing resumes where the
+        # kernel's buffer filled up.
+        children = list(node.children.items())
+        for position in range(start_id, len(children)):
+            name, inode = children[position]
+            attributes = self._attributes(self.tree.nodes[inode])
+            if not pyfuse3.readdir_reply(token, name.encode(), attributes, position + 1):
+                break
+
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.is_dir:
+            raise FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise FUSEError(errno.EROFS)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        entry = self._node(fh).entry
+        if entry is None:
+            raise FUSEError(errno.EISDIR)
+        with errors_as_errno(f"read of {entry.path} at {off}+{size}"):
+            return await self.reader.read(entry, off, size)
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        return None
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        self._node(inode)
+        raise FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> list[bytes]:
+        self._node(inode)
+        return []
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = self.reader.block_size
+        data.f_frsize = STATFS_BLOCK
+        data.f_blocks = -(-self.tree.total_size // STATFS_BLOCK)
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.tree.nodes)
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data

@@ -1,0 +1,352 @@
+"""Mount lifecycle: checks, the manifest, the FUSE main loop, readiness and unmount.
+
+``lazyfs mount`` without ``--foreground`` starts the same command with ``--foreground`` as a
+daemon and waits on a pipe until the daemon says the mount is live or why it failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from lazyfs.cache import BlockStore, load_cached_manifest, prepare_cache_dir, store_manifest
+from lazyfs.errors import (
+    LazyfsError,
+    ManifestError,
+    MountError,
+    OriginHTTPError,
+    SourceError,
+)
+from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
+from lazyfs.fs import LazyFS
+from lazyfs.manifest import MANIFEST_NAME, Manifest, manifest_digest, parse_manifest
+from lazyfs.reader import BlockReader
+from lazyfs.tree import Tree
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 180.0
+UNMOUNT_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    url: str
+    mountpoint: Path
+    cache_dir: Path
+    cache_size: int
+    manifest_sha256: str | None = None
+    allow_other: bool = False
+
+
+def runtime_dir() -> Path:
+    """Where live mounts leave their pid files, so ``lazyfs unmount`` can find the daemon."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
+    path = Path(base) / f"lazyfs-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def pid_file(mountpoint: Path) -> Path:
+    key = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:24]
+    return runtime_dir() / f"{key}.pid"
+
+
+def _is_mounted(path: Path) -> bool:
+    target = os.fsencode(path.resolve())
+    with open("/proc/self/mountinfo", "rb") as mounts:
+        for line in mounts:
+            mount_point = line.split(b" ")[4].replace(b"\\040", b" ")
+            if mount_point == target:
+                return True
+    return False
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse, with one line, every mount point the kernel would refuse or we would regret."""
+    try:
+        mountpoint.stat()
+    except FileNotFoundError:
+        raise MountError(f"mount point {mountpoint} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountError(
+                f"mount point {mountpoint} is a dead mount (transport endpoint is not "
+                f"connected); run: lazyfs unmount {mountpoint}"
+            ) from None
+        raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not mountpoint.is_dir():
+        raise MountError(f"mount point {mountpoint} is not a directory")
+    if _is_mounted(mountpoint):
+        raise MountError(f"mount point {mountpoint} is already mounted")
+    if any(os.scandir(mountpoint)):
+        raise MountError(f"mount point {mountpoint} is not empty")
+    check_fuse_device()
+
+
+def check_fuse_device() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("no /dev/fuse: load the fuse module or pass --device /dev/fuse")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is not readable and writable by this user")
+
+
+async def open_manifest(origin: HttpOrigin, config: MountConfig) -> tuple[Manifest, float]:
+    """The manifest from the origin, or, when the origin is unreachable, the cached copy."""
+    url = origin.url_for(MANIFEST_NAME)
+    try:
+        raw = await origin.get(MANIFEST_NAME)
+    except OriginHTTPError as exc:
+        if exc.status in (404, 410):
+            raise ManifestError(
+                f"no manifest at {url} (HTTP {exc.status}); publish one with: "
+                "lazyfs manifest build DIR"
+            ) from None
+        raw = _cached_manifest_or_raise(config, exc)
+    except SourceError as exc:
+        raw = _cached_manifest_or_raise(config, exc)
+    else:
+        _check_pin(raw, config.manifest_sha256)
+        manifest = parse_manifest(raw)
+        return manifest, store_manifest(config.cache_dir, config.url, raw)
+    _check_pin(raw, config.manifest_sha256)
+    cached = load_cached_manifest(config.cache_dir, config.url)
+    assert cached is not None
+    return parse_manifest(raw), cached[1]
+
+
+def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
+    cached = load_cached_manifest(config.cache_dir, config.url)
+    if cached is None:
+        raise SourceError(f"cannot fetch the manifest: {cause}") from None
+    log.warning("origin unavailable (%s); mounting from the cached manifest", cause)
+    return cached[0]
+
+
+def _check_pin(raw: bytes, pin: str | None) -> None:
+    if pin is not None and manifest_digest(raw) != pin:
+        raise MountError(
+            f"manifest sha256 {manifest_digest(raw)} does not match --manifest-sha256 {pin}"
+        )
+
+
+async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Mount, serve until unmounted or signalled, and always unmount on the way out."""
+    policy = RetryPolicy()
+    async with make_client(policy) as client:
+        origin = HttpOrigin(config.url, client, policy)
+        manifest, mtime = await open_manifest(origin, config)
+        store = BlockStore(config.cache_dir / "blocks", config.cache_size)
+        try:
+            reader = BlockReader(origin, store, manifest.block_size)
+            operations = LazyFS(Tree(manifest), reader, mtime)
+            await _run_fuse(operations, config, on_ready, manifest)
+        finally:
+            store.close()
+
+
+async def _run_fuse(
+    operations: LazyFS, config: MountConfig, on_ready: Callable[[], None], manifest: Manifest
+) -> None:
+    options = {"ro", "default_permissions", "subtype=lazyfs", f"fsname={_fsname(config.url)}"}
+    if config.allow_other:
+        options.add("allow_other")
+    # Resolved before mounting: once mounted, a stat of the mount point from this thread
+    # would wait for an answer only this thread can give.
+    pid_path = pid_file(config.mountpoint)
+    try:
+        pyfuse3.init(operations, str(config.mountpoint), options)
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount at {config.mountpoint}: {exc}") from None
+    try:
+        pid_path.write_text(f"{os.getpid()}\n")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_fuse_main, nursery.cancel_scope)
+            nursery.start_soon(_terminate_on_signal)
+            log.info(
+                "mounted %s at %s: %d files, %d bytes, %d-byte blocks",
+                config.url,
+                config.mountpoint,
+                len(manifest.files),
+                manifest.total_size,
+                manifest.block_size,
+            )
+            on_ready()
+    finally:
+        pyfuse3.close(unmount=True)
+        pid_path.unlink(missing_ok=True)
+        log.info("unmounted %s", config.mountpoint)
+
+
+async def _fuse_main(scope: trio.CancelScope) -> None:
+    await pyfuse3.main()
+    # The loop ends when the kernel unmounts us (umount, fusermount -u) or on terminate().
+    scope.cancel()
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s; unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _fsname(url: str) -> str:
+    # Mount options are comma-separated; a URL with a comma cannot be shown as the source.
+    return url if "," not in url and len(url) < 1024 else "lazyfs"
+
+
+def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
+    """Run the mount in this process until it is unmounted; report readiness on ``ready_fd``."""
+
+    def report(line: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, f"{line}\n".encode())
+                os.close(ready_fd)
+            except OSError:
+                pass  # the waiting parent is gone; nobody to tell
+            ready_fd = None
+
+    try:
+        check_mountpoint(config.mountpoint)
+        prepare_cache_dir(config.cache_dir)
+        trio.run(serve_mount, config, lambda: report("ready"))
+    except LazyfsError as exc:
+        report(f"error {exc.exit_code} {exc}")
+        raise
+
+
+def start_background(config: MountConfig, log_file: Path, extra_args: list[str]) -> None:
+    """Start the mount daemon and return once the mount is live; raise if it failed."""
+    check_mountpoint(config.mountpoint)
+    prepare_cache_dir(config.cache_dir)
+    read_end, write_end = os.pipe()
+    command = [
+        sys.executable,
+        "-m",
+        "lazyfs",
+        "mount",
+        config.url,
+        str(config.mountpoint),
+        "--foreground",
+        "--cache-dir",
+        str(config.cache_dir),
+        "--cache-size",
+        str(config.cache_size),
+        "--log-file",
+        str(log_file),
+        "--ready-fd",
+        str(write_end),
+        *extra_args,
+    ]
+    with open(log_file, "ab") as log_handle:
+        daemon = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=log_handle,
+            pass_fds=(write_end,),
+            start_new_session=True,
+        )
+    os.close(write_end)
+    try:
+        message = _read_status(read_end, daemon)
+    finally:
+        os.close(read_end)
+    if message == "ready":
+        return
+    if message.startswith("error "):
+        _, code, text = message.split(" ", 2)
+        daemon.wait(timeout=30)
+        error = MountError(text)
+        error.exit_code = int(code)
+        raise error
+    daemon.kill()
+    daemon.wait()
+    raise MountError(f"{message}; see {log_file}")
+
+
+def _read_status(read_end: int, daemon: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT
+    received = b""
+    while b"\n" not in received:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return f"the mount daemon did not become ready in {READY_TIMEOUT:.0f}s"
+        readable, _, _ = select.select([read_end], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            code = daemon.wait(timeout=30)
+            return f"the mount daemon exited with status {code} before the mount was ready"
+        received += chunk
+    return received.split(b"\n", 1)[0].decode(errors="replace")
+
+
+def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
+    """Stop the daemon serving ``mountpoint`` (it unmounts on the way out) and wait for it;
+    a mount whose daemon died is detached with fusermount."""
+    daemon_pid = _live_daemon(mountpoint)
+    if daemon_pid is not None:
+        os.kill(daemon_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(daemon_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(daemon_pid):
+            raise MountError(f"the daemon for {mountpoint} (pid {daemon_pid}) did not stop")
+    if not _is_mounted(mountpoint):
+        if daemon_pid is None:
+            raise MountError(f"{mountpoint} is not mounted")
+        return
+    result = subprocess.run(
+        ["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+        raise MountError(f"cannot unmount {mountpoint}: {reason}")
+
+
+def _live_daemon(mountpoint: Path) -> int | None:
+    path = pid_file(mountpoint)
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not _pid_alive(pid) or b"lazyfs" not in _cmdline(pid):
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except FileNotFoundError:
+        return b""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            # A zombie has exited; only its parent has yet to collect it.
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
