@@ -35,8 +35,8 @@ def block_extent(index: int, size: int, block_size: int) -> tuple[int, int]:
 
 def clamp_read(offset: int, length: int, size: int) -> tuple[int, int]:
     """The part of a read of ``length`` bytes at ``offset`` that lies inside the file."""
-    if offset < 0 or length < 0:
-        raise ValueError("offset and length must be >= 0")
+    if offset < 0 or length < 0 or size < 0:
+        raise ValueError("offset, length and size must be >= 0")
     start = min(offset, size)
     return start, min(size, offset + length) - start
 
@@ -46,6 +46,8 @@ def read_plan(offset: int, length: int, size: int, block_size: int) -> list[Bloc
 
     Reads past the end of the file are cut short (the kernel takes a short read as EOF).
     """
+    if block_size <= 0:
+        raise ValueError("block_size must be > 0")
     start, count = clamp_read(offset, length, size)
     end = start + count
     plan = []

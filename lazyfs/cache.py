@@ -62,9 +62,9 @@ class BlockStore:
                 str(directory),
                 size_limit=size_limit,
                 eviction_policy="least-recently-used",
-                # Culling a few entries per insert keeps the store near its limit without
-                # long pauses; blocks are large, so ten is plenty.
-                cull_limit=10,
+                # No culling inside set(): it drops a fixed number of entries at once, which
+                # empties a small cache. put() culls to exactly the limit instead.
+                cull_limit=0,
                 statistics=False,
             )
         except (OSError, sqlite3.Error) as exc:
@@ -90,12 +90,38 @@ class BlockStore:
             return None
         return data
 
+    def read_block(self, digest: str) -> bytes | None:
+        """The whole stored block with ``digest``, or None if it is not cached. Unverified:
+        the caller checks it, since anything may have written into the cache directory."""
+        try:
+            handle = self._cache.get(digest, default=None, read=True, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"block cache read failed: {exc}") from None
+        if handle is None:
+            return None
+        with handle:
+            data: bytes = handle.read()
+        return data
+
     def put(self, digest: str, block: bytes) -> None:
         try:
             # A file-like value is written in large chunks; bytes would be written line by line.
             self._cache.set(digest, io.BytesIO(block), read=True, retry=True)
+            self._evict_to_limit()
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot store block in cache: {exc}") from None
+
+    def _evict_to_limit(self) -> None:
+        """Drop least recently used blocks one at a time until the store fits its limit.
+
+        diskcache's own culling removes ten entries per step, which would empty a cache that
+        holds only a few blocks; its schema orders entries by ``access_time`` for this policy.
+        """
+        while self._cache.volume() > self.size_limit:
+            row = self._cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
+            if row is None:
+                return
+            self._cache.delete(row[0], retry=True)
 
     def contains(self, digest: str) -> bool:
         return digest in self._cache

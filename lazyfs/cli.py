@@ -15,6 +15,7 @@ import click
 
 from lazyfs import __version__
 from lazyfs.errors import IntegrityError, LazyfsError, UsageError
+from lazyfs.sizes import format_size, parse_size
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_CACHE_SIZE = "50G"
@@ -47,15 +48,6 @@ def configure_logging(level: str, log_file: Path | None) -> None:
     root.setLevel(level.upper())
     # httpx logs every request at INFO; that is noise beside our own per-block messages.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def _size(text: str) -> int:
-    from lazyfs.sizes import parse_size
-
-    try:
-        return parse_size(text)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,14 +85,16 @@ def manifest_build(directory: Path, block_size: str) -> None:
     """
     from lazyfs.manifest import MANIFEST_NAME, check_block_size, manifest_digest
     from lazyfs.publish import build_manifest, write_atomically
-    from lazyfs.sizes import format_size
 
-    size = _size(block_size)
+    size = parse_size(block_size)
     check_block_size(size)
     started = time.monotonic()
     built = build_manifest(directory, size)
     raw = built.to_json()
-    write_atomically(directory / MANIFEST_NAME, raw)
+    try:
+        write_atomically(directory / MANIFEST_NAME, raw)
+    except OSError as exc:
+        raise UsageError(f"cannot write {directory / MANIFEST_NAME}: {exc.strerror}") from None
     elapsed = max(time.monotonic() - started, 1e-9)
     blocks = sum(len(entry.blocks) for entry in built.files)
     click.echo(
@@ -217,7 +211,7 @@ def mount(
         url=url,
         mountpoint=mountpoint.absolute(),
         cache_dir=(cache_dir or _default_cache_dir()).absolute(),
-        cache_size=_size(cache_size),
+        cache_size=parse_size(cache_size),
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
     )
@@ -264,5 +258,5 @@ def sample(directory: Path, size: str, seed: int) -> None:
     """
     from lazyfs.sample import write_sample_repository
 
-    written = write_sample_repository(directory, _size(size), seed)
+    written = write_sample_repository(directory, parse_size(size), seed)
     click.echo(f"wrote {len(written)} files to {directory}")

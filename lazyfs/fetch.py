@@ -217,6 +217,4 @@ def make_client(policy: RetryPolicy, max_connections: int = 32) -> httpx.AsyncCl
         pool=policy.deadline,
     )
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=16)
-    return httpx.AsyncClient(
-        timeout=timeout, limits=limits, follow_redirects=True, max_redirects=5
-    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True, max_redirects=5)

@@ -174,6 +174,7 @@ class LazyFS(ReadOnlyOperations):
         entry = self._node(fh).entry
         if entry is None:
             raise FUSEError(errno.EISDIR)
+        log.debug("read %s offset %d size %d", entry.path, off, size)
         with errors_as_errno(f"read of {entry.path} at {off}+{size}"):
             return await self.reader.read(entry, off, size)
 
@@ -192,9 +193,7 @@ class LazyFS(ReadOnlyOperations):
         self._node(inode)
         raise FUSEError(pyfuse3.ENOATTR)
 
-    async def listxattr(
-        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
-    ) -> list[bytes]:
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
         self._node(inode)
         return []
 

@@ -108,15 +108,23 @@ def check_path(path: str) -> None:
             raise ManifestError(f"file path {shown} has a name longer than {MAX_NAME_BYTES} bytes")
 
 
+def _show(value: object, limit: int = 80) -> str:
+    """A value as short one-line JSON, for a message (any parsed value, however deep)."""
+    try:
+        return json.dumps(value)[:limit]
+    except (RecursionError, ValueError):
+        return f"a deeply nested {type(value).__name__}"
+
+
 def _check_digest(value: object, what: str) -> str:
     if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
-        raise ManifestError(f"{what} is not 64 lowercase hex digits: {json.dumps(value)[:80]}")
+        raise ManifestError(f"{what} is not 64 lowercase hex digits: {_show(value)}")
     return value
 
 
 def _require_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ManifestError(f"{what} is not an integer: {json.dumps(value)[:80]}")
+        raise ManifestError(f"{what} is not an integer: {_show(value)}")
     return value
 
 
@@ -128,7 +136,8 @@ def _parse_entry(raw: object, position: int, block_size: int) -> FileEntry:
         raise ManifestError(f"files[{position}] lacks {', '.join(missing)}")
     unknown = sorted(raw.keys() - _FILE_KEYS)
     if unknown:
-        raise ManifestError(f"files[{position}] has unknown field {', '.join(unknown)}")
+        shown = ", ".join(map(_show, unknown))
+        raise ManifestError(f"files[{position}] has unknown field {shown}")
     path = raw["path"]
     if not isinstance(path, str):
         raise ManifestError(f"files[{position}].path is not a string")
@@ -194,6 +203,8 @@ def parse_manifest(raw: bytes) -> Manifest:
         ) from None
     except RecursionError:
         raise ManifestError("manifest is nested too deeply") from None
+    except ValueError:  # an integer beyond int's string-conversion limit (4300 digits)
+        raise ManifestError("manifest has a number with too many digits") from None
     return manifest_from_document(document)
 
 
@@ -203,19 +214,19 @@ def manifest_from_document(document: object) -> Manifest:
     if document.get("format") != FORMAT_NAME:
         raise ManifestError(f'manifest "format" is not "{FORMAT_NAME}"')
     version = document.get("version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ManifestError(
-            f"unknown manifest version {json.dumps(version)} (this lazyfs reads {FORMAT_VERSION})"
+            f"unknown manifest version {_show(version)} (this lazyfs reads {FORMAT_VERSION})"
         )
     missing = sorted(_TOP_KEYS - document.keys())
     if missing:
         raise ManifestError(f"manifest lacks {', '.join(missing)}")
     unknown = sorted(document.keys() - _TOP_KEYS)
     if unknown:
-        raise ManifestError(f"manifest has unknown field {', '.join(unknown)}")
+        raise ManifestError(f"manifest has unknown field {', '.join(map(_show, unknown))}")
     if document["hash"] != HASH_ALGORITHM:
         raise ManifestError(
-            f"unsupported hash algorithm {json.dumps(document['hash'])[:40]} (expected sha256)"
+            f"unsupported hash algorithm {_show(document['hash'], 40)} (expected sha256)"
         )
     block_size = _require_int(document["block_size"], "block_size")
     check_block_size(block_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from lazyfs.errors import UsageError
 
@@ -16,7 +17,8 @@ def parse_size(text: str) -> int:
     if not match:
         raise UsageError(f"not a size: {text!r} (examples: 4096, 512K, 30M, 10G)")
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
+    # Decimal, not float: exact to 28 digits, and no OverflowError on a long digit string.
+    return int(Decimal(number) * _UNITS[unit.lower()])
 
 
 def format_size(size: int) -> str:

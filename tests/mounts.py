@@ -1,0 +1,126 @@
+"""Real mounts for tests: the `lazyfs` CLI in a subprocess, always unmounted afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lazyfs.manifest import MANIFEST_NAME, parse_manifest
+
+LAZYFS = [sys.executable, "-m", "lazyfs"]
+
+
+def lazyfs(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI; never raises on a non-zero exit (tests look at it)."""
+    return subprocess.run(
+        [*LAZYFS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.fsencode(os.path.abspath(path))
+    with open("/proc/self/mountinfo", "rb") as mounts:
+        return any(line.split(b" ")[4] == target for line in mounts)
+
+
+def force_unmount(path: Path) -> None:
+    """The last resort: a lazy unmount, whatever state the daemon is in."""
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def publish(root: Path, block_size: str = "64K") -> bytes:
+    """Build the manifest of ``root`` with the real CLI; returns the manifest's bytes."""
+    result = lazyfs("manifest", "build", root, "--block-size", block_size)
+    assert result.returncode == 0, result.stderr
+    raw = (root / MANIFEST_NAME).read_bytes()
+    parse_manifest(raw)
+    return raw
+
+
+@dataclass
+class Mounter:
+    """Mounts with the real CLI into fresh directories; ``cleanup`` unmounts every one."""
+
+    base: Path
+    mounted: list[Path] = field(default_factory=list)
+    counter: int = 0
+
+    def new_mountpoint(self) -> Path:
+        self.counter += 1
+        path = self.base / f"mnt{self.counter}"
+        path.mkdir()
+        return path
+
+    def cache_dir(self, name: str = "cache") -> Path:
+        return self.base / name
+
+    def mount(
+        self,
+        url: str,
+        *extra: str,
+        mountpoint: Path | None = None,
+        cache_dir: Path | None = None,
+        expect_ok: bool = True,
+    ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        target = mountpoint or self.new_mountpoint()
+        cache = cache_dir or self.cache_dir()
+        result = lazyfs("mount", url, target, "--cache-dir", cache, *extra)
+        if result.returncode == 0:
+            self.mounted.append(target)
+        if expect_ok:
+            assert result.returncode == 0, f"mount failed: {result.stderr}"
+            assert is_mounted(target)
+        return target, result
+
+    def unmount(self, mountpoint: Path) -> None:
+        result = lazyfs("unmount", mountpoint, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mountpoint)
+        self.mounted.remove(mountpoint)
+
+    def log_text(self, cache_dir: Path | None = None) -> str:
+        logs = sorted((cache_dir or self.cache_dir()).glob("logs/*.log"))
+        return "\n".join(path.read_text(errors="replace") for path in logs)
+
+    def cleanup(self) -> None:
+        for path in list(self.mounted):
+            if is_mounted(path):
+                lazyfs("unmount", path, timeout=60)
+            force_unmount(path)
+        self.mounted.clear()
+
+
+@pytest.fixture
+def mounter(tmp_path: Path) -> Iterator[Mounter]:
+    helper = Mounter(tmp_path / "mounts")
+    helper.base.mkdir()
+    try:
+        yield helper
+    finally:
+        helper.cleanup()
+        for path in helper.base.glob("mnt*"):
+            force_unmount(path)
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,148 @@
+"""Every way a mount can fail says why in one line and exits non-zero; nothing stays mounted."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lazyfs.manifest import MANIFEST_NAME, manifest_digest
+from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish
+from tests.origins import Origin
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lazyfs: error: "), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def published(origin: Origin) -> Origin:
+    (origin.root / "a.txt").write_text("a\n")
+    publish(origin.root)
+    return origin
+
+
+def test_unreachable_url(mounter: Mounter) -> None:
+    target, result = mounter.mount(f"http://127.0.0.1:{free_port()}", expect_ok=False)
+    assert_one_line_error(result, "cannot fetch the manifest")
+    assert not is_mounted(target)
+
+
+def test_no_manifest(origin: Origin, mounter: Mounter) -> None:
+    (origin.root / "a.txt").write_text("a\n")
+    target, result = mounter.mount(origin.url, expect_ok=False)
+    assert_one_line_error(result, "no manifest at", "404")
+    assert not is_mounted(target)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"format": "lazyfs-manifest", "version": 99}', "unknown manifest version 99"),
+        (
+            b'{"format": "lazyfs-manifest", "version": 1, "block_size": 65536, "hash": "sha256",'
+            b' "files": [{"path": "../escape", "size": 0, "executable": false,'
+            b' "sha256": "' + b"0" * 64 + b'", "blocks": []}]}',
+            "contains '..'",
+        ),
+    ],
+)
+def test_invalid_manifest(
+    published: Origin, mounter: Mounter, content: bytes, fragment: str
+) -> None:
+    (published.root / MANIFEST_NAME).write_bytes(content)
+    target, result = mounter.mount(published.url, expect_ok=False)
+    assert_one_line_error(result, fragment)
+    assert not is_mounted(target)
+
+
+def test_pin_mismatch_and_match(published: Origin, mounter: Mounter) -> None:
+    raw = (published.root / MANIFEST_NAME).read_bytes()
+    target, result = mounter.mount(published.url, "--manifest-sha256", "0" * 64, expect_ok=False)
+    assert_one_line_error(result, "does not match --manifest-sha256")
+    assert not is_mounted(target)
+    target, result = mounter.mount(
+        published.url, "--manifest-sha256", manifest_digest(raw), mountpoint=target
+    )
+    assert (target / "a.txt").read_text() == "a\n"
+
+
+def test_bad_mount_points(published: Origin, mounter: Mounter, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    _, result = mounter.mount(published.url, mountpoint=missing, expect_ok=False)
+    assert_one_line_error(result, "does not exist")
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    _, result = mounter.mount(published.url, mountpoint=a_file, expect_ok=False)
+    assert_one_line_error(result, "is not a directory")
+
+    not_empty = tmp_path / "not-empty"
+    not_empty.mkdir()
+    (not_empty / "x").write_text("x")
+    _, result = mounter.mount(published.url, mountpoint=not_empty, expect_ok=False)
+    assert_one_line_error(result, "is not empty")
+
+    target, _ = mounter.mount(published.url)
+    _, result = mounter.mount(published.url, mountpoint=target, expect_ok=False)
+    assert_one_line_error(result, "already mounted")
+    assert (target / "a.txt").read_text() == "a\n"
+
+
+def test_no_fuse_device(published: Origin, tmp_path: Path) -> None:
+    """In a private mount namespace whose /dev has no fuse node."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed for this test")
+    target = tmp_path / "mnt"
+    target.mkdir()
+    command = " ".join(
+        [
+            "mount -t tmpfs tmpfs /dev &&",
+            *LAZYFS,
+            "mount",
+            published.url,
+            str(target),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_one_line_error(result, "/dev/fuse")
+    assert not is_mounted(target)
+
+
+def test_bad_arguments() -> None:
+    result = lazyfs("mount", "ftp://example", "/tmp")
+    assert_one_line_error(result, "http://")
+    result = lazyfs("mount", "http://127.0.0.1:1", "/tmp", "--manifest-sha256", "xyz")
+    assert_one_line_error(result, "--manifest-sha256")
+    result = lazyfs("mount", "http://127.0.0.1:1", "/tmp", "--cache-size", "lots")
+    assert result.returncode == 2
+    assert "not a size" in result.stderr
+
+
+def test_unmount_of_something_not_mounted(tmp_path: Path) -> None:
+    assert_one_line_error(lazyfs("unmount", tmp_path), "is not mounted")
