@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 180.0
 UNMOUNT_TIMEOUT = 20.0
+TERMINATE_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ async def _run_fuse(
         pid_path.write_text(f"{os.getpid()}\n")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
-            nursery.start_soon(_terminate_on_signal)
+            nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             log.info(
                 "mounted %s at %s: %d files, %d bytes, %d-byte blocks",
                 config.url,
@@ -197,11 +198,15 @@ async def _fuse_main(scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _terminate_on_signal() -> None:
+async def _terminate_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s; unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
+            # Reads still waiting on the origin get a moment to finish; then they are
+            # cancelled, and the kernel fails them when the mount goes away.
+            await trio.sleep(TERMINATE_GRACE)
+            scope.cancel()
             return
 
 

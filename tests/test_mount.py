@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import random
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -296,3 +297,34 @@ def test_mmap_numpy_and_safetensors_on_the_mount(origin: Origin, mounter: Mounte
         assert list(actual.keys()) == list(expected.keys())
         for name in expected.keys():  # noqa: SIM118 (safe_open is not a mapping)
             assert np.array_equal(actual.get_tensor(name), expected.get_tensor(name)), name
+
+
+def test_unmount_with_a_read_in_flight(origin: Origin, mounter: Mounter) -> None:
+    """A read stuck on an origin that accepts but never answers ends with an error when the
+    mount is unmounted; unmount itself returns and leaves no daemon behind."""
+    files = make_tree(origin.root)
+    publish(origin.root)
+    mountpoint, _ = mounter.mount(origin.url)
+    origin.stop()
+    black_hole = socket.create_server(("127.0.0.1", origin.port))
+    outcome: list[BaseException | bytes] = []
+
+    def reader() -> None:
+        try:
+            outcome.append((mountpoint / "odd.bin").read_bytes())
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    try:
+        thread.start()
+        thread.join(1.0)
+        assert thread.is_alive(), "the read should be waiting on the silent origin"
+        mounter.unmount(mountpoint)
+        thread.join(30)
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome
+        assert outcome[0].errno in (errno.EIO, errno.ENOTCONN, errno.ECONNABORTED)
+        assert files["odd.bin"]  # never served
+    finally:
+        black_hole.close()
