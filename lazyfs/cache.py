@@ -12,13 +12,13 @@ All methods here block; callers on the event loop run them in ``trio.to_thread``
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import diskcache
+from typing_extensions import Buffer
 
 from lazyfs.errors import CacheError, UsageError
 from lazyfs.publish import write_atomically
@@ -43,6 +43,21 @@ def prepare_cache_dir(path: Path) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot use cache dir {path}: {exc.strerror}") from None
     return path
+
+
+class _BufferReader:
+    """A file-like view of a block for diskcache, which then writes it in large chunks (given
+    bytes it would write line by line); unlike BytesIO it does not copy the block first."""
+
+    def __init__(self, block: Buffer) -> None:
+        self._view = memoryview(block)
+        self._position = 0
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size < 0 else self._position + size
+        chunk = self._view[self._position : end]
+        self._position += len(chunk)
+        return chunk
 
 
 @dataclass(frozen=True)
@@ -103,10 +118,10 @@ class BlockStore:
             data: bytes = handle.read()
         return data
 
-    def put(self, digest: str, block: bytes) -> None:
+    def put(self, digest: str, block: Buffer) -> None:
         try:
             # A file-like value is written in large chunks; bytes would be written line by line.
-            self._cache.set(digest, io.BytesIO(block), read=True, retry=True)
+            self._cache.set(digest, _BufferReader(block), read=True, retry=True)
             self._evict_to_limit()
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot store block in cache: {exc}") from None

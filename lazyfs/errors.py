@@ -42,9 +42,10 @@ class OriginUnreachable(SourceError):
 
 
 class OriginHTTPError(SourceError):
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class OriginProtocolError(SourceError):

@@ -1,4 +1,5 @@
-"""Range GETs from an HTTP origin: explicit timeouts, classified and bounded retries.
+"""An HTTP origin: the manifest through httpx, block bodies through rangeget's threads;
+explicit timeouts, classified and bounded retries.
 
 Everything httpx raises is mapped here to the project's SourceError tree; callers never see
 an httpx exception.
@@ -8,17 +9,15 @@ from __future__ import annotations
 
 import logging
 import random
-import re
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
 import trio
+from typing_extensions import Buffer
 
 from lazyfs.errors import (
     OriginHTTPError,
@@ -26,13 +25,15 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
+from lazyfs.rangeget import ConnectionPool, Timeouts, get_range, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# Block GETs in flight at once: on two cores, three keep the wire and both hashers busy.
+DEFAULT_FETCH_THREADS = 3
 
 
 @dataclass(frozen=True)
@@ -60,26 +61,6 @@ def is_retryable(exc: SourceError) -> bool:
     return isinstance(exc, OriginUnreachable | OriginProtocolError)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-class _RetryLater(SourceError):
-    def __init__(self, cause: SourceError, retry_after: float | None) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.retry_after = retry_after
-
-
 async def with_retries(
     policy: RetryPolicy, what: str, attempt_once: Callable[[], Awaitable[T]]
 ) -> T:
@@ -87,15 +68,13 @@ async def with_retries(
     last: SourceError | None = None
     with trio.move_on_after(policy.deadline) as scope:
         for attempt in range(1, policy.attempts + 1):
-            retry_after = None
             try:
                 return await attempt_once()
-            except _RetryLater as exc:
-                last, retry_after = exc.cause, exc.retry_after
             except SourceError as exc:
                 last = exc
             if not is_retryable(last) or attempt == policy.attempts:
                 raise last
+            retry_after = last.retry_after if isinstance(last, OriginHTTPError) else None
             pause = policy.delay(attempt, retry_after)
             level = logging.INFO if attempt == 1 else logging.WARNING
             log.log(level, "%s: %s; retry %d in %.2fs", what, last, attempt, pause)
@@ -113,11 +92,22 @@ class HttpOrigin:
     """A published tree at ``base_url``: files are fetched from ``base_url/PATH``."""
 
     def __init__(
-        self, base_url: str, client: httpx.AsyncClient, policy: RetryPolicy | None = None
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        policy: RetryPolicy | None = None,
+        fetch_threads: int = DEFAULT_FETCH_THREADS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.policy = policy or RetryPolicy()
+        self.pool = ConnectionPool(
+            Timeouts(self.policy.connect_timeout, self.policy.read_timeout, self.policy.deadline)
+        )
+        self.fetch_threads = trio.CapacityLimiter(fetch_threads)
+
+    def close(self) -> None:
+        self.pool.close()
 
     def url_for(self, path: str) -> str:
         return join_url(self.base_url, path)
@@ -133,22 +123,27 @@ class HttpOrigin:
 
         return await with_retries(self.policy, f"GET {url}", self._mapped(url, attempt))
 
-    async def fetch_range(self, path: str, start: int, length: int) -> bytes:
-        """Exactly ``length`` bytes of ``path`` from ``start``, in one range GET per attempt."""
+    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+        """Exactly ``length`` bytes of ``path`` from ``start`` and their sha256: one range GET
+        per attempt, in a worker thread (see rangeget)."""
         url = self.url_for(path)
 
-        async def attempt() -> bytes:
-            headers = {"Range": f"bytes={start}-{start + length - 1}"}
-            async with self._request("GET", url, headers) as response:
-                self._check_status(response, url, {200, 206})
-                if response.status_code == 206:
-                    _check_content_range(response, url, start, length)
-                    return await _read_exactly(response, url, length, skip=0)
-                # The origin ignored Range: take our bytes out of the stream and stop.
-                return await _read_exactly(response, url, length, skip=start)
+        async def attempt() -> tuple[Buffer, str]:
+            body = await trio.to_thread.run_sync(
+                get_range,
+                self.pool,
+                url,
+                start,
+                length,
+                # A cancelled read must not wait for the socket: the thread ends on its own
+                # within the pool's timeouts.
+                abandon_on_cancel=True,
+                limiter=self.fetch_threads,
+            )
+            return body.data, body.sha256
 
         what = f"GET {url} bytes {start}-{start + length - 1}"
-        return await with_retries(self.policy, what, self._mapped(url, attempt))
+        return await with_retries(self.policy, what, attempt)
 
     def _request(
         self, method: str, url: str, headers: dict[str, str] | None
@@ -162,8 +157,11 @@ class HttpOrigin:
     def _check_status(response: httpx.Response, url: str, wanted: set[int]) -> None:
         if response.status_code in wanted:
             return
-        error = OriginHTTPError(f"{url}: HTTP {response.status_code}", response.status_code)
-        raise _RetryLater(error, _retry_after(response))
+        raise OriginHTTPError(
+            f"{url}: HTTP {response.status_code}",
+            response.status_code,
+            parse_retry_after(response.headers.get("retry-after")),
+        )
 
     @staticmethod
     def _mapped(url: str, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
@@ -179,34 +177,6 @@ class HttpOrigin:
                 raise OriginProtocolError(f"{url}: {exc}") from exc
 
         return run
-
-
-def _check_content_range(response: httpx.Response, url: str, start: int, length: int) -> None:
-    header = response.headers.get("content-range", "")
-    match = _CONTENT_RANGE.fullmatch(header.strip())
-    if not match or int(match[1]) != start or int(match[2]) != start + length - 1:
-        raise OriginProtocolError(
-            f"{url}: asked for bytes {start}-{start + length - 1}, got Content-Range {header!r}"
-        )
-
-
-async def _read_exactly(response: httpx.Response, url: str, length: int, skip: int) -> bytes:
-    """Read ``length`` bytes after skipping ``skip``; a body that ends early is an error."""
-    buffer = bytearray()
-    async for chunk in response.aiter_raw():
-        if skip:
-            if len(chunk) <= skip:
-                skip -= len(chunk)
-                continue
-            chunk, skip = chunk[skip:], 0
-        buffer += chunk
-        if len(buffer) >= length:
-            break
-    if len(buffer) < length:
-        raise OriginProtocolError(f"{url}: body ended after {len(buffer)} of {length} bytes")
-    if response.status_code == 206 and len(buffer) > length:
-        raise OriginProtocolError(f"{url}: body longer than the {length} bytes asked for")
-    return bytes(buffer[:length])
 
 
 def make_client(policy: RetryPolicy, max_connections: int = 32) -> httpx.AsyncClient:

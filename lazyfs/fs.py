@@ -15,9 +15,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
+from typing_extensions import Buffer
 
 from lazyfs.errors import LazyfsError
+from lazyfs.readahead import ReadPattern
 from lazyfs.reader import BlockReader
 from lazyfs.tree import Node, Tree
 
@@ -87,7 +90,14 @@ class LazyFS(ReadOnlyOperations):
         self._mtime_ns = int(mtime * 1e9)
         self._uid = os.getuid()
         self._gid = os.getgid()
-        # A file handle is the file's inode: opening keeps no per-handle state.
+        # Per open file: its inode and its read history (for read-ahead).
+        self._handles: dict[int, tuple[int, ReadPattern]] = {}
+        self._next_handle = 1
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        # Called by pyfuse3 while it handles the kernel's FUSE_INIT, before its reply.
+        self.initialized.set()
 
     def _node(self, inode: int) -> Node:
         node = self.tree.nodes.get(inode)
@@ -168,18 +178,28 @@ class LazyFS(ReadOnlyOperations):
             raise FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise FUSEError(errno.EROFS)
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+        handle = self._next_handle
+        self._next_handle += 1
+        self._handles[handle] = (inode, ReadPattern())
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle), keep_cache=True)
 
-    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        entry = self._node(fh).entry
+    # pyfuse3 takes any buffer (it reads it through the buffer protocol), not only bytes.
+    async def read(  # type: ignore[override]
+        self, fh: pyfuse3.FileHandleT, off: int, size: int
+    ) -> Buffer:
+        opened = self._handles.get(fh)
+        if opened is None:
+            raise FUSEError(errno.EBADF)
+        inode, pattern = opened
+        entry = self._node(inode).entry
         if entry is None:
             raise FUSEError(errno.EISDIR)
         log.debug("read %s offset %d size %d", entry.path, off, size)
         with errors_as_errno(f"read of {entry.path} at {off}+{size}"):
-            return await self.reader.read(entry, off, size)
+            return await self.reader.read(entry, off, size, pattern)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
+        self._handles.pop(fh, None)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         return None

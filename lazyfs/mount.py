@@ -6,6 +6,8 @@ daemon and waits on a pipe until the daemon says the mount is live or why it fai
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import logging
@@ -33,7 +35,7 @@ from lazyfs.errors import (
 from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
 from lazyfs.fs import LazyFS
 from lazyfs.manifest import MANIFEST_NAME, Manifest, manifest_digest, parse_manifest
-from lazyfs.reader import BlockReader
+from lazyfs.reader import open_block_reader
 from lazyfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 180.0
 UNMOUNT_TIMEOUT = 20.0
 TERMINATE_GRACE = 2.0
+KERNEL_READAHEAD_KB = 1024
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 @dataclass(frozen=True)
@@ -149,14 +153,17 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
     policy = RetryPolicy()
     async with make_client(policy) as client:
         origin = HttpOrigin(config.url, client, policy)
-        manifest, mtime = await open_manifest(origin, config)
-        store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         try:
-            reader = BlockReader(origin, store, manifest.block_size)
-            operations = LazyFS(Tree(manifest), reader, mtime)
-            await _run_fuse(operations, config, on_ready, manifest)
+            manifest, mtime = await open_manifest(origin, config)
+            store = BlockStore(config.cache_dir / "blocks", config.cache_size)
+            try:
+                async with open_block_reader(origin, store, manifest.block_size) as reader:
+                    operations = LazyFS(Tree(manifest), reader, mtime)
+                    await _run_fuse(operations, config, on_ready, manifest)
+            finally:
+                store.close()
         finally:
-            store.close()
+            origin.close()
 
 
 async def _run_fuse(
@@ -176,6 +183,7 @@ async def _run_fuse(
         pid_path.write_text(f"{os.getpid()}\n")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
+            nursery.start_soon(_raise_kernel_readahead, operations, config.mountpoint)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             log.info(
                 "mounted %s at %s: %d files, %d bytes, %d-byte blocks",
@@ -190,6 +198,26 @@ async def _run_fuse(
         pyfuse3.close(unmount=True)
         pid_path.unlink(missing_ok=True)
         log.info("unmounted %s", config.mountpoint)
+
+
+async def _raise_kernel_readahead(operations: LazyFS, mountpoint: Path) -> None:
+    """Ask the kernel for reads of up to 1 MiB instead of 128 KiB: a quarter of the requests
+    for the same bytes. Only after the FUSE handshake, which sets the readahead to the lower
+    of the current value and the one the kernel offered at mount. The device is found
+    through mountinfo: a stat of our own mount point from this thread would wait for an
+    answer only this thread can give."""
+    await operations.initialized.wait()
+    await trio.sleep(0.01)  # the handshake's reply reaches the kernel once the loop yields
+    target = os.fsencode(mountpoint)
+    with open("/proc/self/mountinfo", "rb") as mounts:
+        devices = [line.split(b" ")[2] for line in mounts if line.split(b" ")[4] == target]
+    if not devices:
+        return
+    setting = Path(f"/sys/class/bdi/{devices[-1].decode()}/read_ahead_kb")
+    try:
+        setting.write_text(f"{KERNEL_READAHEAD_KB}\n")
+    except OSError as exc:
+        log.info("kernel readahead left at its default (%s: %s)", setting, exc.strerror)
 
 
 async def _fuse_main(scope: trio.CancelScope) -> None:
@@ -231,10 +259,23 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
     try:
         check_mountpoint(config.mountpoint)
         prepare_cache_dir(config.cache_dir)
+        _return_large_buffers_to_the_system()
         trio.run(serve_mount, config, lambda: report("ready"))
     except LazyfsError as exc:
         report(f"error {exc.exit_code} {exc}")
         raise
+
+
+def _return_large_buffers_to_the_system() -> None:
+    """Blocks are megabytes, allocated and freed by several threads. glibc raises its mmap
+    threshold after the first such free and then serves them from per-thread heaps, which
+    fragment and never shrink; a fixed threshold keeps each block its own mapping, returned
+    to the system when freed, so the daemon's memory follows what it holds."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+    except (OSError, AttributeError):
+        log.debug("mallopt is not available; memory use may run higher")
 
 
 def start_background(config: MountConfig, log_file: Path, extra_args: list[str]) -> None:

@@ -78,6 +78,10 @@ class FakeSource:
     def url_for(self, path: str) -> str:
         return f"http://origin.test/repo/{path}"
 
+    async def fetch_block(self, path: str, start: int, length: int) -> tuple[bytes, str]:
+        data = await self.fetch_range(path, start, length)
+        return data, hashlib.sha256(data).hexdigest()
+
     async def fetch_range(self, path: str, start: int, length: int) -> bytes:
         assert start % self.block_size == 0 and 0 < length <= self.block_size
         key = (path, start // self.block_size)
@@ -247,7 +251,7 @@ def test_second_read_of_a_block_is_a_cache_hit(
 def test_memory_is_bounded_and_evicted_blocks_come_from_the_store(
     source: FakeSource, store: BlockStore
 ) -> None:
-    reader = BlockReader(source, store, BS, memory_bytes=2 * BS)
+    reader = BlockReader(source, store, BS, memory_bytes=2 * BS, readahead_bytes=0)
     for index in range(4):
         assert read(reader, index * BS, BS) == DATA[index * BS : (index + 1) * BS]
         assert reader._recent.size <= 2 * BS

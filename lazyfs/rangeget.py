@@ -1,0 +1,316 @@
+"""The block body path: one range GET, read straight into a preallocated buffer and hashed as
+it arrives, on a blocking keep-alive connection in a worker thread.
+
+httpx reads bodies 64 KiB at a time through a pure-Python parser on the event loop, which
+caps a block download far below what the wire and hashlib can do. Here the stdlib's
+http.client reads into one buffer (``readinto``, a C loop over ``recv_into``) and hashlib
+updates per chunk while the bytes are still in the CPU cache; both release the GIL, so two
+worker threads keep both cores busy. Everything raised is the project's SourceError tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import re
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
+
+from lazyfs.errors import OriginHTTPError, OriginProtocolError, OriginUnreachable, SourceError
+
+MAX_REDIRECTS = 5
+CHUNK = 1024 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 20.0
+    # A body that trickles in under the read timeout must still end some time.
+    request: float = 60.0
+
+
+@dataclass
+class RangeBody:
+    data: bytearray
+    sha256: str
+    url: str
+
+
+class _Connection(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int | None, timeouts: Timeouts) -> None:
+        super().__init__(host, port, timeout=timeouts.connect)
+        self._read_timeout = timeouts.read
+
+    def connect(self) -> None:
+        super().connect()
+        assert self.sock is not None
+        self.sock.settimeout(self._read_timeout)
+        # Large receive buffers let the kernel keep the wire busy between our reads.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int | None, timeouts: Timeouts) -> None:
+        super().__init__(host, port, timeout=timeouts.connect)
+        self._read_timeout = timeouts.read
+
+    def connect(self) -> None:
+        super().connect()
+        assert self.sock is not None
+        self.sock.settimeout(self._read_timeout)
+
+
+Key = tuple[str, str, int | None]
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (scheme, host, port), shared by worker threads."""
+
+    def __init__(self, timeouts: Timeouts | None = None, max_idle_per_host: int = 8) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self.max_idle_per_host = max_idle_per_host
+        self._idle: defaultdict[Key, list[http.client.HTTPConnection]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def acquire(self, key: Key, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection for ``key`` and whether it was reused (and so may have gone stale)."""
+        with self._lock:
+            if self._idle[key] and not fresh:
+                return self._idle[key].pop(), True
+        scheme, host, port = key
+        kind = _TLSConnection if scheme == "https" else _Connection
+        return kind(host, port, self.timeouts), False
+
+    def release(self, key: Key, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle[key]) < self.max_idle_per_host:
+                self._idle[key].append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for connections in self._idle.values():
+                for connection in connections:
+                    connection.close()
+            self._idle.clear()
+
+
+class _Watchdog:
+    """Shuts the current connection's socket at the request deadline: per-read timeouts
+    alone let a server that drips a byte at a time hold a fetch (and its thread) forever."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._connection: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._connection = connection
+        if self.fired:
+            self._fire()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sock = self._connection.sock if self._connection is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def get_range(
+    pool: ConnectionPool,
+    url: str,
+    start: int,
+    length: int,
+    headers: dict[str, str] | None = None,
+) -> RangeBody:
+    """Exactly ``length`` bytes of ``url`` from ``start`` and their sha256 (blocking)."""
+    limit = pool.timeouts.request
+    with _Watchdog(limit) as watchdog:
+        try:
+            return _get_range(pool, url, start, length, headers, watchdog)
+        except SourceError:
+            if watchdog.fired:
+                raise OriginUnreachable(f"{url}: no complete answer within {limit:g}s") from None
+            raise
+
+
+def _get_range(
+    pool: ConnectionPool,
+    url: str,
+    start: int,
+    length: int,
+    headers: dict[str, str] | None,
+    watchdog: _Watchdog,
+) -> RangeBody:
+    original_host = urlsplit(url).netloc
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise OriginProtocolError(f"{url}: unsupported URL scheme")
+        key: Key = (parts.scheme, parts.hostname or "", parts.port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request_headers = {
+            "Range": f"bytes={start}-{start + length - 1}",
+            "Accept-Encoding": "identity",
+            "User-Agent": "lazyfs",
+        }
+        # Credentials go only to the host they were given for, never across a redirect.
+        if parts.netloc == original_host and headers:
+            request_headers.update(headers)
+        connection, response = _send(pool, key, target, request_headers, url, watchdog)
+        try:
+            if response.status in _REDIRECTS and response.getheader("location"):
+                url = urljoin(url, response.getheader("location", ""))
+                _discard(pool, key, connection, response)
+                continue
+            body = _read_body(response, url, start, length)
+        except BaseException:
+            connection.close()
+            raise
+        # http.client closes a response once its whole body is read: only then may the
+        # connection carry another request.
+        if response.status == 206 and response.isclosed():
+            pool.release(key, connection)
+        else:
+            connection.close()
+        return body
+    raise OriginProtocolError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _send(
+    pool: ConnectionPool,
+    key: Key,
+    target: str,
+    headers: dict[str, str],
+    url: str,
+    watchdog: _Watchdog,
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    # A reused connection may have been closed by the server while idle; that costs one
+    # silent retry on a fresh connection, not an attempt.
+    for retry in range(2):
+        connection, reused = pool.acquire(key, fresh=retry > 0)
+        watchdog.watch(connection)
+        try:
+            if connection.sock is None:
+                connection.connect()
+                watchdog.watch(connection)
+            connection.request("GET", target, headers=headers)
+            return connection, connection.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            connection.close()
+            if not reused:
+                raise OriginUnreachable(f"{url}: {exc or type(exc).__name__}") from None
+        except TimeoutError:
+            connection.close()
+            raise OriginUnreachable(f"{url}: timed out") from None
+        except OSError as exc:
+            connection.close()
+            raise OriginUnreachable(f"{url}: {exc.strerror or exc}") from None
+        except http.client.HTTPException as exc:
+            connection.close()
+            raise OriginProtocolError(f"{url}: {type(exc).__name__}: {exc}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _discard(
+    pool: ConnectionPool,
+    key: Key,
+    connection: http.client.HTTPConnection,
+    response: http.client.HTTPResponse,
+) -> None:
+    # A small redirect body is read so the connection can be reused; anything else, or any
+    # trouble reading it, just closes the connection: the redirect is followed either way.
+    if response.length is not None and response.length <= 64 * 1024:
+        try:
+            response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            return
+        pool.release(key, connection)
+    else:
+        connection.close()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _read_body(response: http.client.HTTPResponse, url: str, start: int, length: int) -> RangeBody:
+    if response.status not in (200, 206):
+        raise OriginHTTPError(
+            f"{url}: HTTP {response.status}",
+            response.status,
+            parse_retry_after(response.getheader("retry-after")),
+        )
+    if response.status == 206:
+        header = response.getheader("content-range") or ""
+        match = _CONTENT_RANGE.fullmatch(header.strip())
+        if not match or int(match[1]) != start or int(match[2]) != start + length - 1:
+            raise OriginProtocolError(
+                f"{url}: asked for bytes {start}-{start + length - 1}, got Content-Range {header!r}"
+            )
+    data = bytearray(length)
+    view = memoryview(data)
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        if response.status == 200:
+            # The origin ignored Range: skip to our bytes through a small scratch buffer.
+            _skip(response, url, start)
+        while received < length:
+            count = response.readinto(view[received : received + CHUNK])
+            if not count:
+                raise OriginProtocolError(f"{url}: body ended after {received} of {length} bytes")
+            digest.update(view[received : received + count])
+            received += count
+    except TimeoutError:
+        raise OriginUnreachable(f"{url}: timed out after {received} of {length} bytes") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise OriginProtocolError(
+            f"{url}: body broken after {received} of {length} bytes ({type(exc).__name__})"
+        ) from None
+    finally:
+        view.release()
+    if response.status == 206 and response.length:
+        raise OriginProtocolError(f"{url}: body longer than the {length} bytes asked for")
+    return RangeBody(data, digest.hexdigest(), url)
+
+
+def _skip(response: http.client.HTTPResponse, url: str, count: int) -> None:
+    scratch = memoryview(bytearray(min(count, CHUNK) or 1))
+    remaining = count
+    while remaining:
+        read = response.readinto(scratch[: min(remaining, len(scratch))])
+        if not read:
+            raise OriginProtocolError(f"{url}: body ended before byte {count}")
+        remaining -= read

@@ -1,0 +1,165 @@
+"""The read path under every read pattern, on real mounts: exact bytes, bounded read-ahead,
+small random reads, bounded memory. Behaviour only; scripts/bench measures speed."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lazyfs.mount import pid_file
+from tests.mounts import Mounter, publish
+from tests.origins import Origin, start_nginx_origin
+
+MIB = 1024 * 1024
+BLOCK = 4 * MIB
+# lazyfs's read-ahead bound at 4 MiB blocks (64 MiB of blocks nobody asked for yet).
+MAX_WINDOW = 16
+
+
+def fetched_blocks(origin: Origin, path: str) -> list[int]:
+    return [
+        int(r.range.split("=")[1].split("-")[0]) // BLOCK
+        for r in origin.requests()
+        if r.path == f"/{path}" and r.range
+    ]
+
+
+def random_file(root: Path, name: str, size: int, seed: int) -> bytes:
+    data = np.random.default_rng(seed).bytes(size)
+    (root / name).write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def nginx_origin(origin_root: Path, tmp_path: Path) -> Origin:
+    served = start_nginx_origin(origin_root, tmp_path / "nginx")
+    try:
+        yield served  # type: ignore[misc]
+    finally:
+        served.stop()
+
+
+def daemon_peak_rss(mountpoint: Path) -> int:
+    pid = int(pid_file(mountpoint).read_text())
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_random_reads_fetch_only_the_blocks_they_touch(
+    nginx_origin: Origin, mounter: Mounter
+) -> None:
+    data = random_file(nginx_origin.root, "weights.bin", 128 * MIB, seed=1)
+    publish(nginx_origin.root, block_size="4M")
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    nginx_origin.clear_log()
+    rng = random.Random(2)
+    touched: set[int] = set()
+    descriptor = os.open(mountpoint / "weights.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+        for _ in range(40):
+            offset = rng.randrange(len(data) - 4096)
+            assert os.pread(descriptor, 4096, offset) == data[offset : offset + 4096]
+            touched.update({offset // BLOCK, (offset + 4095) // BLOCK})
+    finally:
+        os.close(descriptor)
+    fetched = fetched_blocks(nginx_origin, "weights.bin")
+    assert sorted(fetched) == sorted(set(fetched)), "a block was fetched twice"
+    # Reads a block apart may look sequential once in a while and fetch one block ahead;
+    # never more than that.
+    assert set(fetched) >= touched
+    assert len(set(fetched) - touched) <= 2
+
+
+def test_sequential_read_ahead_is_bounded_and_fetches_each_block_once(
+    nginx_origin: Origin, mounter: Mounter
+) -> None:
+    data = random_file(nginx_origin.root, "big.bin", 256 * MIB, seed=3)
+    publish(nginx_origin.root, block_size="4M")
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    nginx_origin.clear_log()
+
+    with open(mountpoint / "big.bin", "rb") as handle:
+        assert handle.read(16 * MIB) == data[: 16 * MIB]
+    time.sleep(1.0)  # let read-ahead that was started finish, to count it
+    fetched = fetched_blocks(nginx_origin, "big.bin")
+    assert sorted(fetched) == sorted(set(fetched))
+    assert max(fetched) < 16 * MIB // BLOCK + MAX_WINDOW + 2, sorted(fetched)
+    assert len(fetched) < 64, "read-ahead ran away"
+
+    with open(mountpoint / "big.bin", "rb") as handle:
+        assert handle.read() == data
+    fetched = fetched_blocks(nginx_origin, "big.bin")
+    assert sorted(fetched) == list(range(len(data) // BLOCK)), "each block exactly once"
+
+
+def test_every_read_pattern_returns_exact_bytes(nginx_origin: Origin, mounter: Mounter) -> None:
+    size = 48 * MIB + 12345
+    data = random_file(nginx_origin.root, "mixed.bin", size, seed=4)
+    publish(nginx_origin.root, block_size="1M")
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    failures: list[str] = []
+
+    def check(name: str, offsets: list[int], length: int) -> None:
+        descriptor = os.open(mountpoint / "mixed.bin", os.O_RDONLY)
+        try:
+            for offset in offsets:
+                if os.pread(descriptor, length, offset) != data[offset : offset + length]:
+                    failures.append(f"{name} at {offset}")
+        finally:
+            os.close(descriptor)
+
+    rng = random.Random(5)
+    patterns = {
+        "sequential": (list(range(0, size, 256 * 1024)), 256 * 1024),
+        "backwards": (list(range(size - 100_000, 0, -777_777)), 100_000),
+        "strided": (list(range(0, size, 3 * MIB + 4097)), 70_000),
+        "random-small": ([rng.randrange(size) for _ in range(300)], 4096),
+        "random-large": ([rng.randrange(size) for _ in range(40)], 3 * MIB),
+        "tail": ([size - 1, size - 5000, size, size + 10], 9000),
+    }
+    threads = [
+        threading.Thread(target=check, args=(name, offsets, length))
+        for name, (offsets, length) in patterns.items()
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures[:10]
+
+
+def test_daemon_memory_stays_bounded_whatever_the_pattern(
+    nginx_origin: Origin, mounter: Mounter
+) -> None:
+    size = 1024 * MIB
+    data = random_file(nginx_origin.root, "stream.bin", size, seed=6)
+    publish(nginx_origin.root, block_size="4M")
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    path = mountpoint / "stream.bin"
+    with open(path, "rb", buffering=0) as handle:
+        position = 0
+        while chunk := handle.read(8 * MIB):
+            assert chunk == data[position : position + len(chunk)]
+            position += len(chunk)
+    rng = random.Random(7)
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(100):
+            offset = rng.randrange(size - MIB)
+            os.pread(descriptor, MIB, offset)
+    finally:
+        os.close(descriptor)
+    peak = daemon_peak_rss(mountpoint)
+    print(f"daemon peak RSS {peak / MIB:.0f} MiB")
+    assert peak < 300 * MIB
