@@ -30,18 +30,20 @@ def default_cache_dir() -> Path:
 
 
 def prepare_cache_dir(path: Path) -> Path:
-    """Create the cache directory 0700 (it holds private model bytes); refuse a non-directory."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not path.is_dir():
-            raise UsageError(f"cache dir {path} is not a directory")
-        os.chmod(path, 0o700)
-        for sub in ("blocks", "manifests", "logs"):
-            (path / sub).mkdir(mode=0o700, exist_ok=True)
-    except FileExistsError:
-        raise UsageError(f"cache dir {path} is not a directory") from None
-    except OSError as exc:
-        raise UsageError(f"cannot use cache dir {path}: {exc.strerror}") from None
+    """Create the cache directory 0700 (it holds private model bytes); refuse a non-directory.
+
+    An existing directory keeps its mode (it may be shared, like /tmp); what lazyfs creates
+    inside it is 0700.
+    """
+    for directory in (path, *(path / sub for sub in ("blocks", "manifests", "logs"))):
+        try:
+            if not directory.exists():
+                directory.mkdir(mode=0o700, parents=True)
+                os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+            if not directory.is_dir():
+                raise UsageError(f"cache dir {directory} is not a directory")
+        except OSError as exc:
+            raise UsageError(f"cannot use cache dir {directory}: {exc.strerror}") from None
     return path
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -41,7 +42,10 @@ def reports_errors(command: F) -> F:
 
 def configure_logging(level: str, log_file: Path | None) -> None:
     handler: logging.Handler
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    try:
+        handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {log_file}: {exc.strerror}") from None
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -52,7 +56,7 @@ def configure_logging(level: str, log_file: Path | None) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lazyfs")
-def main() -> None:
+def cli() -> None:
     """Mount a remote model repository read-only; every block is verified before it is read.
 
     \b
@@ -62,7 +66,7 @@ def main() -> None:
     """
 
 
-@main.group()
+@cli.group()
 def manifest() -> None:
     """Build or check the block manifest of a published directory."""
 
@@ -87,7 +91,10 @@ def manifest_build(directory: Path, block_size: str) -> None:
     from lazyfs.publish import build_manifest, write_atomically
 
     size = parse_size(block_size)
-    check_block_size(size)
+    try:
+        check_block_size(size)
+    except LazyfsError as exc:
+        raise UsageError(f"--block-size: {exc}") from None
     started = time.monotonic()
     built = build_manifest(directory, size)
     raw = built.to_json()
@@ -126,10 +133,16 @@ def manifest_verify(directory: Path) -> None:
     click.echo(f"ok: {len(loaded.files)} files match the manifest")
 
 
-@main.command()
+@cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port (0: any free port).")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: any free port).",
+)
 @click.option("--access-log", type=click.Path(path_type=Path), help="Append one line per request.")
 @reports_errors
 def serve(directory: Path, host: str, port: int, access_log: Path | None) -> None:
@@ -150,12 +163,28 @@ def _default_cache_dir() -> Path:
     return default_cache_dir()
 
 
+def normalize_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port, without a trailing slash (so that one
+    repository has one cache key however its URL was typed)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"not a valid URL: {url}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"URL must be http:// or https:// with a host: {url}")
+    if parts.query or parts.fragment:
+        raise UsageError(f"URL must not have a query or fragment: {url}")
+    del port
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+
+
 def _log_name(mountpoint: Path) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(mountpoint.resolve()).strip("/"))
     return f"mount-{slug or 'root'}.log"
 
 
-@main.command()
+@cli.command()
 @click.argument("url")
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option(
@@ -201,10 +230,10 @@ def mount(
     Example:
       lazyfs mount http://127.0.0.1:8000 /mnt/models/demo --cache-size 20G
     """
+    from lazyfs.cache import prepare_cache_dir
     from lazyfs.mount import MountConfig, run_foreground, start_background
 
-    if not re.match(r"https?://", url):
-        raise UsageError(f"URL must start with http:// or https://: {url}")
+    url = normalize_url(url)
     if manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256):
         raise UsageError("--manifest-sha256 must be 64 lowercase hex digits")
     config = MountConfig(
@@ -219,7 +248,13 @@ def mount(
         configure_logging(log_level, log_file)
         run_foreground(config, ready_fd)
         return
+    prepare_cache_dir(config.cache_dir)
     log_path = (log_file or config.cache_dir / "logs" / _log_name(mountpoint)).absolute()
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.open("a").close()
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {log_path}: {exc.strerror}") from None
     extra = ["--log-level", log_level]
     if manifest_sha256:
         extra += ["--manifest-sha256", manifest_sha256]
@@ -229,7 +264,7 @@ def mount(
     click.echo(f"mounted {url} at {mountpoint} (log: {log_path})")
 
 
-@main.command()
+@cli.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @reports_errors
 def unmount(mountpoint: Path) -> None:
@@ -244,7 +279,7 @@ def unmount(mountpoint: Path) -> None:
     unmount_path(mountpoint.absolute())
 
 
-@main.command()
+@cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--size", default="256M", show_default=True, help="Size of the weights file.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -258,5 +293,26 @@ def sample(directory: Path, size: str, seed: int) -> None:
     """
     from lazyfs.sample import write_sample_repository
 
-    written = write_sample_repository(directory, parse_size(size), seed)
+    weights = parse_size(size)
+    if not 1024 * 1024 <= weights <= 64 * 2**30:
+        raise UsageError(f"--size must be from 1M to 64G, not {size}")
+    try:
+        written = write_sample_repository(directory, weights, seed)
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename or directory}: {exc.strerror}") from None
     click.echo(f"wrote {len(written)} files to {directory}")
+
+
+def main() -> None:
+    """The console script: click's usage errors also become one line and exit 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message())
+        sys.exit(2)
+    except click.UsageError as exc:
+        click.echo(f"lazyfs: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("lazyfs: interrupted", err=True)
+        sys.exit(130)

@@ -20,6 +20,7 @@ import trio
 from typing_extensions import Buffer
 
 from lazyfs.errors import (
+    ManifestError,
     OriginHTTPError,
     OriginProtocolError,
     OriginUnreachable,
@@ -34,6 +35,8 @@ T = TypeVar("T")
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Block GETs in flight at once: on two cores, three keep the wire and both hashers busy.
 DEFAULT_FETCH_THREADS = 3
+# A manifest of a terabyte of 4 MiB blocks is about 20 MB; anything far larger is not one.
+MAX_SMALL_FILE = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,12 @@ class HttpOrigin:
         async def attempt() -> bytes:
             async with self._request("GET", url, None) as response:
                 self._check_status(response, url, {200})
-                return await response.aread()
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_SMALL_FILE:
+                        raise ManifestError(f"{url} is larger than {MAX_SMALL_FILE} bytes")
+                return bytes(body)
 
         return await with_retries(self.policy, f"GET {url}", self._mapped(url, attempt))
 

@@ -34,11 +34,20 @@ STATFS_BLOCK = 4096
 
 @contextmanager
 def errors_as_errno(what: str) -> Iterator[None]:
-    """Any lazyfs error (origin, integrity, cache) fails the request with EIO, logged."""
+    """Any lazyfs error (origin, integrity, cache) fails the request with EIO, logged.
+
+    Anything else is a bug: it is logged with its traceback and also fails only this
+    request, since letting it reach pyfuse3 would end the mount for every reader.
+    """
     try:
         yield
     except LazyfsError as exc:
         log.error("%s failed: %s", what, exc)
+        raise FUSEError(errno.EIO) from exc
+    except (trio.Cancelled, FUSEError):
+        raise
+    except Exception as exc:
+        log.exception("%s failed on an unexpected error (a lazyfs bug)", what)
         raise FUSEError(errno.EIO) from exc
 
 

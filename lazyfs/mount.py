@@ -12,6 +12,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pyfuse3
 import trio
@@ -70,14 +72,25 @@ def pid_file(mountpoint: Path) -> Path:
     return runtime_dir() / f"{key}.pid"
 
 
-def _is_mounted(path: Path) -> bool:
+def _unescape_mountinfo(field: bytes) -> bytes:
+    # The kernel writes space, tab, newline and backslash in mount points as octal escapes.
+    return re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match[1], 8)]), field)
+
+
+def _mount_type(path: Path) -> bytes | None:
+    """The filesystem type mounted at ``path`` (b"fuse.lazyfs", ...), or None."""
     target = os.fsencode(path.resolve())
+    found = None
     with open("/proc/self/mountinfo", "rb") as mounts:
         for line in mounts:
-            mount_point = line.split(b" ")[4].replace(b"\\040", b" ")
-            if mount_point == target:
-                return True
-    return False
+            fields = line.split(b" ")
+            if _unescape_mountinfo(fields[4]) == target:
+                found = fields[fields.index(b"-") + 1]
+    return found
+
+
+def _is_mounted(path: Path) -> bool:
+    return _mount_type(path) is not None
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -95,7 +108,13 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
     if not mountpoint.is_dir():
         raise MountError(f"mount point {mountpoint} is not a directory")
-    if _is_mounted(mountpoint):
+    mounted = _mount_type(mountpoint)
+    if mounted == b"fuse.lazyfs" and _live_daemon(mountpoint) is None:
+        raise MountError(
+            f"mount point {mountpoint} is a dead lazyfs mount (its daemon is gone); "
+            f"run: lazyfs unmount {mountpoint}"
+        )
+    if mounted is not None:
         raise MountError(f"mount point {mountpoint} is already mounted")
     if any(os.scandir(mountpoint)):
         raise MountError(f"mount point {mountpoint} is not empty")
@@ -104,7 +123,9 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 def check_fuse_device() -> None:
     if not os.path.exists("/dev/fuse"):
-        raise MountError("no /dev/fuse: load the fuse module or pass --device /dev/fuse")
+        raise MountError(
+            "no /dev/fuse: load the fuse module (in a container: docker run --device /dev/fuse)"
+        )
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is not readable and writable by this user")
 
@@ -239,8 +260,11 @@ async def _terminate_on_signal(scope: trio.CancelScope) -> None:
 
 
 def _fsname(url: str) -> str:
-    # Mount options are comma-separated; a URL with a comma cannot be shown as the source.
-    return url if "," not in url and len(url) < 1024 else "lazyfs"
+    """The mount's source as /proc/mounts shows it: the URL without any credentials.
+    Mount options are comma-separated, so a URL with a comma is shown as "lazyfs"."""
+    parts = urlsplit(url)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return shown if "," not in shown and len(shown) < 1024 else "lazyfs"
 
 
 def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:

@@ -40,7 +40,11 @@ def list_published_files(root: Path) -> list[str]:
         raise UsageError(f"{root} is not a directory")
     real_root = root.resolve()
     found: list[str] = []
-    for directory, subdirs, names in os.walk(root, followlinks=False):
+
+    def unreadable(error: OSError) -> None:
+        raise UsageError(f"cannot read {error.filename}: {error.strerror}")
+
+    for directory, subdirs, names in os.walk(root, onerror=unreadable, followlinks=False):
         subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRECTORIES)
         for dirname in subdirs:
             if (Path(directory) / dirname).is_symlink():

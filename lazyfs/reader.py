@@ -122,6 +122,8 @@ class BlockReader:
         floor = (self.max_window + 2) * block_size
         self._recent = RecentBlocks(max(memory_bytes, floor))
         self._pending: dict[str, _Pending] = {}
+        # Read-ahead started but not yet running, so a burst of reads starts it once.
+        self._scheduled: set[str] = set()
         self._background = background
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
 
@@ -169,9 +171,11 @@ class BlockReader:
             if index >= last:
                 break
             digest = entry.blocks[index]
-            if digest not in self._recent and digest not in self._pending:
-                self.counters.blocks_read_ahead += 1
-                self._background.start_soon(self._prefetch, entry, index)
+            if digest in self._recent or digest in self._pending or digest in self._scheduled:
+                continue
+            self._scheduled.add(digest)
+            self.counters.blocks_read_ahead += 1
+            self._background.start_soon(self._prefetch, entry, index)
 
     async def _prefetch(self, entry: FileEntry, index: int) -> None:
         try:
@@ -179,6 +183,8 @@ class BlockReader:
         except LazyfsError as exc:
             # The reader that needs this block will fetch it again and see the error.
             log.debug("read-ahead of block %d of %s failed: %s", index, entry.path, exc)
+        finally:
+            self._scheduled.discard(entry.blocks[index])
 
     async def block(self, entry: FileEntry, index: int) -> Buffer:
         """Block ``index`` of ``entry``, verified; one task loads a digest, others wait."""

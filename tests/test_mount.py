@@ -224,7 +224,7 @@ def test_cache_size_limit_holds(origin: Origin, mounter: Mounter) -> None:
     assert (mountpoint / "big.bin").read_bytes() == data
     mounter.unmount(mountpoint)
     with diskcache.Cache(str(cache / "blocks")) as store:
-        # diskcache culls after each insert, so the store ends at most one block over.
+        # lazyfs evicts after each insert, so the store ends at most one block over.
         assert store.volume() <= 1 * MIB + BLOCK
         assert len(store) < len(data) // BLOCK
     assert (cache.stat().st_mode & 0o777) == 0o700

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.manifest import MANIFEST_NAME, manifest_digest
-from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish
+from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
 from tests.origins import Origin
 
 
@@ -146,3 +148,81 @@ def test_bad_arguments() -> None:
 
 def test_unmount_of_something_not_mounted(tmp_path: Path) -> None:
     assert_one_line_error(lazyfs("unmount", tmp_path), "is not mounted")
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://[::1", "not a valid URL"),
+        ("http://", "with a host"),
+        ("http://127.0.0.1:99999", "not a valid URL"),
+        ("ftp://127.0.0.1/x", "http:// or https://"),
+        ("http://127.0.0.1/x?token=1", "query"),
+    ],
+)
+def test_bad_urls_are_refused_before_anything_starts(
+    url: str, fragment: str, tmp_path: Path
+) -> None:
+    assert_one_line_error(lazyfs("mount", url, tmp_path), fragment)
+
+
+def test_click_usage_errors_are_one_line_too() -> None:
+    assert_one_line_error(lazyfs("serve", "/tmp", "--port", "99999"), "--port")
+    assert_one_line_error(lazyfs("no-such-command"), "No such command")
+
+
+def test_unwritable_log_file(published: Origin, mounter: Mounter) -> None:
+    target, result = mounter.mount(
+        published.url, "--log-file", "/proc/no/such/dir/x.log", expect_ok=False
+    )
+    assert_one_line_error(result, "cannot write the log file")
+    assert not is_mounted(target)
+
+
+def test_an_existing_shared_cache_dir_keeps_its_mode(
+    published: Origin, mounter: Mounter, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target, _ = mounter.mount(published.url, cache_dir=shared)
+    assert (target / "a.txt").read_text() == "a\n"
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert (shared / "blocks").stat().st_mode & 0o777 == 0o700
+
+
+def test_trailing_slash_names_the_same_repository(published: Origin, mounter: Mounter) -> None:
+    target, _ = mounter.mount(published.url)
+    assert (target / "a.txt").read_text() == "a\n"
+    mounter.unmount(target)
+    published.stop()
+    target, _ = mounter.mount(published.url + "/", mountpoint=target)
+    assert (target / "a.txt").read_text() == "a\n"
+
+
+def test_a_dead_mount_is_named_and_cleaned_up(published: Origin, mounter: Mounter) -> None:
+    """After kill -9 of the daemon: a clear message, then unmount, then a new mount."""
+    from lazyfs.mount import pid_file
+
+    target, _ = mounter.mount(published.url)
+    os.kill(int(pid_file(target).read_text()), signal.SIGKILL)
+    assert wait_until(lambda: not _daemon_alive(target), 10)
+    _, result = mounter.mount(published.url, mountpoint=target, expect_ok=False)
+    assert_one_line_error(result, "dead lazyfs mount", "lazyfs unmount")
+    mounter.unmount(target)
+    target, _ = mounter.mount(published.url, mountpoint=target)
+    assert (target / "a.txt").read_text() == "a\n"
+
+
+def _daemon_alive(target: Path) -> bool:
+    from lazyfs.mount import pid_file
+
+    try:
+        pid = int(pid_file(target).read_text())
+    except FileNotFoundError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
