@@ -16,6 +16,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import diskcache
 from typing_extensions import Buffer
@@ -107,13 +108,19 @@ class BlockStore:
             return None
         return data
 
+    def open_block(self, digest: str) -> BinaryIO | None:
+        """The stored block's file, opened, or None if it is not cached. This is the part
+        that touches the index (and marks the block used); reading it is not."""
+        try:
+            handle: BinaryIO | None = self._cache.get(digest, default=None, read=True, retry=True)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"block cache read failed: {exc}") from None
+        return handle
+
     def read_block(self, digest: str) -> bytes | None:
         """The whole stored block with ``digest``, or None if it is not cached. Unverified:
         the caller checks it, since anything may have written into the cache directory."""
-        try:
-            handle = self._cache.get(digest, default=None, read=True, retry=True)
-        except (OSError, sqlite3.Error) as exc:
-            raise CacheError(f"block cache read failed: {exc}") from None
+        handle = self.open_block(digest)
         if handle is None:
             return None
         with handle:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import trio
 from typing_extensions import Buffer
@@ -37,6 +37,7 @@ DEFAULT_READAHEAD_BYTES = 64 * 1024 * 1024
 MAX_READAHEAD_BLOCKS = 64
 # Fetched blocks waiting for their disk write; past this, fetching waits for the disk.
 MAX_PENDING_STORES = 8
+STORE_DRAIN_SECONDS = 10.0
 
 
 class BlockSource(Protocol):
@@ -69,6 +70,15 @@ class _Pending:
 
 def _sha256_hex(data: Buffer) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _read_and_hash(handle: BinaryIO) -> tuple[bytes, str]:
+    try:
+        with handle:
+            block = handle.read()
+    except OSError as exc:
+        raise CacheError(f"cannot read a cached block: {exc.strerror}") from None
+    return block, _sha256_hex(block)
 
 
 class RecentBlocks:
@@ -126,6 +136,7 @@ class BlockReader:
         self._scheduled: set[str] = set()
         self._background = background
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
+        self._index_thread = trio.CapacityLimiter(1)
 
     async def read(
         self, entry: FileEntry, offset: int, length: int, pattern: ReadPattern | None = None
@@ -229,13 +240,17 @@ class BlockReader:
     async def _read_cached(self, digest: str) -> Buffer | None:
         """The stored block if it is there and still matches its digest."""
         try:
-            found = await trio.to_thread.run_sync(self._read_and_hash, digest)
+            # One thread at a time in the index: concurrent lookups (each one marks the block
+            # used, a write) would queue on SQLite's lock with sleeps in between.
+            handle = await trio.to_thread.run_sync(
+                self.store.open_block, digest, limiter=self._index_thread
+            )
+            if handle is None:
+                return None
+            block, actual = await trio.to_thread.run_sync(_read_and_hash, handle)
         except CacheError as exc:
             log.warning("%s; fetching the block instead", exc)
             return None
-        if found is None:
-            return None
-        block, actual = found
         if actual == digest:
             return block
         self.counters.cache_verification_failures += 1
@@ -245,10 +260,6 @@ class BlockReader:
         except CacheError as exc:
             log.warning("%s", exc)
         return None
-
-    def _read_and_hash(self, digest: str) -> tuple[bytes, str] | None:
-        block = self.store.read_block(digest)
-        return None if block is None else (block, _sha256_hex(block))
 
     async def _store(self, digest: str, block: Buffer) -> None:
         try:
@@ -297,4 +308,9 @@ async def open_block_reader(
         try:
             yield reader
         finally:
+            # Blocks already fetched and verified are worth keeping: let their disk writes
+            # finish (briefly, even if we are being cancelled), then stop read-ahead.
+            with trio.CancelScope(shield=True), trio.move_on_after(STORE_DRAIN_SECONDS):
+                for _ in range(MAX_PENDING_STORES):
+                    await reader._store_slots.acquire()
             nursery.cancel_scope.cancel()
