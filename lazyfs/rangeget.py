@@ -46,30 +46,6 @@ class RangeBody:
     url: str
 
 
-class _Connection(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int | None, timeouts: Timeouts) -> None:
-        super().__init__(host, port, timeout=timeouts.connect)
-        self._read_timeout = timeouts.read
-
-    def connect(self) -> None:
-        super().connect()
-        assert self.sock is not None
-        self.sock.settimeout(self._read_timeout)
-        # Large receive buffers let the kernel keep the wire busy between our reads.
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-
-
-class _TLSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int | None, timeouts: Timeouts) -> None:
-        super().__init__(host, port, timeout=timeouts.connect)
-        self._read_timeout = timeouts.read
-
-    def connect(self) -> None:
-        super().connect()
-        assert self.sock is not None
-        self.sock.settimeout(self._read_timeout)
-
-
 Key = tuple[str, str, int | None]
 
 
@@ -114,8 +90,9 @@ class ConnectionPool:
             if self._idle[key] and not fresh:
                 return self._idle[key].pop(), True
         scheme, host, port = key
-        kind = _TLSConnection if scheme == "https" else _Connection
-        return kind(host, port, self.timeouts), False
+        kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        # This timeout bounds the connect; _send sets the read timeout once connected.
+        return kind(host, port, timeout=self.timeouts.connect), False
 
     def release(self, key: Key, connection: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -242,6 +219,8 @@ def _send(
         try:
             if connection.sock is None:
                 connection.connect()
+                assert connection.sock is not None
+                connection.sock.settimeout(pool.timeouts.read)
                 watchdog.watch(connection)
             connection.request("GET", target, headers=headers)
             return connection, connection.getresponse()

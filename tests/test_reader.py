@@ -31,7 +31,8 @@ from lazyfs.errors import (
     SourceError,
 )
 from lazyfs.manifest import FileEntry
-from lazyfs.reader import BlockReader
+from lazyfs.readahead import ReadPattern
+from lazyfs.reader import BlockReader, open_block_reader
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -658,3 +659,46 @@ def test_store_evicts_least_recently_used_not_oldest(tmp_path: Path) -> None:
         assert store.contains(digest_of(2 * capacity - 1))
     finally:
         store.close()
+
+
+def test_a_read_within_one_block_is_a_view_of_the_block_not_a_copy(
+    reader: BlockReader,
+) -> None:
+    async def main() -> None:
+        first = await reader.read(ENTRY, 100, 1000)
+        second = await reader.read(ENTRY, 5000, 1000)
+        assert isinstance(first, memoryview) and isinstance(second, memoryview)
+        # Both views share the one block held in memory.
+        assert first.obj is second.obj
+        assert len(memoryview(first.obj)) == BS
+        assert bytes(first) == DATA[100:1100] and bytes(second) == DATA[5000:6000]
+
+    trio.run(main)
+
+
+def test_read_ahead_follows_a_sequential_reader_and_stays_bounded(
+    source: FakeSource, store: BlockStore
+) -> None:
+    data = randbytes(40 * BS, seed=9)
+    entry = make_entry("long.bin", data)
+    source.files[entry.path] = data
+
+    async def main() -> None:
+        async with open_block_reader(source, store, BS, readahead_bytes=4 * BS) as reader:
+            pattern = ReadPattern()
+            for index in range(6):
+                await reader.read(entry, index * BS, BS, pattern)
+            await trio.sleep(0.2)
+            fetched = {index for path, index in source.calls if path == entry.path}
+            # Blocks 0-5 were read; at most the 4-block window beyond them was fetched.
+            assert set(range(6)) <= fetched <= set(range(10))
+            assert reader.counters.blocks_read_ahead > 0
+
+            random_reader = ReadPattern()
+            before = len(source.calls)
+            for index in (30, 20, 35, 25):
+                await reader.read(entry, index * BS + 7, 10, random_reader)
+            await trio.sleep(0.2)
+            assert len(source.calls) - before == 4, "random reads fetched only their blocks"
+
+    trio.run(main)
