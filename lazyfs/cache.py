@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -91,23 +92,6 @@ class BlockStore:
     def close(self) -> None:
         self._cache.close()
 
-    def read_slice(self, digest: str, start: int, end: int) -> bytes | None:
-        """Bytes ``[start, end)`` of the block with ``digest``, or None if it is not cached."""
-        try:
-            handle = self._cache.get(digest, default=None, read=True, retry=True)
-        except (OSError, sqlite3.Error) as exc:
-            raise CacheError(f"block cache read failed: {exc}") from None
-        if handle is None:
-            return None
-        with handle:
-            # pread of just the slice: serving 128 KiB must not cost reading 4 MiB.
-            data = os.pread(handle.fileno(), end - start, start)
-        if len(data) != end - start:
-            # A truncated block file: treat as missing so it is fetched again.
-            self.discard(digest)
-            return None
-        return data
-
     def open_block(self, digest: str) -> BinaryIO | None:
         """The stored block's file, opened, or None if it is not cached. This is the part
         that touches the index (and marks the block used); reading it is not."""
@@ -136,16 +120,54 @@ class BlockStore:
             raise CacheError(f"cannot store block in cache: {exc}") from None
 
     def _evict_to_limit(self) -> None:
-        """Drop least recently used blocks one at a time until the store fits its limit.
+        self.evict_to(self.size_limit)
+
+    def evict_to(self, size: int) -> int:
+        """Drop least recently used blocks one at a time until the store holds at most
+        ``size`` bytes; returns how many were dropped.
 
         diskcache's own culling removes ten entries per step, which would empty a cache that
         holds only a few blocks; its schema orders entries by ``access_time`` for this policy.
         """
-        while self._cache.volume() > self.size_limit:
-            row = self._cache._sql("SELECT key FROM Cache ORDER BY access_time LIMIT 1").fetchone()
-            if row is None:
-                return
-            self._cache.delete(row[0], retry=True)
+        dropped = 0
+        try:
+            while self._cache.volume() > size:
+                query = "SELECT key FROM Cache ORDER BY access_time LIMIT 1"
+                row = self._cache._sql(query).fetchone()
+                if row is None:
+                    break
+                self._cache.delete(row[0], retry=True)
+                dropped += 1
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot evict cached blocks: {exc}") from None
+        return dropped
+
+    def digests(self) -> list[str]:
+        try:
+            return [str(key) for key in self._cache.iterkeys()]
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot list cached blocks: {exc}") from None
+
+    def verify(self, on_block: Callable[[int], None] = lambda n: None) -> tuple[int, list[str]]:
+        """Re-hash every stored block; drop those that no longer match their digest.
+        Returns (blocks checked, digests dropped)."""
+        checked, dropped = 0, []
+        for digest in self.digests():
+            block = self.read_block(digest)
+            if block is None:
+                continue  # evicted meanwhile, by a mount sharing this cache
+            checked += 1
+            on_block(len(block))
+            if hashlib.sha256(block).hexdigest() != digest:
+                self.discard(digest)
+                dropped.append(digest)
+        return checked, dropped
+
+    def clear(self) -> int:
+        try:
+            return int(self._cache.clear(retry=True))
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot clear the block cache: {exc}") from None
 
     def contains(self, digest: str) -> bool:
         return digest in self._cache

@@ -61,17 +61,46 @@ class BufferPool:
         self.max_buffers = max_buffers
         self._buffers: list[bytearray] = []
         self._lock = threading.Lock()
+        self._free_count = _calibrate_free_refcount()
 
     def take(self, size: int) -> bytearray:
         with self._lock:
-            for buffer in self._buffers:
-                # References: the list, this loop's variable, getrefcount's argument.
-                if len(buffer) == size and sys.getrefcount(buffer) == 3:
-                    return buffer
+            free = self._free_positions()
+            for position in free:
+                if len(self._buffers[position]) == size:
+                    return self._buffers[position]
             buffer = bytearray(size)
+            if self._free_count is None:
+                return buffer
             if len(self._buffers) < self.max_buffers:
                 self._buffers.append(buffer)
+            elif free:
+                # Full of free buffers of other sizes (short last blocks): make room.
+                self._buffers[free[0]] = buffer
             return buffer
+
+    def _free_positions(self) -> list[int]:
+        if self._free_count is None:
+            return []
+        counts = _reference_counts(self._buffers)
+        return [position for position, count in enumerate(counts) if count == self._free_count]
+
+
+def _reference_counts(buffers: list[bytearray]) -> list[int]:
+    return [sys.getrefcount(buffer) for buffer in buffers]
+
+
+def _calibrate_free_refcount() -> int | None:
+    """The reference count ``_reference_counts`` sees for a buffer only the pool holds.
+
+    Measured with the same code that later decides, because what getrefcount reports for
+    such a buffer differs between interpreter versions. If a buffer held by one more owner
+    cannot be told apart, the pool never reuses anything.
+    """
+    free = _reference_counts([bytearray(1)])[0]
+    held_elsewhere = bytearray(1)
+    held = _reference_counts([held_elsewhere])[0]
+    return free if held == free + 1 else None
 
 
 class ConnectionPool:
@@ -133,13 +162,22 @@ class _Watchdog:
         if self.fired:
             self._fire()
 
+    def release(self) -> bool:
+        """Stop watching the connection; True if it may go back to the pool (the deadline
+        did not shut it down). After this, firing cannot touch it."""
+        with self._lock:
+            self._connection = None
+            return not self.fired
+
     def _fire(self) -> None:
         with self._lock:
             self.fired = True
             sock = self._connection.sock if self._connection is not None else None
             if sock is not None:
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    # The plain socket's shutdown: SSLSocket.shutdown would unwrap TLS first,
+                    # and the reading thread would then take ciphertext for body.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def get_range(
@@ -187,7 +225,7 @@ def _get_range(
         try:
             if response.status in _REDIRECTS and response.getheader("location"):
                 url = urljoin(url, response.getheader("location", ""))
-                _discard(pool, key, connection, response)
+                _discard(pool, key, connection, response, watchdog)
                 continue
             body = _read_body(response, url, start, length, pool.buffers)
         except BaseException:
@@ -195,7 +233,7 @@ def _get_range(
             raise
         # http.client closes a response once its whole body is read: only then may the
         # connection carry another request.
-        if response.status == 206 and response.isclosed():
+        if watchdog.release() and response.status == 206 and response.isclosed():
             pool.release(key, connection)
         else:
             connection.close()
@@ -245,6 +283,7 @@ def _discard(
     key: Key,
     connection: http.client.HTTPConnection,
     response: http.client.HTTPResponse,
+    watchdog: _Watchdog,
 ) -> None:
     # A small redirect body is read so the connection can be reused; anything else, or any
     # trouble reading it, just closes the connection: the redirect is followed either way.
@@ -254,9 +293,10 @@ def _discard(
         except (OSError, http.client.HTTPException):
             connection.close()
             return
-        pool.release(key, connection)
-    else:
-        connection.close()
+        if watchdog.release():
+            pool.release(key, connection)
+            return
+    connection.close()
 
 
 def parse_retry_after(value: str | None) -> float | None:

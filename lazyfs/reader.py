@@ -72,10 +72,11 @@ def _sha256_hex(data: Buffer) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_and_hash(handle: BinaryIO) -> tuple[bytes, str]:
+def _read_and_hash(handle: BinaryIO, block_size: int) -> tuple[bytes, str]:
     try:
         with handle:
-            block = handle.read()
+            # The cache directory is not trusted: a planted huge file must not be read whole.
+            block = handle.read(block_size + 1)
     except OSError as exc:
         raise CacheError(f"cannot read a cached block: {exc.strerror}") from None
     return block, _sha256_hex(block)
@@ -247,7 +248,12 @@ class BlockReader:
             )
             if handle is None:
                 return None
-            block, actual = await trio.to_thread.run_sync(_read_and_hash, handle)
+            try:
+                block, actual = await trio.to_thread.run_sync(
+                    _read_and_hash, handle, self.block_size
+                )
+            finally:
+                handle.close()  # already closed unless cancelled before the read started
         except CacheError as exc:
             log.warning("%s; fetching the block instead", exc)
             return None

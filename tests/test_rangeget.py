@@ -1053,3 +1053,72 @@ def test_many_threads_on_one_pool_all_get_exact_bytes(pool: ConnectionPool) -> N
     assert len(server.requests) == 8 * 15
     # Connections are reused: never more than the threads in flight at once.
     assert server.connections <= 8
+
+
+def test_buffer_pool_never_hands_out_a_buffer_someone_still_holds() -> None:
+    from lazyfs.rangeget import BufferPool
+
+    buffers = BufferPool(max_buffers=4)
+    held = buffers.take(100)
+    view_holder = memoryview(buffers.take(100))[10:20]  # a reply still being sent
+    in_a_list = [buffers.take(100)]  # a block kept in memory
+    fresh = buffers.take(100)
+    assert fresh is not held and fresh is not view_holder.obj and fresh is not in_a_list[0]
+    del fresh
+    assert buffers.take(100) is not held  # the freed one, never a held one
+    del held, view_holder, in_a_list
+
+
+def test_buffer_pool_makes_room_for_new_sizes_when_full() -> None:
+    from lazyfs.rangeget import BufferPool
+
+    buffers = BufferPool(max_buffers=2)
+    buffers.take(7)
+    buffers.take(9)  # both free again at once: odd sizes such as short last blocks
+    kept = buffers.take(4096)
+    assert len(kept) == 4096
+    del kept
+    assert len(buffers.take(4096)) == 4096
+    assert sorted(len(b) for b in buffers._buffers)[-1] == 4096
+
+
+def test_the_deadline_cannot_touch_a_connection_after_it_is_released() -> None:
+    from lazyfs.rangeget import _Watchdog
+
+    ours, peer = socket.socketpair()
+
+    class Connection:
+        sock = ours
+
+    try:
+        with _Watchdog(60) as watchdog:
+            watchdog.watch(Connection())  # type: ignore[arg-type]
+            assert watchdog.release()
+            watchdog._fire()  # the deadline passes after the connection went back
+        assert watchdog.fired
+        peer.sendall(b"still open")
+        assert ours.recv(100) == b"still open"
+        ours.sendall(b"both ways")
+        assert peer.recv(100) == b"both ways"
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_the_deadline_shuts_a_watched_connection() -> None:
+    from lazyfs.rangeget import _Watchdog
+
+    ours, peer = socket.socketpair()
+
+    class Connection:
+        sock = ours
+
+    try:
+        with _Watchdog(60) as watchdog:
+            watchdog.watch(Connection())  # type: ignore[arg-type]
+            watchdog._fire()
+            assert not watchdog.release()
+        assert ours.recv(100) == b""  # shut down: reads see the end at once
+    finally:
+        ours.close()
+        peer.close()
