@@ -170,7 +170,10 @@ class BlockStore:
             raise CacheError(f"cannot clear the block cache: {exc}") from None
 
     def contains(self, digest: str) -> bool:
-        return digest in self._cache
+        try:
+            return digest in self._cache
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"block cache lookup failed: {exc}") from None
 
     def discard(self, digest: str) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
@@ -166,6 +167,68 @@ def _default_cache_dir() -> Path:
     return default_cache_dir()
 
 
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
+@reports_errors
+def status(mountpoint: Path, as_json: bool) -> None:
+    """Show what a live mount holds: per file, size and cached bytes; and its counters.
+
+    \b
+    Example:
+      lazyfs status /mnt/models/demo --json
+    """
+    from lazyfs.watch import status as mount_status
+
+    report = mount_status(mountpoint)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    for item in report["files"]:
+        share = 100 * item["cached_bytes"] // max(item["size"], 1) if item["size"] else 100
+        click.echo(f"{share:3d}% {format_size(item['size']):>10}  {item['path']}")
+    counters = {key: value for key, value in report.items() if key != "files"}
+    click.echo("  ".join(f"{key}={value}" for key, value in counters.items()))
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1)
+@click.option("--timeout", default=0.0, type=float, help="Give up after S seconds (0: never).")
+@reports_errors
+def wait(mountpoint: Path, paths: tuple[str, ...], timeout: float) -> None:
+    """Return once PATHS (default: every file) of a live mount are verified and cached.
+
+    Exit 0 when ready; 1 on timeout. For startup probes and scripts.
+
+    \b
+    Example:
+      lazyfs wait /mnt/models/demo model.safetensors --timeout 600
+    """
+    from lazyfs.watch import wait_cached
+
+    count, total = wait_cached(mountpoint, paths, timeout)
+    click.echo(f"ready: {count} files, {format_size(total)} verified and cached")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1)
+@reports_errors
+def prefetch(mountpoint: Path, paths: tuple[str, ...]) -> None:
+    """Fetch and verify PATHS (files or directories; default: everything) of a live mount
+    into its cache, with progress; exit 0 once every byte is verified and cached.
+
+    \b
+    Example:
+      lazyfs prefetch /mnt/models/demo model.safetensors
+    """
+    from lazyfs.watch import prefetch as run_prefetch
+
+    count, total = run_prefetch(mountpoint, paths, tty=sys.stdout.isatty())
+    click.echo(f"done: {count} files, {format_size(total)} verified and cached")
+
+
 @cli.group("cache")
 def cache_group() -> None:
     """Inspect and maintain a block cache (also while mounts use it)."""
@@ -317,6 +380,12 @@ def _log_name(mountpoint: Path) -> str:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
+@click.option("--prefetch", is_flag=True, help="Once mounted, fetch everything into the cache.")
+@click.option(
+    "--prefetch-path",
+    multiple=True,
+    help="Once mounted, fetch this file or directory into the cache (repeatable).",
+)
 @click.option("--ready-fd", type=int, hidden=True)
 @reports_errors
 def mount(
@@ -329,6 +398,8 @@ def mount(
     foreground: bool,
     log_file: Path | None,
     log_level: str,
+    prefetch: bool,
+    prefetch_path: tuple[str, ...],
     ready_fd: int | None,
 ) -> None:
     """Mount the repository published at URL on MOUNTPOINT, read-only and lazily.
@@ -352,6 +423,7 @@ def mount(
         cache_size=parse_size(cache_size),
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
+        prefetch=prefetch_path if prefetch_path else (() if prefetch else None),
     )
     if foreground:
         configure_logging(log_level, log_file)
@@ -369,6 +441,10 @@ def mount(
         extra += ["--manifest-sha256", manifest_sha256]
     if allow_other:
         extra.append("--allow-other")
+    if prefetch:
+        extra.append("--prefetch")
+    for path in prefetch_path:
+        extra += ["--prefetch-path", path]
     start_background(config, log_path, extra)
     click.echo(f"mounted {url} at {mountpoint} (log: {log_path})")
 

@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyfuse3
 import trio
 
 from lazyfs.cache import BlockStore, load_cached_manifest, prepare_cache_dir, store_manifest
+from lazyfs.control import Handler, mount_status, serve_control
 from lazyfs.errors import (
     LazyfsError,
     ManifestError,
@@ -37,6 +39,7 @@ from lazyfs.errors import (
 from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
 from lazyfs.fs import LazyFS
 from lazyfs.manifest import MANIFEST_NAME, Manifest, manifest_digest, parse_manifest
+from lazyfs.prefetch import Prefetcher, select_entries
 from lazyfs.reader import open_block_reader
 from lazyfs.tree import Tree
 
@@ -57,6 +60,8 @@ class MountConfig:
     cache_size: int
     manifest_sha256: str | None = None
     allow_other: bool = False
+    # Paths to fetch into the cache once mounted (empty: everything); None: nothing.
+    prefetch: tuple[str, ...] | None = None
 
 
 def runtime_dir() -> Path:
@@ -68,8 +73,15 @@ def runtime_dir() -> Path:
 
 
 def pid_file(mountpoint: Path) -> Path:
-    key = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:24]
-    return runtime_dir() / f"{key}.pid"
+    return runtime_dir() / f"{_mount_key(mountpoint)}.pid"
+
+
+def control_socket(mountpoint: Path) -> Path:
+    return runtime_dir() / f"{_mount_key(mountpoint)}.sock"
+
+
+def _mount_key(mountpoint: Path) -> str:
+    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:24]
 
 
 def _unescape_mountinfo(field: bytes) -> bytes:
@@ -196,6 +208,7 @@ async def _run_fuse(
     # Resolved before mounting: once mounted, a stat of the mount point from this thread
     # would wait for an answer only this thread can give.
     pid_path = pid_file(config.mountpoint)
+    control_path = control_socket(config.mountpoint)
     try:
         pyfuse3.init(operations, str(config.mountpoint), options)
     except RuntimeError as exc:
@@ -206,6 +219,14 @@ async def _run_fuse(
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
             nursery.start_soon(_raise_kernel_readahead, operations, config.mountpoint)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
+            prefetcher = Prefetcher(operations.reader, nursery)
+            handler = _control_handler(operations, prefetcher)
+            await nursery.start(serve_control, control_path, handler)
+            if config.prefetch is not None:
+                chosen, unknown = select_entries(operations.tree.entries(), config.prefetch)
+                for name in unknown:
+                    log.warning("--prefetch: %s is not in the mount", name)
+                prefetcher.start(chosen)
             log.info(
                 "mounted %s at %s: %d files, %d bytes, %d-byte blocks",
                 config.url,
@@ -219,6 +240,26 @@ async def _run_fuse(
         pyfuse3.close(unmount=True)
         pid_path.unlink(missing_ok=True)
         log.info("unmounted %s", config.mountpoint)
+
+
+def _control_handler(operations: LazyFS, prefetcher: Prefetcher) -> Handler:
+    async def handle(request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            report = await trio.to_thread.run_sync(mount_status, operations.tree, operations.reader)
+            report["prefetch"] = {"active": prefetcher.active > 0, "errors": prefetcher.errors}
+            return report
+        if command == "prefetch":
+            paths = request.get("paths") or []
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                return {"error": "paths must be a list of strings"}
+            chosen, unknown = select_entries(operations.tree.entries(), paths)
+            if not unknown:
+                prefetcher.start(chosen)
+            return {"unknown": unknown, "files": [entry.path for entry in chosen]}
+        return {"error": f"unknown command {command!r}"}
+
+    return handle
 
 
 async def _raise_kernel_readahead(operations: LazyFS, mountpoint: Path) -> None:

@@ -224,6 +224,16 @@ class BlockReader:
             del self._pending[digest]
             pending.done.set()
 
+    async def is_cached(self, digest: str) -> bool:
+        """Whether the disk store holds ``digest`` (not checked: reading it would check)."""
+        try:
+            return await trio.to_thread.run_sync(
+                self.store.contains, digest, limiter=self._index_thread
+            )
+        except CacheError as exc:
+            log.warning("%s", exc)
+            return False
+
     async def _load(self, entry: FileEntry, index: int) -> Buffer:
         digest = entry.blocks[index]
         block = await self._read_cached(digest)

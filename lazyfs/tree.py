@@ -58,5 +58,8 @@ class Tree:
         child = node.children.get(name)
         return None if child is None else self.nodes[child]
 
+    def entries(self) -> list[FileEntry]:
+        return [node.entry for node in self.nodes.values() if node.entry is not None]
+
     def subdirectory_count(self, node: Node) -> int:
         return sum(1 for inode in node.children.values() if self.nodes[inode].is_dir)

@@ -1,0 +1,70 @@
+"""Prefetch inside the daemon: load (fetch, verify, cache) every block of chosen files.
+
+A few worker tasks share one queue of (file, block) pairs, so one large file keeps several
+fetches in flight and many small files do not each start their own. Progress is what the
+cache holds (``lazyfs status``): a block counts once it is verified and stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import trio
+
+from lazyfs.errors import LazyfsError
+from lazyfs.manifest import FileEntry
+from lazyfs.reader import BlockReader
+
+log = logging.getLogger(__name__)
+
+PREFETCH_WORKERS = 4
+
+
+def select_paths(paths: Sequence[str], wanted: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The file paths named by ``wanted`` (files or directories; none, or ".": all) and the
+    names that match nothing."""
+    names = [name.strip("/") for name in wanted if name.strip("/") not in ("", ".")]
+    if not names:
+        return list(paths), []
+
+    def matches(path: str, name: str) -> bool:
+        return path == name or path.startswith(f"{name}/")
+
+    chosen = [path for path in paths if any(matches(path, name) for name in names)]
+    unknown = [name for name in names if not any(matches(path, name) for path in paths)]
+    return chosen, unknown
+
+
+def select_entries(
+    entries: Sequence[FileEntry], wanted: Sequence[str]
+) -> tuple[list[FileEntry], list[str]]:
+    by_path = {entry.path: entry for entry in entries}
+    chosen, unknown = select_paths(list(by_path), wanted)
+    return [by_path[path] for path in chosen], unknown
+
+
+class Prefetcher:
+    def __init__(self, reader: BlockReader, nursery: trio.Nursery) -> None:
+        self.reader = reader
+        self.errors: dict[str, str] = {}
+        self.active = 0
+        self._nursery = nursery
+
+    def start(self, entries: Sequence[FileEntry]) -> None:
+        work = iter([(entry, index) for entry in entries for index in range(len(entry.blocks))])
+        for _ in range(PREFETCH_WORKERS):
+            self.active += 1
+            self._nursery.start_soon(self._worker, work)
+
+    async def _worker(self, work: Iterator[tuple[FileEntry, int]]) -> None:
+        try:
+            for entry, index in work:
+                try:
+                    if not await self.reader.is_cached(entry.blocks[index]):
+                        await self.reader.block(entry, index)
+                except LazyfsError as exc:
+                    self.errors.setdefault(entry.path, str(exc))
+                    log.error("prefetch of block %d of %s failed: %s", index, entry.path, exc)
+        finally:
+            self.active -= 1
