@@ -335,6 +335,17 @@ def cache_clear(cache_dir: Path | None) -> None:
     click.echo(f"removed {removed} blocks from {directory}")
 
 
+def _metrics_address(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    from lazyfs.metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def normalize_url(url: str) -> str:
     """An http(s) URL with a host and a valid port, without a trailing slash (so that one
     repository has one cache key however its URL was typed)."""
@@ -386,6 +397,9 @@ def _log_name(mountpoint: Path) -> str:
     multiple=True,
     help="Once mounted, fetch this file or directory into the cache (repeatable).",
 )
+@click.option(
+    "--metrics", "metrics_address", metavar="HOST:PORT", help="Serve Prometheus metrics here."
+)
 @click.option("--ready-fd", type=int, hidden=True)
 @reports_errors
 def mount(
@@ -400,6 +414,7 @@ def mount(
     log_level: str,
     prefetch: bool,
     prefetch_path: tuple[str, ...],
+    metrics_address: str | None,
     ready_fd: int | None,
 ) -> None:
     """Mount the repository published at URL on MOUNTPOINT, read-only and lazily.
@@ -424,6 +439,7 @@ def mount(
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
         prefetch=prefetch_path if prefetch_path else (() if prefetch else None),
+        metrics=_metrics_address(metrics_address),
     )
     if foreground:
         configure_logging(log_level, log_file)
@@ -445,6 +461,8 @@ def mount(
         extra.append("--prefetch")
     for path in prefetch_path:
         extra += ["--prefetch-path", path]
+    if metrics_address:
+        extra += ["--metrics", metrics_address]
     start_background(config, log_path, extra)
     click.echo(f"mounted {url} at {mountpoint} (log: {log_path})")
 

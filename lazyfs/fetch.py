@@ -65,7 +65,10 @@ def is_retryable(exc: SourceError) -> bool:
 
 
 async def with_retries(
-    policy: RetryPolicy, what: str, attempt_once: Callable[[], Awaitable[T]]
+    policy: RetryPolicy,
+    what: str,
+    attempt_once: Callable[[], Awaitable[T]],
+    on_retry: Callable[[], None] = lambda: None,
 ) -> T:
     """Run ``attempt_once`` until it succeeds, fails for good, or the policy runs out."""
     last: SourceError | None = None
@@ -81,6 +84,7 @@ async def with_retries(
             pause = policy.delay(attempt, retry_after)
             level = logging.INFO if attempt == 1 else logging.WARNING
             log.log(level, "%s: %s; retry %d in %.2fs", what, last, attempt, pause)
+            on_retry()
             await trio.sleep(pause)
     if scope.cancelled_caught:
         raise OriginUnreachable(f"{what}: gave up after {policy.deadline:.0f}s ({last})")
@@ -108,6 +112,9 @@ class HttpOrigin:
             Timeouts(self.policy.connect_timeout, self.policy.read_timeout, self.policy.deadline)
         )
         self.fetch_threads = trio.CapacityLimiter(fetch_threads)
+        # Block fetches retried, and block fetches that failed for good.
+        self.retries = 0
+        self.errors = 0
 
     def close(self) -> None:
         self.pool.close()
@@ -151,7 +158,14 @@ class HttpOrigin:
             return body.data, body.sha256
 
         what = f"GET {url} bytes {start}-{start + length - 1}"
-        return await with_retries(self.policy, what, attempt)
+        try:
+            return await with_retries(self.policy, what, attempt, self._count_retry)
+        except SourceError:
+            self.errors += 1
+            raise
+
+    def _count_retry(self) -> None:
+        self.retries += 1
 
     def _request(
         self, method: str, url: str, headers: dict[str, str] | None

@@ -6,6 +6,7 @@ daemon and waits on a pipe until the daemon says the mount is live or why it fai
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -39,6 +40,7 @@ from lazyfs.errors import (
 from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
 from lazyfs.fs import LazyFS
 from lazyfs.manifest import MANIFEST_NAME, Manifest, manifest_digest, parse_manifest
+from lazyfs.metrics import start_metrics
 from lazyfs.prefetch import Prefetcher, select_entries
 from lazyfs.reader import open_block_reader
 from lazyfs.tree import Tree
@@ -62,6 +64,7 @@ class MountConfig:
     allow_other: bool = False
     # Paths to fetch into the cache once mounted (empty: everything); None: nothing.
     prefetch: tuple[str, ...] | None = None
+    metrics: tuple[str, int] | None = None
 
 
 def runtime_dir() -> Path:
@@ -184,23 +187,28 @@ def _check_pin(raw: bytes, pin: str | None) -> None:
 async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted or signalled, and always unmount on the way out."""
     policy = RetryPolicy()
-    async with make_client(policy) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(make_client(policy))
         origin = HttpOrigin(config.url, client, policy)
-        try:
-            manifest, mtime = await open_manifest(origin, config)
-            store = BlockStore(config.cache_dir / "blocks", config.cache_size)
-            try:
-                async with open_block_reader(origin, store, manifest.block_size) as reader:
-                    operations = LazyFS(Tree(manifest), reader, mtime)
-                    await _run_fuse(operations, config, on_ready, manifest)
-            finally:
-                store.close()
-        finally:
-            origin.close()
+        stack.callback(origin.close)
+        manifest, mtime = await open_manifest(origin, config)
+        store = BlockStore(config.cache_dir / "blocks", config.cache_size)
+        stack.callback(store.close)
+        reader = await stack.enter_async_context(
+            open_block_reader(origin, store, manifest.block_size)
+        )
+        if config.metrics is not None:
+            stack.callback(start_metrics(config.metrics, reader, origin))
+        operations = LazyFS(Tree(manifest), reader, mtime)
+        await _run_fuse(operations, origin, config, on_ready, manifest)
 
 
 async def _run_fuse(
-    operations: LazyFS, config: MountConfig, on_ready: Callable[[], None], manifest: Manifest
+    operations: LazyFS,
+    origin: HttpOrigin,
+    config: MountConfig,
+    on_ready: Callable[[], None],
+    manifest: Manifest,
 ) -> None:
     options = {"ro", "default_permissions", "subtype=lazyfs", f"fsname={_fsname(config.url)}"}
     if config.allow_other:
@@ -220,7 +228,7 @@ async def _run_fuse(
             nursery.start_soon(_raise_kernel_readahead, operations, config.mountpoint)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             prefetcher = Prefetcher(operations.reader, nursery)
-            handler = _control_handler(operations, prefetcher)
+            handler = _control_handler(operations, origin, prefetcher)
             await nursery.start(serve_control, control_path, handler)
             if config.prefetch is not None:
                 chosen, unknown = select_entries(operations.tree.entries(), config.prefetch)
@@ -242,11 +250,13 @@ async def _run_fuse(
         log.info("unmounted %s", config.mountpoint)
 
 
-def _control_handler(operations: LazyFS, prefetcher: Prefetcher) -> Handler:
+def _control_handler(operations: LazyFS, origin: HttpOrigin, prefetcher: Prefetcher) -> Handler:
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
         if command == "status":
             report = await trio.to_thread.run_sync(mount_status, operations.tree, operations.reader)
+            report["fetch_retries"] = origin.retries
+            report["fetch_errors"] = origin.errors
             report["prefetch"] = {"active": prefetcher.active > 0, "errors": prefetcher.errors}
             return report
         if command == "prefetch":
@@ -325,7 +335,14 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
         check_mountpoint(config.mountpoint)
         prepare_cache_dir(config.cache_dir)
         _return_large_buffers_to_the_system()
-        trio.run(serve_mount, config, lambda: report("ready"))
+        try:
+            trio.run(serve_mount, config, lambda: report("ready"))
+        except BaseExceptionGroup as group:
+            # Nurseries wrap what their tasks raise; a lazyfs error is still one line.
+            found = _lazyfs_error_in(group)
+            if found is None:
+                raise
+            raise found from None
     except LazyfsError as exc:
         report(f"error {exc.exit_code} {exc}")
         raise
@@ -341,6 +358,17 @@ def _return_large_buffers_to_the_system() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
     except (OSError, AttributeError):
         log.debug("mallopt is not available; memory use may run higher")
+
+
+def _lazyfs_error_in(group: BaseExceptionGroup[BaseException]) -> LazyfsError | None:
+    """The lazyfs error a nursery's group carries, if everything in it is one."""
+    matched, rest = group.split(LazyfsError)
+    if matched is None or rest is not None:
+        return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, LazyfsError) else None
 
 
 def start_background(config: MountConfig, log_file: Path, extra_args: list[str]) -> None:

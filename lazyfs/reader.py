@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -60,6 +61,7 @@ class ReadCounters:
     verification_failures: int = 0
     cache_verification_failures: int = 0
     cache_write_failures: int = 0
+    fetches_in_flight: int = 0
 
 
 @dataclass(eq=False)
@@ -138,6 +140,8 @@ class BlockReader:
         self._background = background
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
         self._index_thread = trio.CapacityLimiter(1)
+        # Told how long each successful block fetch took (the metrics histogram).
+        self.observe_fetch: Callable[[float], None] = lambda seconds: None
 
     async def read(
         self, entry: FileEntry, offset: int, length: int, pattern: ReadPattern | None = None
@@ -292,7 +296,13 @@ class BlockReader:
         expected = entry.blocks[index]
         attempts = 2
         for attempt in range(1, attempts + 1):
-            block, actual = await self.source.fetch_block(entry.path, start, length)
+            began = time.monotonic()
+            self.counters.fetches_in_flight += 1
+            try:
+                block, actual = await self.source.fetch_block(entry.path, start, length)
+            finally:
+                self.counters.fetches_in_flight -= 1
+            self.observe_fetch(time.monotonic() - began)
             self.counters.blocks_fetched += 1
             self.counters.bytes_fetched += length
             if actual == expected:

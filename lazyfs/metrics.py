@@ -1,0 +1,94 @@
+"""The Prometheus endpoint of a mount (``--metrics HOST:PORT``): ``lazyfs_`` series, read
+from the mount's own counters at each scrape, plus a histogram of block fetch times."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lazyfs.errors import CacheError, MountError
+from lazyfs.fetch import HttpOrigin
+from lazyfs.reader import BlockReader
+
+FETCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class MountCollector(Collector):
+    def __init__(self, reader: BlockReader, origin: HttpOrigin) -> None:
+        self.reader = reader
+        self.origin = origin
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self.reader.counters
+        totals = {
+            "bytes_fetched": ("Bytes fetched from the origin", counters.bytes_fetched),
+            "blocks_fetched": ("Blocks fetched from the origin", counters.blocks_fetched),
+            "blocks_verified": (
+                "Blocks that matched their digest (fetched or read back from the cache)",
+                counters.blocks_fetched - counters.verification_failures + counters.cache_hits,
+            ),
+            "blocks_failed": (
+                "Blocks that did not match their digest",
+                counters.verification_failures + counters.cache_verification_failures,
+            ),
+            "cache_hits": ("Blocks read from the disk cache", counters.cache_hits),
+            "memory_hits": ("Block reads served from memory", counters.memory_hits),
+            "cache_misses": ("Blocks not in the cache, so fetched", counters.blocks_fetched),
+            "fetch_retries": ("Block fetches retried", self.origin.retries),
+            "fetch_errors": ("Block fetches that failed after retries", self.origin.errors),
+        }
+        for name, (documentation, value) in totals.items():
+            yield CounterMetricFamily(f"lazyfs_{name}", documentation, value=value)
+        yield GaugeMetricFamily(
+            "lazyfs_fetches_in_flight", "Block fetches under way", value=counters.fetches_in_flight
+        )
+        try:
+            stats = self.reader.store.statistics()
+        except CacheError:
+            return
+        yield GaugeMetricFamily("lazyfs_cache_bytes", "Bytes in the disk cache", value=stats.volume)
+        yield GaugeMetricFamily(
+            "lazyfs_cache_blocks", "Blocks in the disk cache", value=stats.blocks
+        )
+        yield GaugeMetricFamily(
+            "lazyfs_cache_limit_bytes", "The disk cache's size bound", value=stats.limit
+        )
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--metrics wants HOST:PORT, such as 127.0.0.1:9400, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def start_metrics(
+    address: tuple[str, int], reader: BlockReader, origin: HttpOrigin
+) -> Callable[[], None]:
+    """Serve metrics from a thread; returns the function that stops it."""
+    registry = CollectorRegistry()
+    registry.register(MountCollector(reader, origin))
+    histogram = Histogram(
+        "lazyfs_fetch_seconds",
+        "Time to fetch and hash one block",
+        buckets=FETCH_SECONDS_BUCKETS,
+        registry=registry,
+    )
+    reader.observe_fetch = histogram.observe
+    host, port = address
+    try:
+        server: Any
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise MountError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
