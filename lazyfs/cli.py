@@ -72,7 +72,12 @@ def cli() -> None:
 
 @cli.group()
 def manifest() -> None:
-    """Build or check the block manifest of a published directory."""
+    """Build or check the block manifest of a published directory.
+
+    \b
+    Example:
+      lazyfs manifest build ./my-model && lazyfs manifest verify ./my-model
+    """
 
 
 @manifest.command("build")
@@ -231,7 +236,12 @@ def prefetch(mountpoint: Path, paths: tuple[str, ...]) -> None:
 
 @cli.group("cache")
 def cache_group() -> None:
-    """Inspect and maintain a block cache (also while mounts use it)."""
+    """Inspect and maintain a block cache (also while mounts use it).
+
+    \b
+    Example:
+      lazyfs cache info && lazyfs cache prune 10G
+    """
 
 
 cache_dir_option = click.option(
