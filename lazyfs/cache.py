@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -148,7 +147,7 @@ class BlockStore:
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot list cached blocks: {exc}") from None
 
-    def verify(self, on_block: Callable[[int], None] = lambda n: None) -> tuple[int, list[str]]:
+    def verify(self) -> tuple[int, list[str]]:
         """Re-hash every stored block; drop those that no longer match their digest.
         Returns (blocks checked, digests dropped)."""
         checked, dropped = 0, []
@@ -157,7 +156,6 @@ class BlockStore:
             if block is None:
                 continue  # evicted meanwhile, by a mount sharing this cache
             checked += 1
-            on_block(len(block))
             if hashlib.sha256(block).hexdigest() != digest:
                 self.discard(digest)
                 dropped.append(digest)

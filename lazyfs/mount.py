@@ -92,16 +92,23 @@ def _unescape_mountinfo(field: bytes) -> bytes:
     return re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match[1], 8)]), field)
 
 
-def _mount_type(path: Path) -> bytes | None:
-    """The filesystem type mounted at ``path`` (b"fuse.lazyfs", ...), or None."""
-    target = os.fsencode(path.resolve())
+def _mount_entry(resolved: Path) -> tuple[str, bytes] | None:
+    """(device "major:minor", filesystem type) of the topmost mount at ``resolved``, an
+    already resolved path: read from mountinfo, so nothing here stats the mount point."""
+    target = os.fsencode(resolved)
     found = None
     with open("/proc/self/mountinfo", "rb") as mounts:
         for line in mounts:
             fields = line.split(b" ")
             if _unescape_mountinfo(fields[4]) == target:
-                found = fields[fields.index(b"-") + 1]
+                found = fields[2].decode(), fields[fields.index(b"-") + 1]
     return found
+
+
+def _mount_type(path: Path) -> bytes | None:
+    """The filesystem type mounted at ``path`` (b"fuse.lazyfs", ...), or None."""
+    entry = _mount_entry(path.resolve())
+    return None if entry is None else entry[1]
 
 
 def _is_mounted(path: Path) -> bool:
@@ -217,6 +224,7 @@ async def _run_fuse(
     # would wait for an answer only this thread can give.
     pid_path = pid_file(config.mountpoint)
     control_path = control_socket(config.mountpoint)
+    resolved = config.mountpoint.resolve()
     try:
         pyfuse3.init(operations, str(config.mountpoint), options)
     except RuntimeError as exc:
@@ -225,7 +233,7 @@ async def _run_fuse(
         pid_path.write_text(f"{os.getpid()}\n")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
-            nursery.start_soon(_raise_kernel_readahead, operations, config.mountpoint)
+            nursery.start_soon(_raise_kernel_readahead, operations, resolved)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             prefetcher = Prefetcher(operations.reader, nursery)
             handler = _control_handler(operations, origin, prefetcher)
@@ -272,20 +280,18 @@ def _control_handler(operations: LazyFS, origin: HttpOrigin, prefetcher: Prefetc
     return handle
 
 
-async def _raise_kernel_readahead(operations: LazyFS, mountpoint: Path) -> None:
+async def _raise_kernel_readahead(operations: LazyFS, resolved: Path) -> None:
     """Ask the kernel for reads of up to 1 MiB instead of 128 KiB: a quarter of the requests
     for the same bytes. Only after the FUSE handshake, which sets the readahead to the lower
-    of the current value and the one the kernel offered at mount. The device is found
-    through mountinfo: a stat of our own mount point from this thread would wait for an
+    of the current value and the one the kernel offered at mount. ``resolved`` was resolved
+    before mounting: a stat of our own mount point from this thread would wait for an
     answer only this thread can give."""
     await operations.initialized.wait()
     await trio.sleep(0.01)  # the handshake's reply reaches the kernel once the loop yields
-    target = os.fsencode(mountpoint)
-    with open("/proc/self/mountinfo", "rb") as mounts:
-        devices = [line.split(b" ")[2] for line in mounts if line.split(b" ")[4] == target]
-    if not devices:
+    entry = _mount_entry(resolved)
+    if entry is None:
         return
-    setting = Path(f"/sys/class/bdi/{devices[-1].decode()}/read_ahead_kb")
+    setting = Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb")
     try:
         setting.write_text(f"{KERNEL_READAHEAD_KB}\n")
     except OSError as exc:
