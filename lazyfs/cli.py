@@ -21,6 +21,7 @@ from lazyfs.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
     from lazyfs.cache import BlockStore
+    from lazyfs.manifest import Manifest
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_CACHE_SIZE = "50G"
@@ -81,21 +82,40 @@ def manifest() -> None:
 
 
 @manifest.command("build")
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option(
     "--block-size",
     default="4M",
     show_default=True,
     help="Block size, a power of two from 64K to 64M.",
 )
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write the manifest here (default: SOURCE/lazyfs-manifest.json; required for hubs).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
+)
 @reports_errors
-def manifest_build(directory: Path, block_size: str) -> None:
-    """Hash every file under DIRECTORY and write DIRECTORY/lazyfs-manifest.json.
+def manifest_build(
+    source: str, block_size: str, output: Path | None, token_file: Path | None
+) -> None:
+    """Hash every file of SOURCE and write its block manifest.
+
+    SOURCE is a directory, or a hub repository (hf://ORG/NAME[@REV],
+    modelscope://ORG/NAME[@REV]) that is streamed once, each file checked against the
+    hub's digest; mount it lazily with the result: lazyfs mount hf://... --manifest FILE.
 
     \b
-    Example:
+    Examples:
       lazyfs manifest build ./my-model --block-size 4M
+      lazyfs manifest build hf://ORG/NAME@main -o org-name.lazyfs-manifest.json
     """
+    from lazyfs.hubs import is_hub_source
     from lazyfs.manifest import MANIFEST_NAME, check_block_size, manifest_digest
     from lazyfs.publish import build_manifest, write_atomically
 
@@ -105,20 +125,48 @@ def manifest_build(directory: Path, block_size: str) -> None:
     except LazyfsError as exc:
         raise UsageError(f"--block-size: {exc}") from None
     started = time.monotonic()
-    built = build_manifest(directory, size)
+    if is_hub_source(source):
+        if output is None:
+            raise UsageError("a hub source needs -o FILE for the manifest")
+        built = _build_hub_manifest(normalize_source(source, token_file), size, token_file)
+    else:
+        output = output or Path(source) / MANIFEST_NAME
+        built = build_manifest(Path(source), size)
     raw = built.to_json()
     try:
-        write_atomically(directory / MANIFEST_NAME, raw)
+        write_atomically(output, raw)
     except OSError as exc:
-        raise UsageError(f"cannot write {directory / MANIFEST_NAME}: {exc.strerror}") from None
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
     elapsed = max(time.monotonic() - started, 1e-9)
     blocks = sum(len(entry.blocks) for entry in built.files)
     click.echo(
-        f"wrote {directory / MANIFEST_NAME}: {len(built.files)} files, "
+        f"wrote {output}: {len(built.files)} files, "
         f"{format_size(built.total_size)}, {blocks} blocks of {format_size(size)}, "
         f"hashed in {elapsed:.1f}s ({format_size(int(built.total_size / elapsed))}/s)"
     )
     click.echo(f"manifest sha256: {manifest_digest(raw)}")
+
+
+def _build_hub_manifest(source: str, block_size: int, token_file: Path | None) -> Manifest:
+    import trio
+
+    from lazyfs.fetch import RetryPolicy, make_client
+    from lazyfs.hubs import parse_hub_source
+    from lazyfs.hubsource import HubOrigin, build_hub_manifest, hub_endpoint, hub_token
+
+    repo = parse_hub_source(source)
+
+    async def build() -> Manifest:
+        policy = RetryPolicy()
+        async with make_client(policy) as client:
+            token = hub_token(repo.hub, token_file)
+            origin = HubOrigin(repo, hub_endpoint(repo.hub), token, client, policy)
+            try:
+                return await build_hub_manifest(origin, block_size, click.echo)
+            finally:
+                origin.close()
+
+    return trio.run(build)
 
 
 @manifest.command("verify")
@@ -356,6 +404,19 @@ def _metrics_address(text: str | None) -> tuple[str, int] | None:
         raise UsageError(str(exc)) from None
 
 
+def normalize_source(source: str, token_file: Path | None = None) -> str:
+    """A hub source, checked along with its endpoint and token, or a normalized URL."""
+    from lazyfs.hubs import is_hub_source, parse_hub_source
+    from lazyfs.hubsource import hub_endpoint, hub_token
+
+    if not is_hub_source(source):
+        return normalize_url(source)
+    repo = parse_hub_source(source)
+    hub_endpoint(repo.hub)
+    hub_token(repo.hub, token_file)
+    return repo.name
+
+
 def normalize_url(url: str) -> str:
     """An http(s) URL with a host and a valid port, without a trailing slash (so that one
     repository has one cache key however its URL was typed)."""
@@ -392,6 +453,18 @@ def _log_name(mountpoint: Path) -> str:
     help="Cache bound; least recently used blocks are evicted beyond it.",
 )
 @click.option("--manifest-sha256", help="Refuse to mount unless the manifest has this sha256.")
+@click.option(
+    "--manifest",
+    "manifest_source",
+    metavar="PATH_OR_URL",
+    help="Use this block manifest instead of the repository's own (hubs: it must match the "
+    "revision).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
+)
 @click.option("--allow-other", is_flag=True, help="Let users other than the mounter read it.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground, logging to stderr.")
 @click.option("--log-file", type=click.Path(path_type=Path), help="Log here instead.")
@@ -418,6 +491,8 @@ def mount(
     cache_dir: Path | None,
     cache_size: str,
     manifest_sha256: str | None,
+    manifest_source: str | None,
+    token_file: Path | None,
     allow_other: bool,
     foreground: bool,
     log_file: Path | None,
@@ -427,18 +502,24 @@ def mount(
     metrics_address: str | None,
     ready_fd: int | None,
 ) -> None:
-    """Mount the repository published at URL on MOUNTPOINT, read-only and lazily.
+    """Mount the repository at URL on MOUNTPOINT, read-only and lazily.
 
-    Returns once the mount is live (exit 0) or has failed (one line saying why).
+    URL is a published repository (http:// or https://) or a hub repository:
+    hf://ORG/NAME[@REV], hf://datasets/ORG/NAME[@REV] or modelscope://ORG/NAME[@REV]
+    (see docs/hubs.md). Returns once the mount is live (exit 0) or has failed (one line
+    saying why).
 
     \b
-    Example:
+    Examples:
       lazyfs mount http://127.0.0.1:8000 /mnt/models/demo --cache-size 20G
+      lazyfs mount hf://Qwen/Qwen2.5-0.5B /mnt/models/qwen
     """
     from lazyfs.cache import prepare_cache_dir
     from lazyfs.mount import MountConfig, run_foreground, start_background
 
-    url = normalize_url(url)
+    url = normalize_source(url, token_file)
+    if manifest_source is not None and not manifest_source.startswith(("http://", "https://")):
+        manifest_source = str(Path(manifest_source).absolute())
     if manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256):
         raise UsageError("--manifest-sha256 must be 64 lowercase hex digits")
     config = MountConfig(
@@ -450,6 +531,8 @@ def mount(
         allow_other=allow_other,
         prefetch=prefetch_path if prefetch_path else (() if prefetch else None),
         metrics=_metrics_address(metrics_address),
+        manifest_source=manifest_source,
+        token_file=token_file.absolute() if token_file else None,
     )
     if foreground:
         configure_logging(log_level, log_file)
@@ -465,6 +548,10 @@ def mount(
     extra = ["--log-level", log_level]
     if manifest_sha256:
         extra += ["--manifest-sha256", manifest_sha256]
+    if config.manifest_source:
+        extra += ["--manifest", config.manifest_source]
+    if config.token_file:
+        extra += ["--token-file", str(config.token_file)]
     if allow_other:
         extra.append("--allow-other")
     if prefetch:

@@ -33,7 +33,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
     """Per-file cached bytes and the mount-wide counters (blocking: asks the disk store)."""
     files = []
-    for entry in tree.entries():
+    for entry in map(reader.whole_files.known, tree.entries()):
         cached = sum(
             block_extent(index, entry.size, reader.block_size)[1]
             for index, digest in enumerate(entry.blocks)

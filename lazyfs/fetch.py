@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 import trio
@@ -37,6 +37,8 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 DEFAULT_FETCH_THREADS = 3
 # A manifest of a terabyte of 4 MiB blocks is about 20 MB; anything far larger is not one.
 MAX_SMALL_FILE = 256 * 1024 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ async def with_retries(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _origin_of(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
 def join_url(base: str, path: str) -> str:
     return f"{base.rstrip('/')}/{quote(path)}"
 
@@ -115,6 +122,8 @@ class HttpOrigin:
         # Block fetches retried, and block fetches that failed for good.
         self.retries = 0
         self.errors = 0
+        # Sent with every request to the origin itself, never to a host it redirects to.
+        self.headers: dict[str, str] = {}
 
     def close(self) -> None:
         self.pool.close()
@@ -124,19 +133,60 @@ class HttpOrigin:
 
     async def get(self, path: str) -> bytes:
         """GET a small whole file (the manifest)."""
-        url = self.url_for(path)
+        body, _ = await self.get_small(self.url_for(path))
+        return body
 
-        async def attempt() -> bytes:
-            async with self._request("GET", url, None) as response:
-                self._check_status(response, url, {200})
+    async def get_small(self, url: str) -> tuple[bytes, httpx.Headers]:
+        """GET a small whole document (a manifest, an API answer), with retries; redirects
+        are followed, and ``headers`` go only to ``url``'s own scheme and host."""
+
+        async def attempt() -> tuple[bytes, httpx.Headers]:
+            async with self._following(url, {}) as response:
                 body = bytearray()
                 async for chunk in response.aiter_raw():
                     body += chunk
                     if len(body) > MAX_SMALL_FILE:
                         raise ManifestError(f"{url} is larger than {MAX_SMALL_FILE} bytes")
-                return bytes(body)
+                return bytes(body), response.headers
 
         return await with_retries(self.policy, f"GET {url}", self._mapped(url, attempt))
+
+    async def probe(self, path: str) -> None:
+        """Ask for the first byte of ``path``: the origin's refusal (private, gated, missing)
+        is found at mount, not at the first read."""
+        url = self.url_for(path)
+
+        async def attempt() -> None:
+            async with self._following(url, {"Range": "bytes=0-0"}, {200, 206}):
+                return None
+
+        await with_retries(self.policy, f"GET {url}", self._mapped(url, attempt))
+
+    @asynccontextmanager
+    async def _following(
+        self, url: str, extra: dict[str, str], wanted: frozenset[int] | set[int] = frozenset({200})
+    ) -> AsyncIterator[httpx.Response]:
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            same_origin = _origin_of(target) == _origin_of(url)
+            headers = {**(self.headers if same_origin else {}), **extra}
+            async with self._request("GET", target, headers) as response:
+                location = response.headers.get("location")
+                if response.is_redirect and location:
+                    target = urljoin(target, location)
+                    continue
+                if response.status_code not in wanted:
+                    body = bytearray()
+                    async for chunk in response.aiter_raw():
+                        body += chunk[: max(0, ERROR_BODY_LIMIT - len(body))]
+                    self.refuse(response, bytes(body), url)
+                yield response
+                return
+        raise OriginProtocolError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    def refuse(self, response: httpx.Response, body: bytes, url: str) -> None:
+        """Raise the error for a response that is not a 200 (hubs say more)."""
+        self._check_status(response, url, {200})
 
     async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
         """Exactly ``length`` bytes of ``path`` from ``start`` and their sha256: one range GET
@@ -150,6 +200,7 @@ class HttpOrigin:
                 url,
                 start,
                 length,
+                self.headers,
                 # A cancelled read must not wait for the socket: the thread ends on its own
                 # within the pool's timeouts.
                 abandon_on_cancel=True,
@@ -172,7 +223,10 @@ class HttpOrigin:
     ) -> AbstractAsyncContextManager[httpx.Response]:
         # Compressed bodies would break byte ranges and the digests.
         return self.client.stream(
-            method, url, headers={"Accept-Encoding": "identity", **(headers or {})}
+            method,
+            url,
+            headers={"Accept-Encoding": "identity", **(headers or {})},
+            follow_redirects=False,
         )
 
     @staticmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lazyfs.blocks import block_count
-from lazyfs.errors import ManifestError
+from lazyfs.errors import ManifestError, MountError
 
 MANIFEST_NAME = "lazyfs-manifest.json"
 FORMAT_NAME = "lazyfs-manifest"
@@ -31,12 +31,24 @@ _HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
+class FileCheck:
+    """A digest of a whole file, for files known only by a hub's listing: ``sha256`` (Git LFS
+    and ModelScope) or ``git-sha1`` (the Git blob id of a file stored in Git itself)."""
+
+    algorithm: str
+    digest: str
+
+
+@dataclass(frozen=True)
 class FileEntry:
     path: str
     size: int
     executable: bool
     sha256: str
     blocks: tuple[str, ...]
+    # Set when the block digests are not known yet: the file is verified whole on first read,
+    # which yields them.
+    check: FileCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,14 @@ class Manifest:
 def manifest_digest(raw: bytes) -> str:
     """The sha256 a user pins a manifest with (``--manifest-sha256``)."""
     return hashlib.sha256(raw).hexdigest()
+
+
+def check_pin(raw: bytes, pin: str | None) -> None:
+    """``--manifest-sha256``: the manifest's exact bytes must have this digest."""
+    if pin is not None and manifest_digest(raw) != pin:
+        raise MountError(
+            f"manifest sha256 {manifest_digest(raw)} does not match --manifest-sha256 {pin}"
+        )
 
 
 def check_block_size(block_size: int) -> None:
@@ -162,7 +182,7 @@ def _parse_entry(raw: object, position: int, block_size: int) -> FileEntry:
     return FileEntry(path, size, executable, sha256, digests)
 
 
-def _check_tree(paths: Iterable[str]) -> None:
+def check_tree(paths: Iterable[str]) -> None:
     seen: set[str] = set()
     directories: set[str] = set()
     for path in paths:
@@ -234,7 +254,7 @@ def manifest_from_document(document: object) -> Manifest:
     if not isinstance(files, list):
         raise ManifestError("manifest files is not a list")
     entries = tuple(_parse_entry(raw, i, block_size) for i, raw in enumerate(files))
-    _check_tree(entry.path for entry in entries)
+    check_tree(entry.path for entry in entries)
     return Manifest(block_size, entries)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import pyfuse3
 import trio
 
@@ -36,14 +37,18 @@ from lazyfs.errors import (
     MountError,
     OriginHTTPError,
     SourceError,
+    UsageError,
 )
 from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
 from lazyfs.fs import LazyFS
-from lazyfs.manifest import MANIFEST_NAME, Manifest, manifest_digest, parse_manifest
+from lazyfs.hubs import is_hub_source, parse_hub_source
+from lazyfs.hubsource import HubOrigin, hub_endpoint, hub_token, open_hub_manifest
+from lazyfs.manifest import MANIFEST_NAME, Manifest, check_pin, parse_manifest
 from lazyfs.metrics import start_metrics
 from lazyfs.prefetch import Prefetcher, select_entries
 from lazyfs.reader import open_block_reader
 from lazyfs.tree import Tree
+from lazyfs.wholefile import BlockLists
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,9 @@ class MountConfig:
     # Paths to fetch into the cache once mounted (empty: everything); None: nothing.
     prefetch: tuple[str, ...] | None = None
     metrics: tuple[str, int] | None = None
+    # --manifest: a manifest file or URL to use instead of the source's own.
+    manifest_source: str | None = None
+    token_file: Path | None = None
 
 
 def runtime_dir() -> Path:
@@ -152,8 +160,14 @@ def check_fuse_device() -> None:
         raise MountError("/dev/fuse is not readable and writable by this user")
 
 
-async def open_manifest(origin: HttpOrigin, config: MountConfig) -> tuple[Manifest, float]:
-    """The manifest from the origin, or, when the origin is unreachable, the cached copy."""
+async def open_manifest(
+    origin: HttpOrigin, config: MountConfig, given: bytes | None = None
+) -> tuple[Manifest, float]:
+    """The manifest given with ``--manifest``, else the origin's, or, when the origin is
+    unreachable, the cached copy."""
+    if given is not None:
+        check_pin(given, config.manifest_sha256)
+        return parse_manifest(given), time.time()
     url = origin.url_for(MANIFEST_NAME)
     try:
         raw = await origin.get(MANIFEST_NAME)
@@ -167,10 +181,10 @@ async def open_manifest(origin: HttpOrigin, config: MountConfig) -> tuple[Manife
     except SourceError as exc:
         raw = _cached_manifest_or_raise(config, exc)
     else:
-        _check_pin(raw, config.manifest_sha256)
+        check_pin(raw, config.manifest_sha256)
         manifest = parse_manifest(raw)
         return manifest, store_manifest(config.cache_dir, config.url, raw)
-    _check_pin(raw, config.manifest_sha256)
+    check_pin(raw, config.manifest_sha256)
     cached = load_cached_manifest(config.cache_dir, config.url)
     assert cached is not None
     return parse_manifest(raw), cached[1]
@@ -184,11 +198,16 @@ def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
     return cached[0]
 
 
-def _check_pin(raw: bytes, pin: str | None) -> None:
-    if pin is not None and manifest_digest(raw) != pin:
-        raise MountError(
-            f"manifest sha256 {manifest_digest(raw)} does not match --manifest-sha256 {pin}"
-        )
+async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
+    """The manifest given with ``--manifest``: a local file, or a URL (fetched without any
+    hub token: it is not the hub)."""
+    if source.startswith(("http://", "https://")):
+        body, _ = await HttpOrigin(source, client).get_small(source)
+        return body
+    try:
+        return await trio.Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --manifest {source}: {exc.strerror}") from None
 
 
 async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
@@ -196,13 +215,25 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
     policy = RetryPolicy()
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(make_client(policy))
-        origin = HttpOrigin(config.url, client, policy)
-        stack.callback(origin.close)
-        manifest, mtime = await open_manifest(origin, config)
+        given = None
+        if config.manifest_source is not None:
+            given = await load_manifest_source(config.manifest_source, client)
+        origin: HttpOrigin
+        if is_hub_source(config.url):
+            repo = parse_hub_source(config.url)
+            token = hub_token(repo.hub, config.token_file)
+            origin = HubOrigin(repo, hub_endpoint(repo.hub), token, client, policy)
+            stack.callback(origin.close)
+            manifest, mtime = await open_hub_manifest(origin, given, config.manifest_sha256)
+        else:
+            origin = HttpOrigin(config.url, client, policy)
+            stack.callback(origin.close)
+            manifest, mtime = await open_manifest(origin, config, given)
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
+        block_lists = BlockLists(config.cache_dir / "verified")
         reader = await stack.enter_async_context(
-            open_block_reader(origin, store, manifest.block_size)
+            open_block_reader(origin, store, manifest.block_size, block_lists)
         )
         if config.metrics is not None:
             stack.callback(start_metrics(config.metrics, reader, origin))

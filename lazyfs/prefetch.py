@@ -52,19 +52,29 @@ class Prefetcher:
         self._nursery = nursery
 
     def start(self, entries: Sequence[FileEntry]) -> None:
-        work = iter([(entry, index) for entry in entries for index in range(len(entry.blocks))])
+        work = iter(
+            [
+                (known, index)
+                for known in map(self.reader.whole_files.known, entries)
+                # A file still to be verified whole is one item: verifying it caches it all.
+                for index in (range(len(known.blocks)) if known.check is None else [None])
+            ]
+        )
         for _ in range(PREFETCH_WORKERS):
             self.active += 1
             self._nursery.start_soon(self._worker, work)
 
-    async def _worker(self, work: Iterator[tuple[FileEntry, int]]) -> None:
+    async def _worker(self, work: Iterator[tuple[FileEntry, int | None]]) -> None:
         try:
             for entry, index in work:
                 try:
-                    if not await self.reader.is_cached(entry.blocks[index]):
+                    if index is None:
+                        await self.reader.whole_files.verified(entry)
+                    elif not await self.reader.is_cached(entry.blocks[index]):
                         await self.reader.block(entry, index)
                 except LazyfsError as exc:
                     self.errors.setdefault(entry.path, str(exc))
-                    log.error("prefetch of block %d of %s failed: %s", index, entry.path, exc)
+                    where = "all" if index is None else f"block {index}"
+                    log.error("prefetch of %s of %s failed: %s", where, entry.path, exc)
         finally:
             self.active -= 1

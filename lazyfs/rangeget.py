@@ -206,7 +206,7 @@ def _get_range(
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
 ) -> RangeBody:
-    original_host = urlsplit(url).netloc
+    original = urlsplit(url)[:2]
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
@@ -218,8 +218,9 @@ def _get_range(
             "Accept-Encoding": "identity",
             "User-Agent": "lazyfs",
         }
-        # Credentials go only to the host they were given for, never across a redirect.
-        if parts.netloc == original_host and headers:
+        # Credentials go only to the host (and scheme) they were given for, never across a
+        # redirect to another.
+        if parts[:2] == original and headers:
             request_headers.update(headers)
         connection, response = _send(pool, key, target, request_headers, url, watchdog)
         try:

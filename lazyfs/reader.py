@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import trio
 from typing_extensions import Buffer
@@ -29,6 +29,7 @@ from lazyfs.cache import BlockStore
 from lazyfs.errors import BlockIntegrityError, CacheError, LazyfsError
 from lazyfs.manifest import FileEntry
 from lazyfs.readahead import ReadPattern
+from lazyfs.wholefile import BlockLists, BlockSource, WholeFiles
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ MAX_READAHEAD_BLOCKS = 64
 # Fetched blocks waiting for their disk write; past this, fetching waits for the disk.
 MAX_PENDING_STORES = 8
 STORE_DRAIN_SECONDS = 10.0
-
-
-class BlockSource(Protocol):
-    def url_for(self, path: str) -> str: ...
-
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
-        """Exactly ``length`` bytes from ``start`` and their sha256 hex digest."""
-        ...
 
 
 @dataclass
@@ -125,6 +118,7 @@ class BlockReader:
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
         readahead_bytes: int = DEFAULT_READAHEAD_BYTES,
         background: trio.Nursery | None = None,
+        block_lists: BlockLists | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -140,6 +134,8 @@ class BlockReader:
         self._background = background
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
         self._index_thread = trio.CapacityLimiter(1)
+        # Hub files without block digests yet are verified whole on first read.
+        self.whole_files = WholeFiles(source, store, block_size, block_lists)
         # Told how long each successful block fetch took (the metrics histogram).
         self.observe_fetch: Callable[[float], None] = lambda seconds: None
 
@@ -150,6 +146,7 @@ class BlockReader:
 
         ``pattern`` is the reading file's history; with it, sequential reads fetch ahead.
         """
+        entry = await self.whole_files.verified(entry)
         plan = read_plan(offset, length, entry.size, self.block_size)
         if not plan:
             return b""
@@ -326,11 +323,17 @@ class BlockReader:
 
 @asynccontextmanager
 async def open_block_reader(
-    source: BlockSource, store: BlockStore, block_size: int, **options: int
+    source: BlockSource,
+    store: BlockStore,
+    block_size: int,
+    block_lists: BlockLists | None = None,
+    **options: int,
 ) -> AsyncIterator[BlockReader]:
     """A reader whose read-ahead and background writes live in (and end with) a nursery."""
     async with trio.open_nursery() as nursery:
-        reader = BlockReader(source, store, block_size, background=nursery, **options)
+        reader = BlockReader(
+            source, store, block_size, background=nursery, block_lists=block_lists, **options
+        )
         try:
             yield reader
         finally:

@@ -267,9 +267,8 @@ def test_no_httpx_exception_escapes() -> None:
 
 def test_too_many_redirects_is_a_source_error() -> None:
     loop = Recorder(then=lambda r: respond(302, b"", {"Location": f"{BASE}/again"}))
-    with pytest.raises(OriginProtocolError) as info:
+    with pytest.raises(OriginProtocolError, match="more than 5 redirects"):
         get(loop)
-    assert isinstance(info.value.__cause__, httpx.TooManyRedirects)
 
 
 # -- the deadline ----------------------------------------------------------------------------

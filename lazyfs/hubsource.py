@@ -1,0 +1,213 @@
+"""A hub repository as an origin: resolve the revision, list the files, fetch their bytes.
+
+The API calls go through httpx (``HttpOrigin.get_small``: retries, redirects that never carry
+the token to another host); block bodies go through rangeget like any origin's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from lazyfs import hubs
+from lazyfs.errors import MountError, OriginHTTPError, OriginUnreachable, SourceError, UsageError
+from lazyfs.fetch import HttpOrigin, RetryPolicy
+from lazyfs.hubs import HubFile, HubRepo, Snapshot
+from lazyfs.manifest import (
+    DEFAULT_BLOCK_SIZE,
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    check_pin,
+    make_manifest,
+    parse_manifest,
+)
+from lazyfs.rangeget import parse_retry_after
+from lazyfs.sizes import format_size
+from lazyfs.wholefile import stream_whole_file
+
+log = logging.getLogger(__name__)
+
+# The tree API pages at 1,000 entries; this bounds a listing at ten million files.
+MAX_LISTING_PAGES = 10_000
+
+
+def hub_endpoint(hub: str) -> str:
+    variable = hubs.ENDPOINT_VARIABLES[hub]
+    return hubs.check_endpoint(hub, os.environ.get(variable) or hubs.DEFAULT_ENDPOINTS[hub])
+
+
+def hub_token(hub: str, token_file: Path | None) -> str | None:
+    """The token from ``--token-file``, else from the hub's environment variable."""
+    if token_file is None:
+        return os.environ.get(hubs.TOKEN_VARIABLES[hub]) or None
+    try:
+        token = token_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise UsageError(f"cannot read --token-file {token_file}: {reason}") from None
+    if not token or any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise UsageError(f"--token-file {token_file} does not hold one token")
+    return token
+
+
+class HubOrigin(HttpOrigin):
+    """One hub repository; once ``resolve`` has run, every URL names the resolved commit."""
+
+    def __init__(
+        self,
+        repo: HubRepo,
+        endpoint: str,
+        token: str | None,
+        client: httpx.AsyncClient,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(endpoint, client, policy)
+        self.repo = repo
+        self.endpoint = endpoint
+        self.commit: str | None = None
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
+            if repo.hub == hubs.MODELSCOPE:
+                self.headers["Cookie"] = f"m_session_id={token}"
+
+    def url_for(self, path: str) -> str:
+        if self.commit is None:
+            raise SourceError(f"{self.repo.name}: not resolved to a commit yet")
+        if self.repo.hub == hubs.HF:
+            return hubs.hf_file_url(self.endpoint, self.repo, self.commit, path)
+        return hubs.modelscope_file_url(self.endpoint, self.repo, self.commit, path)
+
+    def refuse(self, response: httpx.Response, body: bytes, url: str) -> None:
+        status = response.status_code
+        if self.repo.hub == hubs.HF:
+            message = hubs.hf_error_message(
+                self.repo,
+                status,
+                response.headers.get("x-error-code"),
+                response.headers.get("x-error-message"),
+            )
+        else:
+            message = hubs.modelscope_error_message(self.repo, status, body)
+        # OriginHTTPError keeps 429 and 5xx retryable (Retry-After honoured); the rest fail.
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise OriginHTTPError(message, status, retry_after)
+
+    async def resolve(self) -> Snapshot:
+        """Resolve the revision to a commit and list the files there."""
+        try:
+            if self.repo.hub == hubs.HF:
+                snapshot = await self._resolve_hf()
+            else:
+                snapshot = await self._resolve_modelscope()
+        except OriginUnreachable as exc:
+            hub = hubs.HUB_NAMES[self.repo.hub]
+            raise OriginUnreachable(f"{hub} unreachable at {self.endpoint}: {exc}") from None
+        hubs.check_listing(snapshot)
+        self.commit = snapshot.commit
+        nonempty = [file for file in snapshot.files if file.size > 0]
+        if nonempty:
+            # Listings are public for gated repositories (and on some hubs for private
+            # ones); the bytes are not. One byte of one file says which this is.
+            await self.probe(min(nonempty, key=lambda file: file.size).path)
+        return snapshot
+
+    async def _resolve_hf(self) -> Snapshot:
+        url = hubs.hf_revision_url(self.endpoint, self.repo)
+        body, _ = await self.get_small(url)
+        commit, modified = hubs.parse_hf_revision(body, url)
+        files: list[HubFile] = []
+        page: str | None = hubs.hf_tree_url(self.endpoint, self.repo, commit)
+        for _ in range(MAX_LISTING_PAGES):
+            if page is None:
+                return Snapshot(self.repo, commit, hubs.sorted_files(files), modified)
+            body, headers = await self.get_small(page)
+            files += hubs.parse_hf_tree_page(body, page)
+            page = self._next_page(page, headers)
+        raise SourceError(f"{self.repo.name}: listing has more than {MAX_LISTING_PAGES} pages")
+
+    def _next_page(self, url: str, headers: httpx.Headers) -> str | None:
+        link = headers.get("link")
+        if not link:
+            return None
+        # httpx parses Link headers the way the hub's own client does.
+        links = httpx.Response(200, headers={"link": link}, request=httpx.Request("GET", url))
+        target = links.links.get("next", {}).get("url")
+        if target is None:
+            return None
+        resolved = str(httpx.URL(url).join(target))
+        if httpx.URL(resolved).host != httpx.URL(self.endpoint).host:
+            raise SourceError(f"{self.repo.name}: the listing's next page is on another host")
+        return resolved
+
+    async def _resolve_modelscope(self) -> Snapshot:
+        url = hubs.modelscope_revisions_url(self.endpoint, self.repo)
+        body, _ = await self.get_small(url)
+        commit, modified = hubs.parse_modelscope_revision(body, self.repo, url)
+        if commit is None:
+            # Every ModelScope file is listed with its sha256, and reads are checked against
+            # the listing taken now: if the branch moves, a changed file fails, it never
+            # changes under a reader.
+            log.warning(
+                "%s: the hub names no commit for %s; files are pinned by their sha256",
+                self.repo.name,
+                self.repo.revision,
+            )
+            commit = self.repo.revision
+        url = hubs.modelscope_files_url(self.endpoint, self.repo, commit)
+        body, _ = await self.get_small(url)
+        files = hubs.parse_modelscope_files(body, url)
+        return Snapshot(self.repo, commit, hubs.sorted_files(files), modified)
+
+
+async def open_hub_manifest(
+    origin: HubOrigin, given: bytes | None, pin: str | None
+) -> tuple[Manifest, float]:
+    """Resolve the repository and describe the mount: block mode from ``given`` or from a
+    manifest committed to the repository, else whole-file mode."""
+    snapshot = await origin.resolve()
+    raw = given
+    if raw is None and any(file.path == MANIFEST_NAME for file in snapshot.files):
+        raw = await origin.get(MANIFEST_NAME)
+        log.info("%s: using the manifest committed to the repository", snapshot.name)
+    if raw is None:
+        if pin is not None:
+            raise MountError(f"--manifest-sha256 given, but {snapshot.name} has no manifest")
+        manifest = None
+    else:
+        check_pin(raw, pin)
+        manifest = parse_manifest(raw)
+    block_size, entries = hubs.mount_entries(snapshot, manifest, DEFAULT_BLOCK_SIZE)
+    whole = sum(1 for entry in entries if entry.check is not None)
+    log.info(
+        "%s: %d files, %d with block digests, %d verified whole on first read",
+        snapshot.name,
+        len(entries),
+        len(entries) - whole,
+        whole,
+    )
+    return Manifest(block_size, entries), snapshot.modified or time.time()
+
+
+async def build_hub_manifest(
+    origin: HubOrigin, block_size: int, report: Callable[[str], None]
+) -> Manifest:
+    """Stream every file of the repository once, check each against the hub's digest, and
+    return the block manifest of the resolved commit."""
+    snapshot = await origin.resolve()
+    report(f"{snapshot.name}: {len(snapshot.files)} files")
+    entries = []
+    for file in snapshot.files:
+        if file.path == MANIFEST_NAME:
+            continue
+        pending = FileEntry(file.path, file.size, file.executable, "", (), file.check)
+        began = time.monotonic()
+        entries.append(await stream_whole_file(origin, pending, block_size))
+        elapsed = time.monotonic() - began
+        report(f"{file.path}: {format_size(file.size)}, {file.check.algorithm} ok ({elapsed:.1f}s)")
+    return make_manifest(block_size, entries)

@@ -1,0 +1,277 @@
+"""Files verified whole: for hub files without a block manifest.
+
+The first read of such a file streams all of it (several ranges in flight, hashed in order as
+they arrive, no second pass) and serves nothing until the hub's digest matches. Streaming
+also yields each block's sha256, so once the file matches it is an ordinary block-verified
+file: its blocks are in the cache and its block list is kept (``verified/`` in the cache
+directory), so later reads, and later mounts, fetch and verify single blocks again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import trio
+from typing_extensions import Buffer
+
+from lazyfs.blocks import block_count, block_extent
+from lazyfs.cache import BlockStore
+from lazyfs.errors import CacheError, IntegrityError, LazyfsError
+from lazyfs.hubs import git_blob_header
+from lazyfs.manifest import FileEntry
+from lazyfs.publish import write_atomically
+from lazyfs.sizes import format_size
+
+log = logging.getLogger(__name__)
+
+# Blocks fetched ahead of the one being hashed: 8 x 4 MiB in memory at most.
+STREAM_WINDOW = 8
+PROGRESS_SECONDS = 5.0
+
+
+class FileIntegrityError(IntegrityError):
+    def __init__(self, path: str, url: str, algorithm: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{path} from {url} does not match the hub's {algorithm} (expected {expected}, "
+            f"got {actual}); none of it is served"
+        )
+
+
+class FileHashes:
+    """The whole-file digests, fed in order: sha256, and the Git blob id when it is checked."""
+
+    def __init__(self, entry: FileEntry) -> None:
+        self.sha256 = hashlib.sha256()
+        self.git_sha1 = None
+        if entry.check is not None and entry.check.algorithm == "git-sha1":
+            self.git_sha1 = hashlib.sha1(git_blob_header(entry.size))
+
+    def update(self, data: Buffer) -> None:
+        self.sha256.update(data)
+        if self.git_sha1 is not None:
+            self.git_sha1.update(data)
+
+    def digest(self, algorithm: str) -> str:
+        chosen = self.git_sha1 if algorithm == "git-sha1" else self.sha256
+        assert chosen is not None
+        return chosen.hexdigest()
+
+
+class BlockSource(Protocol):
+    def url_for(self, path: str) -> str: ...
+
+    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+        """Exactly ``length`` bytes from ``start`` and their sha256 hex digest."""
+        ...
+
+
+async def stream_whole_file(
+    source: BlockSource,
+    entry: FileEntry,
+    block_size: int,
+    keep: Callable[[str, Buffer], Awaitable[None]] | None = None,
+    progress: Callable[[int], None] = lambda done: None,
+    window: int = STREAM_WINDOW,
+) -> FileEntry:
+    """Fetch all of ``entry``, check it against ``entry.check``, and return it with its
+    block digests and sha256. ``keep`` is given each block (in order) before the check."""
+    assert entry.check is not None
+    count = block_count(entry.size, block_size)
+    arrived = [trio.Event() for _ in range(count)]
+    results: dict[int, tuple[Buffer, str]] = {}
+    failures: list[LazyfsError] = []
+    slots = trio.Semaphore(window)
+    hashes = FileHashes(entry)
+    digests: list[str] = []
+
+    async def fetch(index: int, nursery: trio.Nursery) -> None:
+        start, length = block_extent(index, entry.size, block_size)
+        try:
+            results[index] = await source.fetch_block(entry.path, start, length)
+        except LazyfsError as exc:
+            failures.append(exc)
+            nursery.cancel_scope.cancel()
+        finally:
+            arrived[index].set()
+
+    async def start_fetches(nursery: trio.Nursery) -> None:
+        for index in range(count):
+            await slots.acquire()
+            nursery.start_soon(fetch, index, nursery)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(start_fetches, nursery)
+        done = 0
+        for index in range(count):
+            await arrived[index].wait()
+            if failures:
+                break
+            block, digest = results.pop(index)
+            await trio.to_thread.run_sync(hashes.update, block)
+            digests.append(digest)
+            if keep is not None:
+                await keep(digest, block)
+            slots.release()
+            done += len(memoryview(block))
+            progress(done)
+    if failures:
+        raise failures[0]
+    if count == 0:
+        hashes.update(b"")
+    actual = hashes.digest(entry.check.algorithm)
+    if actual != entry.check.digest:
+        url = source.url_for(entry.path)
+        raise FileIntegrityError(entry.path, url, entry.check.algorithm, entry.check.digest, actual)
+    return replace(entry, sha256=hashes.digest("sha256"), blocks=tuple(digests), check=None)
+
+
+class BlockLists:
+    """Block lists of files verified whole, by the hub's digest: ``DIR/ALGO-DIGEST-SIZE-BS``.
+    Each records its own sha256, so a damaged one is ignored (the file is verified again)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, entry: FileEntry, block_size: int) -> Path:
+        assert entry.check is not None
+        name = f"{entry.check.algorithm}-{entry.check.digest}-{entry.size}-{block_size}.json"
+        return self.directory / name
+
+    def load(self, entry: FileEntry, block_size: int) -> FileEntry | None:
+        try:
+            document = json.loads(self._path(entry, block_size).read_bytes())
+            body = [document["sha256"], document["blocks"]]
+            if document["check"] != _checksum(body):
+                raise ValueError("checksum")
+            sha256, blocks = str(body[0]), tuple(str(digest) for digest in body[1])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the damaged block list of %s (%s)", entry.path, exc)
+            return None
+        if len(blocks) != block_count(entry.size, block_size):
+            return None
+        return replace(entry, sha256=sha256, blocks=blocks, check=None)
+
+    def store(self, pending: FileEntry, verified: FileEntry, block_size: int) -> None:
+        body = [verified.sha256, list(verified.blocks)]
+        data = json.dumps({"sha256": body[0], "blocks": body[1], "check": _checksum(body)})
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomically(self._path(pending, block_size), data.encode(), mode=0o600)
+        except OSError as exc:
+            raise CacheError(f"cannot keep the block list of {pending.path}: {exc}") from None
+
+
+def _checksum(body: Sequence[object]) -> str:
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()
+
+
+@dataclass(eq=False)
+class _Verifying:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: FileEntry | None = None
+    error: LazyfsError | None = None
+
+
+class WholeFiles:
+    """Verifies files whole for a mount: once per file, however many readers wait on it."""
+
+    def __init__(
+        self,
+        source: BlockSource,
+        store: BlockStore,
+        block_size: int,
+        lists: BlockLists | None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.block_size = block_size
+        self.lists = lists
+        self.verifying = 0
+        self.failures = 0
+        self._verified: dict[str, FileEntry] = {}
+        self._running: dict[str, _Verifying] = {}
+
+    def known(self, entry: FileEntry) -> FileEntry:
+        """``entry`` with its block digests if it has been verified, else as it is."""
+        return self._verified.get(entry.path, entry)
+
+    async def verified(self, entry: FileEntry) -> FileEntry:
+        if entry.check is None:
+            return entry
+        known = self._verified.get(entry.path)
+        if known is not None:
+            return known
+        running = self._running.get(entry.path)
+        if running is None:
+            running = self._running[entry.path] = _Verifying()
+            try:
+                running.result = self._verified[entry.path] = await self._verify(entry)
+            except LazyfsError as exc:
+                running.error = exc
+                raise
+            finally:
+                del self._running[entry.path]
+                running.done.set()
+        await running.done.wait()
+        if running.error is not None:
+            raise running.error
+        assert running.result is not None
+        return running.result
+
+    async def _verify(self, entry: FileEntry) -> FileEntry:
+        if self.lists is not None:
+            loaded = await trio.to_thread.run_sync(self.lists.load, entry, self.block_size)
+            if loaded is not None:
+                return loaded
+        assert entry.check is not None
+        size = format_size(entry.size)
+        log.info(
+            "verifying %s whole (%s) against the hub's %s; its first read waits for all of it",
+            entry.path,
+            size,
+            entry.check.algorithm,
+        )
+        began = last = time.monotonic()
+
+        def report(done: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PROGRESS_SECONDS:
+                last = now
+                share = 100 * done // max(entry.size, 1)
+                log.info("verifying %s: %d%% of %s", entry.path, share, size)
+
+        self.verifying += 1
+        try:
+            verified = await stream_whole_file(
+                self.source, entry, self.block_size, self._keep, report
+            )
+        except LazyfsError:
+            self.failures += 1
+            raise
+        finally:
+            self.verifying -= 1
+        log.info("verified %s (%s) in %.1fs", entry.path, size, time.monotonic() - began)
+        if self.lists is not None:
+            try:
+                await trio.to_thread.run_sync(self.lists.store, entry, verified, self.block_size)
+            except CacheError as exc:
+                log.warning("%s", exc)
+        return verified
+
+    async def _keep(self, digest: str, block: Buffer) -> None:
+        # Stored before the whole file is checked: blocks are kept by their own digest, so
+        # one is only ever used where a verified list names it.
+        try:
+            await trio.to_thread.run_sync(self.store.put, digest, block)
+        except CacheError as exc:
+            log.warning("%s; the block will be fetched again when read", exc)

@@ -1,0 +1,305 @@
+"""hf:// and modelscope:// mounts against fake hubs on 127.0.0.1 (tests/fakehubs.py), read
+with ordinary tools; and the proof that the fake Hugging Face hub is faithful: the real
+``huggingface_hub`` client downloads the same bytes from it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazyfs.manifest import MANIFEST_NAME
+from tests.fakehubs import TOKEN, FakeHub, FakeRepo, fake_hub
+from tests.mounts import Mounter, lazyfs, publish
+from tests.origins import free_port
+
+BLOCK = 64 * 1024
+WEIGHTS = os.urandom(40 * BLOCK + 123)  # 41 blocks of 64 KiB
+FILES = {
+    "config.json": b'{"model_type": "llama", "hidden_size": 64}\n',
+    "tokenizer.json": os.urandom(3000),
+    "model.safetensors": WEIGHTS,
+    "nested/dir/extra.bin": os.urandom(70_000),
+    "README.md": b"# fake model\n",
+}
+
+
+@pytest.fixture
+def hf(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    with fake_hub("hf") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield hub
+
+
+@pytest.fixture
+def modelscope(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    with fake_hub("modelscope") as hub:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.endpoint)
+        monkeypatch.delenv("MODELSCOPE_API_TOKEN", raising=False)
+        yield hub
+
+
+def assert_same_files(root: Path, files: dict[str, bytes]) -> None:
+    listed = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert listed == sorted(files)
+    for path, data in files.items():
+        result = subprocess.run(
+            ["sha256sum", str(root / path)], capture_output=True, text=True, check=True
+        )
+        assert result.stdout.split()[0] == hashlib.sha256(data).hexdigest(), path
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert words in result.stderr, result.stderr
+
+
+def cdn_ranges(hub: FakeHub, data: bytes) -> list[str]:
+    sha256 = hashlib.sha256(data).hexdigest()
+    return [r.headers.get("range", "-") for r in hub.seen("cdn") if sha256 in r.path]
+
+
+def test_the_real_huggingface_hub_client_downloads_the_same_bytes(
+    hf: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import snapshot_download
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    hf.add_repo("org/private-model", FILES, private=True)
+    hf.add_repo("org/data", {"train/part-0.parquet": os.urandom(5000)}, dataset=True)
+    folder = snapshot_download(
+        "org/private-model", cache_dir=tmp_path / "hf", token=TOKEN, endpoint=hf.endpoint
+    )
+    assert_same_files(Path(folder), FILES)
+    data = snapshot_download(
+        "org/data", repo_type="dataset", cache_dir=tmp_path / "hf", endpoint=hf.endpoint
+    )
+    assert (Path(data) / "train/part-0.parquet").stat().st_size == 5000
+    # It took the paths our client takes: revision, paged tree, resolve, and the CDN.
+    paths = [r.path for r in hf.seen("api")]
+    assert any("/api/models/org/private-model/revision/main" in p for p in paths)
+    assert sum("/tree/" in p for p in paths) >= 2
+    assert any("/resolve/" in p for p in paths)
+    assert hf.seen("cdn")
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_hf_mount_serves_every_file_verified_whole(
+    hf: FakeHub, mounter: Mounter, dataset: bool
+) -> None:
+    hf.add_repo("org/model", FILES, dataset=dataset)
+    source = "hf://datasets/org/model" if dataset else "hf://org/model"
+    mountpoint, result = mounter.mount(source)
+    assert f"mounted {source}@main" in result.stdout
+    assert_same_files(mountpoint, FILES)
+    log = mounter.log_text()
+    assert "verified model.safetensors" in log
+    assert "against the hub's git-sha1" in log  # config.json is a Git file, not LFS
+    # Whole-file mode streams each file once (here one range: the mount's blocks are 4 MiB).
+    assert cdn_ranges(hf, WEIGHTS) == [f"bytes=0-{len(WEIGHTS) - 1}"]
+
+
+def test_private_repo_needs_a_token_which_never_leaves_the_hub(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hf.add_repo("org/secret", FILES, private=True)
+    _, refused = mounter.mount("hf://org/secret", expect_ok=False)
+    one_line_error(refused, 3, "repository not found, or private")
+    monkeypatch.setenv("HF_TOKEN", "wrong")
+    _, wrong = mounter.mount("hf://org/secret", expect_ok=False)
+    one_line_error(wrong, 3, "set HF_TOKEN or use --token-file")
+    monkeypatch.delenv("HF_TOKEN")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    mountpoint, _ = mounter.mount("hf://org/secret", "--token-file", str(token_file))
+    assert_same_files(mountpoint, FILES)
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in hf.seen("api")[-3:])
+    assert hf.seen("cdn")
+    assert not [r for r in hf.seen("cdn") if "authorization" in r.headers]
+    assert TOKEN not in mounter.log_text()
+    assert TOKEN not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_gated_repo_and_bad_revision_and_unreachable_hub_are_one_line(
+    hf: FakeHub, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hf.add_repo("org/gated", FILES, gated=True)
+    hf.add_repo("org/model", FILES)
+    one_line_error(mounter.mount("hf://org/gated", expect_ok=False)[1], 3, "gated")
+    one_line_error(
+        mounter.mount("hf://org/model@nope", expect_ok=False)[1], 3, "revision 'nope' not found"
+    )
+    one_line_error(mounter.mount("hf://org/missing", expect_ok=False)[1], 3, "repository not found")
+    one_line_error(mounter.mount("hf://org", expect_ok=False)[1], 2, "not a repository name")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    one_line_error(mounter.mount("hf://org/model", expect_ok=False)[1], 3, "unreachable")
+
+
+def test_rate_limits_are_retried_after_the_hubs_delay(hf: FakeHub, mounter: Mounter) -> None:
+    hf.add_repo("org/model", FILES)
+    hf.api_failures += [(429, "1"), (503, None)]
+    mountpoint, _ = mounter.mount("hf://org/model")
+    assert (mountpoint / "config.json").read_bytes() == FILES["config.json"]
+    assert "rate-limited" in mounter.log_text()
+    hf.api_failures += [(429, "0")] * 10
+    _, refused = mounter.mount("hf://org/model", expect_ok=False)
+    one_line_error(refused, 3, "rate-limited by the hub (HTTP 429)")
+
+
+def test_a_mount_stays_on_its_commit_while_the_branch_moves(hf: FakeHub, mounter: Mounter) -> None:
+    repo = hf.add_repo("org/model", FILES)
+    mountpoint, _ = mounter.mount("hf://org/model")
+    changed = {**FILES, "config.json": b'{"changed": true}\n', "model.safetensors": os.urandom(999)}
+    hf.push(repo, changed)
+    assert_same_files(mountpoint, FILES)
+    newer, _ = mounter.mount("hf://org/model@main")
+    assert_same_files(newer, changed)
+
+
+def test_corrupt_bytes_from_the_cdn_are_never_served_whole_file_mode(
+    hf: FakeHub, mounter: Mounter
+) -> None:
+    hf.add_repo("org/model", FILES)
+    hf.corrupt.add(hashlib.sha256(WEIGHTS).hexdigest())
+    mountpoint, _ = mounter.mount("hf://org/model")
+    result = subprocess.run(
+        ["cat", str(mountpoint / "model.safetensors")], capture_output=True, check=False
+    )
+    assert result.returncode != 0 and b"Input/output error" in result.stderr
+    assert result.stdout == b""
+    assert "does not match the hub's sha256" in mounter.log_text()
+    assert (mountpoint / "config.json").read_bytes() == FILES["config.json"]
+    hf.corrupt.clear()
+    assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_verified_files_are_read_from_the_cache_after_a_remount(
+    hf: FakeHub, mounter: Mounter
+) -> None:
+    hf.add_repo("org/model", FILES)
+    mountpoint, _ = mounter.mount("hf://org/model")
+    assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+    mounter.unmount(mountpoint)
+    before = len(hf.seen("cdn"))
+    again, _ = mounter.mount("hf://org/model")
+    assert (again / "model.safetensors").read_bytes() == WEIGHTS
+    assert len(hf.seen("cdn")) == before
+
+
+def test_modelscope_mount_with_a_token_file(
+    modelscope: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    modelscope.add_repo("org/model", FILES, private=True)
+    _, refused = mounter.mount("modelscope://org/model", expect_ok=False)
+    one_line_error(refused, 3, "access denied (HTTP 403: no permission")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    for source, words in [
+        ("modelscope://org/model@dev", "revision 'dev' not found"),
+        ("modelscope://org/nothing", "repository or revision not found"),
+    ]:
+        _, result = mounter.mount(source, "--token-file", str(token_file), expect_ok=False)
+        one_line_error(result, 3, words)
+    mountpoint, result = mounter.mount("modelscope://org/model", "--token-file", str(token_file))
+    assert "modelscope://org/model@master" in result.stdout
+    assert_same_files(mountpoint, FILES)
+    api = modelscope.seen("api")
+    assert any(f"m_session_id={TOKEN}" in r.headers.get("cookie", "") for r in api)
+    cdn = modelscope.seen("cdn")
+    assert cdn and not [r for r in cdn if "authorization" in r.headers or "cookie" in r.headers]
+
+
+def test_modelscope_corruption_and_pinning(modelscope: FakeHub, mounter: Mounter) -> None:
+    repo: FakeRepo = modelscope.add_repo("org/model", FILES)
+    mountpoint, _ = mounter.mount("modelscope://org/model")
+    modelscope.push(repo, {**FILES, "README.md": b"# moved on\n"})
+    assert (mountpoint / "README.md").read_bytes() == FILES["README.md"]
+    modelscope.corrupt.add(hashlib.sha256(FILES["tokenizer.json"]).hexdigest())
+    with pytest.raises(OSError):
+        (mountpoint / "tokenizer.json").read_bytes()
+
+
+# Block mode: a manifest in the repository or given with --manifest
+
+
+def local_manifest(tmp_path: Path, files: dict[str, bytes]) -> bytes:
+    root = tmp_path / "published"
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    return publish(root, "64K")
+
+
+def read_block(path: Path, index: int) -> bytes:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+        return os.pread(descriptor, 1000, index * BLOCK)
+    finally:
+        os.close(descriptor)
+
+
+def test_a_committed_manifest_mounts_lazily_block_by_block(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    raw = local_manifest(tmp_path, FILES)
+    hf.add_repo("org/model", {**FILES, MANIFEST_NAME: raw})
+    mountpoint, _ = mounter.mount("hf://org/model")
+    assert MANIFEST_NAME not in os.listdir(mountpoint)
+    assert read_block(mountpoint / "model.safetensors", 5) == WEIGHTS[5 * BLOCK :][:1000]
+    assert cdn_ranges(hf, WEIGHTS) == [f"bytes={5 * BLOCK}-{6 * BLOCK - 1}"]
+    hf.corrupt.add(hashlib.sha256(WEIGHTS).hexdigest())  # the CDN flips a byte of block 20
+    with pytest.raises(OSError):
+        read_block(mountpoint / "model.safetensors", 20)
+    assert "block 20 of model.safetensors failed verification" in mounter.log_text()
+    assert read_block(mountpoint / "model.safetensors", 3) == WEIGHTS[3 * BLOCK :][:1000]
+
+
+def test_manifest_build_from_the_hub_then_a_lazy_mount(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    hf.add_repo("org/model", FILES)
+    output = tmp_path / "org-model.json"
+    built = lazyfs("manifest", "build", "hf://org/model", "--block-size", "64K", "-o", output)
+    assert built.returncode == 0, built.stderr
+    assert "manifest sha256:" in built.stdout
+    # The same bytes as publishing the files locally: the hub's copy was checked end to end.
+    assert output.read_bytes() == local_manifest(tmp_path, FILES)
+    streamed = len(cdn_ranges(hf, WEIGHTS))
+    mountpoint, _ = mounter.mount("hf://org/model", "--manifest", str(output))
+    assert read_block(mountpoint / "model.safetensors", 7) == WEIGHTS[7 * BLOCK :][:1000]
+    assert cdn_ranges(hf, WEIGHTS)[streamed:] == [f"bytes={7 * BLOCK}-{8 * BLOCK - 1}"]
+    assert_same_files(mountpoint, FILES)
+
+
+def test_a_manifest_of_another_revision_is_refused(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    hf.add_repo("org/model", FILES)
+    other = local_manifest(tmp_path, {**FILES, "model.safetensors": WEIGHTS[::-1]})
+    (tmp_path / "other.json").write_bytes(other)
+    _, result = mounter.mount(
+        "hf://org/model", "--manifest", str(tmp_path / "other.json"), expect_ok=False
+    )
+    one_line_error(result, 4, "manifest does not match this revision")
+    _, missing = mounter.mount(
+        "hf://org/model", "--manifest", str(tmp_path / "nope.json"), expect_ok=False
+    )
+    one_line_error(missing, 2, "cannot read --manifest")
+
+
+def test_manifest_build_refuses_corrupt_hub_bytes(hf: FakeHub, tmp_path: Path) -> None:
+    hf.add_repo("org/model", FILES)
+    hf.corrupt.add(hashlib.sha256(FILES["nested/dir/extra.bin"]).hexdigest())
+    output = tmp_path / "m.json"
+    result = lazyfs("manifest", "build", "hf://org/model", "-o", output)
+    one_line_error(result, 5, "nested/dir/extra.bin from")
+    assert not output.exists()
+    one_line_error(lazyfs("manifest", "build", "hf://org/model"), 2, "needs -o FILE")
