@@ -2,61 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from lazyfs import __version__
+from lazyfs.clicache import cache_group
+from lazyfs.clicommon import configure_logging, default_cache_dir, reports_errors
 from lazyfs.errors import IntegrityError, LazyfsError, UsageError
 from lazyfs.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
-    from lazyfs.cache import BlockStore
     from lazyfs.manifest import Manifest
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DEFAULT_CACHE_SIZE = "50G"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def reports_errors(command: F) -> F:
-    """Turn the project's errors into one line on stderr and the error's exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except LazyfsError as exc:
-            click.echo(f"lazyfs: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("lazyfs: interrupted", err=True)
-            sys.exit(130)
-
-    return cast(F, wrapper)
-
-
-def configure_logging(level: str, log_file: Path | None) -> None:
-    handler: logging.Handler
-    try:
-        handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    except OSError as exc:
-        raise UsageError(f"cannot write the log file {log_file}: {exc.strerror}") from None
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # httpx logs every request at INFO; that is noise beside our own per-block messages.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -214,12 +179,6 @@ def serve(directory: Path, host: str, port: int, access_log: Path | None) -> Non
     run_server(directory, host, port, access_log)
 
 
-def _default_cache_dir() -> Path:
-    from lazyfs.cache import default_cache_dir
-
-    return default_cache_dir()
-
-
 @cli.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
@@ -239,7 +198,12 @@ def status(mountpoint: Path, as_json: bool) -> None:
         return
     for item in report["files"]:
         share = 100 * item["cached_bytes"] // max(item["size"], 1) if item["size"] else 100
-        click.echo(f"{share:3d}% {format_size(item['size']):>10}  {item['path']}")
+        note = ""
+        if "streamed_bytes" in item:
+            note = f"  (verifying whole: {format_size(item['streamed_bytes'])} streamed)"
+        elif "verify_whole" in item:
+            note = f"  (verified whole on first read, by {item['verify_whole']})"
+        click.echo(f"{share:3d}% {format_size(item['size']):>10}  {item['path']}{note}")
     counters = {key: value for key, value in report.items() if key != "files"}
     click.echo("  ".join(f"{key}={value}" for key, value in counters.items()))
 
@@ -280,117 +244,6 @@ def prefetch(mountpoint: Path, paths: tuple[str, ...]) -> None:
 
     count, total = run_prefetch(mountpoint, paths, tty=sys.stdout.isatty())
     click.echo(f"done: {count} files, {format_size(total)} verified and cached")
-
-
-@cli.group("cache")
-def cache_group() -> None:
-    """Inspect and maintain a block cache (also while mounts use it).
-
-    \b
-    Example:
-      lazyfs cache info && lazyfs cache prune 10G
-    """
-
-
-cache_dir_option = click.option(
-    "--cache-dir",
-    type=click.Path(path_type=Path),
-    help="The cache (default: $XDG_CACHE_HOME/lazyfs, else ~/.cache/lazyfs).",
-)
-
-
-def _open_store(cache_dir: Path | None) -> tuple[Path, BlockStore]:
-    from lazyfs.cache import BlockStore
-
-    directory = (cache_dir or _default_cache_dir()).absolute()
-    if not (directory / "blocks").is_dir():
-        raise UsageError(f"{directory} is not a lazyfs cache (no blocks/ in it)")
-    # The limit only matters to writers; the mounts using this cache keep their own.
-    return directory, BlockStore(directory / "blocks", 2**62)
-
-
-@cache_group.command("info")
-@cache_dir_option
-@reports_errors
-def cache_info(cache_dir: Path | None) -> None:
-    """Show where the cache is, its size and its block count.
-
-    \b
-    Example:
-      lazyfs cache info --cache-dir /var/cache/lazyfs
-    """
-    directory, store = _open_store(cache_dir)
-    try:
-        stats = store.statistics()
-    finally:
-        store.close()
-    manifests = len(list((directory / "manifests").glob("*.json")))
-    click.echo(f"cache dir: {directory}")
-    click.echo(f"blocks: {stats.blocks} ({format_size(stats.volume)} on disk)")
-    click.echo(f"manifests: {manifests}")
-
-
-@cache_group.command("verify")
-@cache_dir_option
-@reports_errors
-def cache_verify(cache_dir: Path | None) -> None:
-    """Re-hash every cached block; drop any that no longer match (exit 5 if there were).
-
-    \b
-    Example:
-      lazyfs cache verify
-    """
-    _, store = _open_store(cache_dir)
-    try:
-        checked, dropped = store.verify()
-    finally:
-        store.close()
-    for digest in dropped:
-        click.echo(f"dropped corrupt block {digest}")
-    click.echo(f"checked {checked} blocks, {len(dropped)} corrupt")
-    if dropped:
-        raise IntegrityError(f"{len(dropped)} corrupt block(s) dropped; they will be refetched")
-
-
-@cache_group.command("prune")
-@click.argument("size")
-@cache_dir_option
-@reports_errors
-def cache_prune(size: str, cache_dir: Path | None) -> None:
-    """Evict least recently used blocks until the cache holds at most SIZE.
-
-    \b
-    Example:
-      lazyfs cache prune 10G
-    """
-    target = parse_size(size)
-    _, store = _open_store(cache_dir)
-    try:
-        dropped = store.evict_to(target)
-        left = store.statistics()
-    finally:
-        store.close()
-    click.echo(f"evicted {dropped} blocks; {left.blocks} left ({format_size(left.volume)})")
-
-
-@cache_group.command("clear")
-@cache_dir_option
-@reports_errors
-def cache_clear(cache_dir: Path | None) -> None:
-    """Remove every cached block and manifest.
-
-    \b
-    Example:
-      lazyfs cache clear --cache-dir /tmp/lazyfs-cache
-    """
-    directory, store = _open_store(cache_dir)
-    try:
-        removed = store.clear()
-    finally:
-        store.close()
-    for manifest in (directory / "manifests").glob("*.json"):
-        manifest.unlink(missing_ok=True)
-    click.echo(f"removed {removed} blocks from {directory}")
 
 
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
@@ -525,7 +378,7 @@ def mount(
     config = MountConfig(
         url=url,
         mountpoint=mountpoint.absolute(),
-        cache_dir=(cache_dir or _default_cache_dir()).absolute(),
+        cache_dir=(cache_dir or default_cache_dir()).absolute(),
         cache_size=parse_size(cache_size),
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
@@ -601,6 +454,9 @@ def sample(directory: Path, size: str, seed: int) -> None:
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename or directory}: {exc.strerror}") from None
     click.echo(f"wrote {len(written)} files to {directory}")
+
+
+cli.add_command(cache_group)
 
 
 def main() -> None:

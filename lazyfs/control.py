@@ -39,7 +39,14 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
             for index, digest in enumerate(entry.blocks)
             if reader.store.contains(digest)
         )
-        files.append({"path": entry.path, "size": entry.size, "cached_bytes": cached})
+        item: dict[str, Any] = {"path": entry.path, "size": entry.size, "cached_bytes": cached}
+        if entry.check is not None:
+            # Verified whole on first read: nothing counts as cached until all of it matches.
+            item["verify_whole"] = entry.check.algorithm
+            streamed = reader.whole_files.streamed.get(entry.path)
+            if streamed is not None:
+                item["streamed_bytes"] = streamed
+        files.append(item)
     files.sort(key=lambda item: str(item["path"]))
     store = reader.store.statistics()
     return {
@@ -48,6 +55,7 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
         "cache_blocks": store.blocks,
         "cache_bytes": store.volume,
         "cache_limit": store.limit,
+        "whole_file_failures": reader.whole_files.failures,
     }
 
 

@@ -195,8 +195,9 @@ class WholeFiles:
         self.store = store
         self.block_size = block_size
         self.lists = lists
-        self.verifying = 0
         self.failures = 0
+        # Bytes streamed so far of each file being verified (shown by ``lazyfs status``).
+        self.streamed: dict[str, int] = {}
         self._verified: dict[str, FileEntry] = {}
         self._running: dict[str, _Verifying] = {}
 
@@ -244,13 +245,14 @@ class WholeFiles:
 
         def report(done: int) -> None:
             nonlocal last
+            self.streamed[entry.path] = done
             now = time.monotonic()
             if now - last >= PROGRESS_SECONDS:
                 last = now
                 share = 100 * done // max(entry.size, 1)
                 log.info("verifying %s: %d%% of %s", entry.path, share, size)
 
-        self.verifying += 1
+        self.streamed[entry.path] = 0
         try:
             verified = await stream_whole_file(
                 self.source, entry, self.block_size, self._keep, report
@@ -259,7 +261,7 @@ class WholeFiles:
             self.failures += 1
             raise
         finally:
-            self.verifying -= 1
+            del self.streamed[entry.path]
         log.info("verified %s (%s) in %.1fs", entry.path, size, time.monotonic() - began)
         if self.lists is not None:
             try:

@@ -5,6 +5,7 @@ with ordinary tools; and the proof that the fake Hugging Face hub is faithful: t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 from lazyfs.manifest import MANIFEST_NAME
 from tests.fakehubs import TOKEN, FakeHub, FakeRepo, fake_hub
 from tests.mounts import Mounter, lazyfs, publish
-from tests.origins import free_port
+from tests.origins import free_port, start_lazyfs_origin
 
 BLOCK = 64 * 1024
 WEIGHTS = os.urandom(40 * BLOCK + 123)  # 41 blocks of 64 KiB
@@ -273,7 +274,11 @@ def test_manifest_build_from_the_hub_then_a_lazy_mount(
     # The same bytes as publishing the files locally: the hub's copy was checked end to end.
     assert output.read_bytes() == local_manifest(tmp_path, FILES)
     streamed = len(cdn_ranges(hf, WEIGHTS))
-    mountpoint, _ = mounter.mount("hf://org/model", "--manifest", str(output))
+    # --manifest also takes a URL (fetched without the hub's token: it is not the hub).
+    raw = output.read_bytes()
+    hf.blobs[hashlib.sha256(raw).hexdigest()] = raw
+    url = f"{hf.cdn_base}/manifests/{hashlib.sha256(raw).hexdigest()}?X-Amz-Signature=s"
+    mountpoint, _ = mounter.mount("hf://org/model", "--manifest", url)
     assert read_block(mountpoint / "model.safetensors", 7) == WEIGHTS[7 * BLOCK :][:1000]
     assert cdn_ranges(hf, WEIGHTS)[streamed:] == [f"bytes={7 * BLOCK}-{8 * BLOCK - 1}"]
     assert_same_files(mountpoint, FILES)
@@ -303,3 +308,42 @@ def test_manifest_build_refuses_corrupt_hub_bytes(hf: FakeHub, tmp_path: Path) -
     one_line_error(result, 5, "nested/dir/extra.bin from")
     assert not output.exists()
     one_line_error(lazyfs("manifest", "build", "hf://org/model"), 2, "needs -o FILE")
+
+
+def test_status_and_prefetch_of_a_hub_mount(hf: FakeHub, mounter: Mounter) -> None:
+    hf.add_repo("org/model", FILES)
+    mountpoint, _ = mounter.mount("hf://org/model")
+    shown = lazyfs("status", mountpoint)
+    assert shown.returncode == 0, shown.stderr
+    assert "  0%" in shown.stdout and "verified whole on first read, by sha256" in shown.stdout
+    fetched = lazyfs("prefetch", mountpoint)
+    assert fetched.returncode == 0, fetched.stderr
+    report = json.loads(lazyfs("status", mountpoint, "--json").stdout)
+    assert all(item["cached_bytes"] == item["size"] for item in report["files"])
+    assert not [item for item in report["files"] if "verify_whole" in item]
+    before = len(hf.seen("cdn")) + len(hf.seen("api"))
+    assert_same_files(mountpoint, FILES)
+    assert len(hf.seen("cdn")) + len(hf.seen("api")) == before
+
+
+def test_manifest_option_on_a_published_origin(mounter: Mounter, tmp_path: Path) -> None:
+    """--manifest works for http:// origins too: the given manifest replaces the origin's."""
+    root = tmp_path / "origin"
+    local_manifest(tmp_path, FILES)
+    (tmp_path / "published").rename(root)
+    manifest = root / MANIFEST_NAME
+    kept = tmp_path / "kept.json"
+    manifest.rename(kept)
+    origin = start_lazyfs_origin(root, tmp_path / "serve")
+    try:
+        _, refused = mounter.mount(origin.url, expect_ok=False)
+        one_line_error(refused, 4, "no manifest at")
+        pin = hashlib.sha256(kept.read_bytes()).hexdigest()
+        mountpoint, _ = mounter.mount(origin.url, "--manifest", str(kept), "--manifest-sha256", pin)
+        assert_same_files(mountpoint, FILES)
+        _, wrong = mounter.mount(
+            origin.url, "--manifest", str(kept), "--manifest-sha256", "0" * 64, expect_ok=False
+        )
+        one_line_error(wrong, 7, "does not match --manifest-sha256")
+    finally:
+        origin.stop()
