@@ -468,9 +468,11 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URL of every get_range call fetch_block makes (for origins that take no request)."""
     calls: list[str] = []
 
-    def counting(pool: ConnectionPool, url: str, start: int, length: int) -> RangeBody:
+    def counting(
+        pool: ConnectionPool, url: str, start: int, length: int, headers: dict[str, str]
+    ) -> RangeBody:
         calls.append(url)
-        return get_range(pool, url, start, length)
+        return get_range(pool, url, start, length, headers)
 
     monkeypatch.setattr(lazyfs.fetch, "get_range", counting)
     return calls
