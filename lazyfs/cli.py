@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -318,6 +320,34 @@ def _log_name(mountpoint: Path) -> str:
     type=click.Path(path_type=Path),
     help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
 )
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="URL",
+    help="The same published repository at another address (repeatable); blocks are "
+    "verified, so a mirror needs no trust.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(1, 100),
+    default=4,
+    show_default=True,
+    help="Attempts per block: transport errors, 408/429/5xx and bad copies are retried.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds a connection may stall (connect or between bytes) [default: 5 to connect, "
+    "20 between bytes].",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(0.1, 86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds a block fetch may take, all attempts included; then the read fails (EIO).",
+)
 @click.option("--allow-other", is_flag=True, help="Let users other than the mounter read it.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground, logging to stderr.")
 @click.option("--log-file", type=click.Path(path_type=Path), help="Log here instead.")
@@ -346,6 +376,10 @@ def mount(
     manifest_sha256: str | None,
     manifest_source: str | None,
     token_file: Path | None,
+    mirrors: tuple[str, ...],
+    retries: int,
+    timeout: float | None,
+    deadline: float,
     allow_other: bool,
     foreground: bool,
     log_file: Path | None,
@@ -368,9 +402,19 @@ def mount(
       lazyfs mount hf://Qwen/Qwen2.5-0.5B /mnt/models/qwen
     """
     from lazyfs.cache import prepare_cache_dir
+    from lazyfs.fetch import RetryPolicy
+    from lazyfs.hubs import is_hub_source
     from lazyfs.mount import MountConfig, run_foreground, start_background
 
+    # Everything this mount writes (cache, block lists, logs) is for its user alone.
+    os.umask(0o077)
     url = normalize_source(url, token_file)
+    if mirrors and is_hub_source(url):
+        raise UsageError("--mirror is for http(s) origins; for a hub mirror set its endpoint")
+    mirrors = tuple(normalize_url(mirror) for mirror in mirrors)
+    policy = RetryPolicy(attempts=retries, deadline=deadline)
+    if timeout is not None:
+        policy = dataclasses.replace(policy, connect_timeout=timeout, read_timeout=timeout)
     if manifest_source is not None and not manifest_source.startswith(("http://", "https://")):
         manifest_source = str(Path(manifest_source).absolute())
     if manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256):
@@ -386,6 +430,8 @@ def mount(
         metrics=_metrics_address(metrics_address),
         manifest_source=manifest_source,
         token_file=token_file.absolute() if token_file else None,
+        mirrors=mirrors,
+        policy=policy,
     )
     if foreground:
         configure_logging(log_level, log_file)
@@ -405,6 +451,11 @@ def mount(
         extra += ["--manifest", config.manifest_source]
     if config.token_file:
         extra += ["--token-file", str(config.token_file)]
+    for mirror in mirrors:
+        extra += ["--mirror", mirror]
+    extra += ["--retries", str(retries), "--deadline", str(deadline)]
+    if timeout is not None:
+        extra += ["--timeout", str(timeout)]
     if allow_other:
         extra.append("--allow-other")
     if prefetch:

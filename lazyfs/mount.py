@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -73,6 +73,9 @@ class MountConfig:
     # --manifest: a manifest file or URL to use instead of the source's own.
     manifest_source: str | None = None
     token_file: Path | None = None
+    # --mirror: the same published tree at other addresses; blocks only (not the manifest).
+    mirrors: tuple[str, ...] = ()
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 def runtime_dir() -> Path:
@@ -212,7 +215,7 @@ async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
 
 async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted or signalled, and always unmount on the way out."""
-    policy = RetryPolicy()
+    policy = config.policy
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(make_client(policy))
         given = None
@@ -229,11 +232,22 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             origin = HttpOrigin(config.url, client, policy)
             stack.callback(origin.close)
             manifest, mtime = await open_manifest(origin, config, given)
+        mirrors = [HttpOrigin(url, client, policy) for url in config.mirrors]
+        for mirror in mirrors:
+            stack.callback(mirror.close)
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
         block_lists = BlockLists(config.cache_dir / "verified")
         reader = await stack.enter_async_context(
-            open_block_reader(origin, store, manifest.block_size, block_lists)
+            open_block_reader(
+                origin,
+                store,
+                manifest.block_size,
+                block_lists,
+                mirrors,
+                fetch_attempts=policy.attempts,
+                deadline=policy.deadline,
+            )
         )
         if config.metrics is not None:
             stack.callback(start_metrics(config.metrics, reader, origin))

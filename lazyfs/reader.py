@@ -14,20 +14,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import trio
 from typing_extensions import Buffer
 
 from lazyfs.blocks import BlockSlice, block_count, block_extent, read_plan
 from lazyfs.cache import BlockStore
-from lazyfs.errors import BlockIntegrityError, CacheError, LazyfsError
+from lazyfs.errors import (
+    BlockIntegrityError,
+    CacheError,
+    LazyfsError,
+    OriginUnreachable,
+    SourceError,
+)
 from lazyfs.manifest import FileEntry
+from lazyfs.mirrors import SourceRotation
 from lazyfs.readahead import ReadPattern
 from lazyfs.wholefile import BlockLists, BlockSource, WholeFiles
 
@@ -40,6 +48,7 @@ MAX_READAHEAD_BLOCKS = 64
 # Fetched blocks waiting for their disk write; past this, fetching waits for the disk.
 MAX_PENDING_STORES = 8
 STORE_DRAIN_SECONDS = 10.0
+CACHE_WARNING_SECONDS = 60.0
 
 
 @dataclass
@@ -119,8 +128,16 @@ class BlockReader:
         readahead_bytes: int = DEFAULT_READAHEAD_BYTES,
         background: trio.Nursery | None = None,
         block_lists: BlockLists | None = None,
+        mirrors: Sequence[BlockSource] = (),
+        fetch_attempts: int = 2,
+        deadline: float = math.inf,
     ) -> None:
         self.source = source
+        self.rotation = SourceRotation([source, *mirrors])
+        self.fetch_attempts = fetch_attempts
+        # A block fetch (all its attempts, from every source) ends within this many seconds.
+        self.deadline = deadline
+        self._cache_warned_at = -math.inf
         self.store = store
         self.block_size = block_size
         self.counters = ReadCounters()
@@ -283,20 +300,48 @@ class BlockReader:
             await trio.to_thread.run_sync(self.store.put, digest, block)
         except CacheError as exc:
             self.counters.cache_write_failures += 1
-            log.warning("%s; serving the block without caching it", exc)
+            # A full disk fails every write: say so once a minute, not once per block.
+            now = time.monotonic()
+            if now - self._cache_warned_at >= CACHE_WARNING_SECONDS:
+                self._cache_warned_at = now
+                log.warning(
+                    "%s; serving blocks without caching them (%d cache writes failed so far)",
+                    exc,
+                    self.counters.cache_write_failures,
+                )
         finally:
             self._store_slots.release()
 
     async def _fetch_verified(self, entry: FileEntry, index: int) -> Buffer:
-        """Fetch block ``index`` of ``entry``; a mismatch is fetched once more, then fails."""
+        """Fetch block ``index`` of ``entry`` until a copy matches its digest: up to
+        ``fetch_attempts`` fetches, cycling through the origin and its mirrors. A mirror that
+        fails or sends a bad copy is skipped for this block (and benched for a while)."""
+        with trio.move_on_after(self.deadline):
+            return await self._fetch_until_verified(entry, index)
+        raise OriginUnreachable(
+            f"block {index} of {entry.path}: no verified copy within {self.deadline:g}s"
+        )
+
+    async def _fetch_until_verified(self, entry: FileEntry, index: int) -> Buffer:
         start, length = block_extent(index, entry.size, self.block_size)
         expected = entry.blocks[index]
-        attempts = 2
-        for attempt in range(1, attempts + 1):
+        mirrored = len(self.rotation.sources) > 1
+        plan = self.rotation.plan(self.fetch_attempts)
+        bad_copies: list[tuple[str, str]] = []
+        last_error: SourceError | None = None
+        for attempt, source in enumerate(plan, 1):
+            url = source.url_for(entry.path)
             began = time.monotonic()
             self.counters.fetches_in_flight += 1
             try:
-                block, actual = await self.source.fetch_block(entry.path, start, length)
+                block, actual = await source.fetch_block(entry.path, start, length)
+            except SourceError as exc:
+                if not mirrored:
+                    raise
+                last_error = exc
+                self.rotation.failed(source)
+                log.warning("block %d of %s: %s; trying another source", index, entry.path, exc)
+                continue
             finally:
                 self.counters.fetches_in_flight -= 1
             self.observe_fetch(time.monotonic() - began)
@@ -305,19 +350,26 @@ class BlockReader:
             if actual == expected:
                 return block
             self.counters.verification_failures += 1
-            if attempt < attempts:
+            bad_copies.append((url, actual))
+            if mirrored:
+                self.rotation.failed(source)
+            if attempt < len(plan):
                 log.warning(
                     "block %d of %s from %s does not match its digest (expected %s, got %s); "
                     "fetching it again",
                     index,
                     entry.path,
-                    self.source.url_for(entry.path),
+                    url,
                     expected,
                     actual,
                 )
+        if not bad_copies:
+            assert last_error is not None
+            raise last_error
+        urls = ", ".join(dict.fromkeys(url for url, _ in bad_copies))
         # Logged once, with the read that failed, where fs.py turns it into EIO.
         raise BlockIntegrityError(
-            entry.path, index, self.source.url_for(entry.path), expected, actual, attempts
+            entry.path, index, urls, expected, bad_copies[-1][1], len(bad_copies)
         )
 
 
@@ -327,12 +379,19 @@ async def open_block_reader(
     store: BlockStore,
     block_size: int,
     block_lists: BlockLists | None = None,
-    **options: int,
+    mirrors: Sequence[BlockSource] = (),
+    **options: Any,
 ) -> AsyncIterator[BlockReader]:
     """A reader whose read-ahead and background writes live in (and end with) a nursery."""
     async with trio.open_nursery() as nursery:
         reader = BlockReader(
-            source, store, block_size, background=nursery, block_lists=block_lists, **options
+            source,
+            store,
+            block_size,
+            background=nursery,
+            block_lists=block_lists,
+            mirrors=mirrors,
+            **options,
         )
         try:
             yield reader

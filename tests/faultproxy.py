@@ -68,7 +68,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
         self.requests = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
+        self.server = _QuietServer(("127.0.0.1", 0), _ProxyHandler)
         self.server.daemon_threads = True
         self.server.proxy = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -98,6 +98,12 @@ def fault_proxy(upstream: str, faults: Faults | None = None, seed: int = 0) -> I
         yield proxy
     finally:
         proxy.close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that gave up (timed out, moved on) resets its connection: expected here.
+        return None
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
