@@ -324,3 +324,21 @@ def test_cache_files_are_private(nginx: Origin, mounter: Mounter) -> None:
         mode = stat.S_IMODE(path.lstat().st_mode)
         assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
     force_unmount(mountpoint)
+
+
+def mount_options(mountpoint: Path) -> str:
+    target = str(mountpoint.resolve())
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[4] == target:
+            return line.split(" - ")[1]
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def test_allow_other_is_off_unless_asked_for(nginx: Origin, mounter: Mounter) -> None:
+    write_files(nginx.root, {"a.bin": 1000}, 9)
+    private, _ = mounter.mount(nginx.url)
+    assert "allow_other" not in mount_options(private)
+    assert "ro" in mount_options(private).split(" ")[2].split(",")
+    shared, _ = mounter.mount(nginx.url, "--allow-other", cache_dir=mounter.cache_dir("other"))
+    assert "allow_other" in mount_options(shared)

@@ -1,0 +1,85 @@
+"""The order sources are tried in, and a reader failing over between them (in memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lazyfs.cache import BlockStore
+from lazyfs.errors import BlockIntegrityError, SourceError
+from lazyfs.mirrors import SourceRotation
+from lazyfs.reader import BlockReader
+from tests.test_reader import BS, DATA, ENTRY, FakeSource
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_sources_go_last_until_their_penalty_ends() -> None:
+    clock = Clock()
+    rotation = SourceRotation(["primary", "a", "b"], penalty=30, clock=clock)
+    assert rotation.order() == ["primary", "a", "b"]
+    rotation.failed("primary")
+    assert rotation.order() == ["a", "b", "primary"]
+    clock.now += 10
+    rotation.failed("a")
+    assert rotation.order() == ["b", "primary", "a"]
+    clock.now += 25
+    assert rotation.order() == ["primary", "b", "a"]
+    clock.now += 10
+    assert rotation.order() == ["primary", "a", "b"]
+
+
+@given(st.integers(1, 6), st.integers(1, 20), st.sets(st.integers(0, 5)))
+def test_a_plan_tries_every_source_and_keeps_the_order(
+    count: int, attempts: int, failed: set[int]
+) -> None:
+    sources = [f"s{i}" for i in range(count)]
+    rotation = SourceRotation(sources, clock=lambda: 0.0)
+    for i in failed & set(range(count)):
+        rotation.failed(sources[i])
+    plan = rotation.plan(attempts)
+    assert len(plan) == max(attempts, count)
+    assert set(plan) == set(sources)
+    assert plan[:count] == rotation.order()
+
+
+def reader_with(sources: list[FakeSource], tmp_path: Path, attempts: int) -> BlockReader:
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    return BlockReader(sources[0], store, BS, mirrors=sources[1:], fetch_attempts=attempts)
+
+
+def test_reader_fails_over_on_errors_and_bad_copies(tmp_path: Path) -> None:
+    failing, corrupt, good = (FakeSource({ENTRY.path: DATA}) for _ in range(3))
+    failing.errors[(ENTRY.path, 1)] = SourceError("HTTP 503")
+    corrupt.corrupt_always.add((ENTRY.path, 1))
+    reader = reader_with([failing, corrupt, good], tmp_path, attempts=2)
+    assert bytes(trio.run(reader.read, ENTRY, BS, 10)) == DATA[BS : BS + 10]
+    assert failing.calls and corrupt.calls and good.calls
+    assert reader.counters.verification_failures == 1
+    # Both bad sources are benched: the next block goes to the good one first.
+    assert bytes(trio.run(reader.read, ENTRY, 2 * BS, 10)) == DATA[2 * BS : 2 * BS + 10]
+    assert good.calls[-1] == (ENTRY.path, 2)
+    assert (ENTRY.path, 2) not in failing.calls + corrupt.calls
+
+
+def test_reader_with_every_copy_bad_names_every_source(tmp_path: Path) -> None:
+    sources = [FakeSource({ENTRY.path: DATA}) for _ in range(2)]
+    for source in sources:
+        source.corrupt_always.add((ENTRY.path, 0))
+    sources[1].url_for = lambda path: f"http://mirror.test/{path}"  # type: ignore[method-assign]
+    reader = reader_with(sources, tmp_path, attempts=3)
+    with pytest.raises(BlockIntegrityError) as raised:
+        trio.run(reader.read, ENTRY, 0, 10)
+    assert "http://origin.test/repo/" in str(raised.value)
+    assert "http://mirror.test/" in str(raised.value)
+    assert "after 3 fetches" in str(raised.value)
