@@ -27,6 +27,8 @@ ENDPOINT_VARIABLES = {HF: "HF_ENDPOINT", MODELSCOPE: "MODELSCOPE_ENDPOINT"}
 TOKEN_VARIABLES = {HF: "HF_TOKEN", MODELSCOPE: "MODELSCOPE_API_TOKEN"}
 DEFAULT_REVISIONS = {HF: "main", MODELSCOPE: "master"}
 
+# A petabyte: far past any model file, well inside what FUSE and the block arithmetic take.
+MAX_FILE_SIZE = 2**50
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -161,14 +163,14 @@ def parse_hf_tree_page(body: bytes, where: str) -> list[HubFile]:
         if isinstance(lfs, dict):
             sha256 = lfs.get("oid")
             if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-                raise SourceError(f"{where}: {path} has no LFS sha256 in the listing")
+                raise SourceError(f"{where}: {json.dumps(path)} has no LFS sha256 in the listing")
             if lfs.get("size", size) != size:
-                raise SourceError(f"{where}: {path} has two different sizes in the listing")
+                raise SourceError(f"{where}: {json.dumps(path)} has two sizes in the listing")
             files.append(HubFile(path, size, sha256=sha256))
             continue
         oid = item.get("oid")
         if not isinstance(oid, str) or not _COMMIT.fullmatch(oid):
-            raise SourceError(f"{where}: {path} has no Git blob id in the listing")
+            raise SourceError(f"{where}: {json.dumps(path)} has no Git blob id in the listing")
         files.append(HubFile(path, size, git_sha1=oid))
     return files
 
@@ -224,8 +226,8 @@ def modelscope_data(body: bytes, where: str) -> Mapping[str, object]:
 
 def modelscope_refusal(document: Mapping[str, object]) -> str:
     message = document.get("Message")
-    shown = message if isinstance(message, str) and message else "no message"
-    return f"the hub refused (Code {document.get('Code')}: {shown[:200]})"
+    shown = _one_line(message) if isinstance(message, str) and message else "no message"
+    return f"the hub refused (Code {_one_line(str(document.get('Code')))[:40]}: {shown})"
 
 
 def parse_modelscope_revision(
@@ -262,8 +264,8 @@ def parse_modelscope_files(body: bytes, where: str) -> list[HubFile]:
         if not isinstance(path, str) or not _is_size(size):
             raise SourceError(f"{where}: Files[{position}] lacks a Path or Size")
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-            raise SourceError(f"{where}: {path} has no Sha256 in the listing")
-        executable = str(item.get("Mode", "")).endswith("755")
+            raise SourceError(f"{where}: {json.dumps(path)} has no Sha256 in the listing")
+        executable = _is_executable_mode(item.get("Mode"))
         result.append(HubFile(path, size, sha256=sha256, executable=executable))
     return result
 
@@ -335,15 +337,15 @@ def _first_mismatch(
     listed: Mapping[str, HubFile], described: Mapping[str, FileEntry]
 ) -> str | None:
     for path in sorted(listed.keys() - described.keys()):
-        return f"{path} is not in the manifest"
+        return f"{json.dumps(path)} is not in the manifest"
     for path in sorted(described.keys() - listed.keys()):
-        return f"{path} is not in the repository"
+        return f"{json.dumps(path)} is not in the repository"
     for path in sorted(listed):
         file, entry = listed[path], described[path]
         if file.size != entry.size:
-            return f"{path} is {file.size} bytes, the manifest says {entry.size}"
+            return f"{json.dumps(path)} is {file.size} bytes, the manifest says {entry.size}"
         if file.sha256 is not None and file.sha256 != entry.sha256:
-            return f"{path} has sha256 {file.sha256}, the manifest says {entry.sha256}"
+            return f"{json.dumps(path)} has sha256 {file.sha256}, the manifest says {entry.sha256}"
     return None
 
 
@@ -354,6 +356,21 @@ def _whole_file_entry(file: HubFile) -> FileEntry:
 def git_blob_header(size: int) -> bytes:
     """What Git hashes before a file's bytes to get its blob id."""
     return b"blob %d\x00" % size
+
+
+def _is_executable_mode(mode: object) -> bool:
+    """ModelScope's ``Mode``: Git's octal text ("100755") or its decimal value ("33261")."""
+    text = str(mode or "")
+    if not text.isdigit():
+        return False
+    for base in (10, 8):
+        try:
+            value = int(text, base)
+        except ValueError:
+            continue
+        if value & 0o170000 == 0o100000:
+            return bool(value & 0o111)
+    return False
 
 
 def _json_object(body: bytes, where: str) -> dict[str, object]:
@@ -367,7 +384,7 @@ def _json_object(body: bytes, where: str) -> dict[str, object]:
 
 
 def _is_size(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_FILE_SIZE
 
 
 def _timestamp(value: object) -> float | None:
@@ -382,7 +399,14 @@ def _timestamp(value: object) -> float | None:
 
 
 def _detail(message: str | None) -> str:
-    return f": {' '.join(message.split())[:200]}" if message else ""
+    return f": {_one_line(message)}" if message else ""
+
+
+def _one_line(text: str) -> str:
+    """Text from a hub, fit for one line of ours: whitespace collapsed, control characters
+    and length bounded."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(cleaned.split())[:200]
 
 
 def sorted_files(files: Sequence[HubFile]) -> tuple[HubFile, ...]:

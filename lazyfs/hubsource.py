@@ -10,12 +10,20 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 from lazyfs import hubs
-from lazyfs.errors import MountError, OriginHTTPError, OriginUnreachable, SourceError, UsageError
+from lazyfs.errors import (
+    IntegrityError,
+    MountError,
+    OriginHTTPError,
+    OriginUnreachable,
+    SourceError,
+    UsageError,
+)
 from lazyfs.fetch import HttpOrigin, RetryPolicy
 from lazyfs.hubs import HubFile, HubRepo, Snapshot
 from lazyfs.manifest import (
@@ -29,7 +37,7 @@ from lazyfs.manifest import (
 )
 from lazyfs.rangeget import parse_retry_after
 from lazyfs.sizes import format_size
-from lazyfs.wholefile import stream_whole_file
+from lazyfs.wholefile import FileHashes, stream_whole_file
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +53,23 @@ def hub_endpoint(hub: str) -> str:
 def hub_token(hub: str, token_file: Path | None) -> str | None:
     """The token from ``--token-file``, else from the hub's environment variable."""
     if token_file is None:
-        return os.environ.get(hubs.TOKEN_VARIABLES[hub]) or None
-    try:
-        token = token_file.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not text"
-        raise UsageError(f"cannot read --token-file {token_file}: {reason}") from None
-    if not token or any(ch.isspace() or not ch.isprintable() for ch in token):
-        raise UsageError(f"--token-file {token_file} does not hold one token")
+        variable = hubs.TOKEN_VARIABLES[hub]
+        token = os.environ.get(variable) or None
+        where = f"${variable}"
+    else:
+        try:
+            token = token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise UsageError(f"cannot read --token-file {token_file}: {reason}") from None
+        where = f"--token-file {token_file}"
+    # It goes into an HTTP header: printable ASCII without spaces, or a clear refusal.
+    if token is not None and (
+        not token
+        or not token.isascii()
+        or not all(ch.isprintable() and not ch.isspace() for ch in token)
+    ):
+        raise UsageError(f"{where} does not hold one token (printable ASCII, no spaces)")
     return token
 
 
@@ -123,13 +140,15 @@ class HubOrigin(HttpOrigin):
         commit, modified = hubs.parse_hf_revision(body, url)
         files: list[HubFile] = []
         page: str | None = hubs.hf_tree_url(self.endpoint, self.repo, commit)
-        for _ in range(MAX_LISTING_PAGES):
-            if page is None:
-                return Snapshot(self.repo, commit, hubs.sorted_files(files), modified)
+        seen: set[str] = set()
+        while page is not None:
+            if page in seen or len(seen) >= MAX_LISTING_PAGES:
+                raise SourceError(f"{self.repo.name}: the listing's pages do not end")
+            seen.add(page)
             body, headers = await self.get_small(page)
             files += hubs.parse_hf_tree_page(body, page)
             page = self._next_page(page, headers)
-        raise SourceError(f"{self.repo.name}: listing has more than {MAX_LISTING_PAGES} pages")
+        return Snapshot(self.repo, commit, hubs.sorted_files(files), modified)
 
     def _next_page(self, url: str, headers: httpx.Headers) -> str | None:
         link = headers.get("link")
@@ -140,10 +159,16 @@ class HubOrigin(HttpOrigin):
         target = links.links.get("next", {}).get("url")
         if target is None:
             return None
-        resolved = str(httpx.URL(url).join(target))
-        if httpx.URL(resolved).host != httpx.URL(self.endpoint).host:
+        resolved = httpx.URL(url).join(target)
+        endpoint = httpx.URL(self.endpoint)
+        # The token goes with it: the same scheme, host and port as the endpoint, or nothing.
+        if (resolved.scheme, resolved.host, resolved.port) != (
+            endpoint.scheme,
+            endpoint.host,
+            endpoint.port,
+        ):
             raise SourceError(f"{self.repo.name}: the listing's next page is on another host")
-        return resolved
+        return str(resolved)
 
     async def _resolve_modelscope(self) -> Snapshot:
         url = hubs.modelscope_revisions_url(self.endpoint, self.repo)
@@ -172,8 +197,18 @@ async def open_hub_manifest(
     manifest committed to the repository, else whole-file mode."""
     snapshot = await origin.resolve()
     raw = given
-    if raw is None and any(file.path == MANIFEST_NAME for file in snapshot.files):
+    committed = [file for file in snapshot.files if file.path == MANIFEST_NAME]
+    if raw is None and committed:
         raw = await origin.get(MANIFEST_NAME)
+        # Its bytes may come from a CDN: they count only if the hub's listing vouches for them.
+        hashes = FileHashes(replace(_as_entry(committed[0]), size=len(raw)))
+        hashes.update(raw)
+        check = committed[0].check
+        if len(raw) != committed[0].size or hashes.digest(check.algorithm) != check.digest:
+            raise IntegrityError(
+                f"{snapshot.name}: the committed {MANIFEST_NAME} does not match the hub's "
+                f"{check.algorithm}; refusing it"
+            )
         log.info("%s: using the manifest committed to the repository", snapshot.name)
     if raw is None:
         if pin is not None:
@@ -205,9 +240,13 @@ async def build_hub_manifest(
     for file in snapshot.files:
         if file.path == MANIFEST_NAME:
             continue
-        pending = FileEntry(file.path, file.size, file.executable, "", (), file.check)
+        pending = _as_entry(file)
         began = time.monotonic()
         entries.append(await stream_whole_file(origin, pending, block_size))
         elapsed = time.monotonic() - began
         report(f"{file.path}: {format_size(file.size)}, {file.check.algorithm} ok ({elapsed:.1f}s)")
     return make_manifest(block_size, entries)
+
+
+def _as_entry(file: HubFile) -> FileEntry:
+    return FileEntry(file.path, file.size, file.executable, "", (), file.check)

@@ -221,6 +221,12 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         given = None
         if config.manifest_source is not None:
             given = await load_manifest_source(config.manifest_source, client)
+            if config.manifest_sha256 is None and config.manifest_source.startswith("http:"):
+                log.warning(
+                    "--manifest %s comes over plain http without --manifest-sha256: "
+                    "its block digests are trusted as they arrive",
+                    config.manifest_source,
+                )
         origin: HttpOrigin
         if is_hub_source(config.url):
             repo = parse_hub_source(config.url)

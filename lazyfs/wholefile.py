@@ -9,6 +9,7 @@ directory), so later reads, and later mounts, fetch and verify single blocks aga
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,6 +73,10 @@ class BlockSource(Protocol):
         ...
 
 
+# A copy of block ``index`` from somewhere cheaper than the origin, if there is one.
+CachedBlock = Callable[[int], Awaitable[tuple[Buffer, str] | None]]
+
+
 async def stream_whole_file(
     source: BlockSource,
     entry: FileEntry,
@@ -79,13 +84,16 @@ async def stream_whole_file(
     keep: Callable[[str, Buffer], Awaitable[None]] | None = None,
     progress: Callable[[int], None] = lambda done: None,
     window: int = STREAM_WINDOW,
+    cached: CachedBlock | None = None,
 ) -> FileEntry:
     """Fetch all of ``entry``, check it against ``entry.check``, and return it with its
-    block digests and sha256. ``keep`` is given each block (in order) before the check."""
+    block digests and sha256. ``keep`` is given each fetched block (in order) before the
+    check; ``cached`` may supply blocks instead of the origin (they are checked the same)."""
     assert entry.check is not None
     count = block_count(entry.size, block_size)
-    arrived = [trio.Event() for _ in range(count)]
-    results: dict[int, tuple[Buffer, str]] = {}
+    # Created as needed: a huge file must not cost memory per block before its first byte.
+    arrived: dict[int, trio.Event] = {}
+    results: dict[int, tuple[Buffer, str, bool]] = {}
     failures: list[LazyfsError] = []
     slots = trio.Semaphore(window)
     hashes = FileHashes(entry)
@@ -94,12 +102,16 @@ async def stream_whole_file(
     async def fetch(index: int, nursery: trio.Nursery) -> None:
         start, length = block_extent(index, entry.size, block_size)
         try:
-            results[index] = await source.fetch_block(entry.path, start, length)
+            found = await cached(index) if cached is not None else None
+            if found is not None:
+                results[index] = (*found, True)
+            else:
+                results[index] = (*await source.fetch_block(entry.path, start, length), False)
         except LazyfsError as exc:
             failures.append(exc)
             nursery.cancel_scope.cancel()
         finally:
-            arrived[index].set()
+            arrived.setdefault(index, trio.Event()).set()
 
     async def start_fetches(nursery: trio.Nursery) -> None:
         for index in range(count):
@@ -110,13 +122,14 @@ async def stream_whole_file(
         nursery.start_soon(start_fetches, nursery)
         done = 0
         for index in range(count):
-            await arrived[index].wait()
+            await arrived.setdefault(index, trio.Event()).wait()
+            del arrived[index]
             if failures:
                 break
-            block, digest = results.pop(index)
+            block, digest, from_cache = results.pop(index)
             await trio.to_thread.run_sync(hashes.update, block)
             digests.append(digest)
-            if keep is not None:
+            if keep is not None and not from_cache:
                 await keep(digest, block)
             slots.release()
             done += len(memoryview(block))
@@ -134,7 +147,11 @@ async def stream_whole_file(
 
 class BlockLists:
     """Block lists of files verified whole, by the hub's digest: ``DIR/ALGO-DIGEST-SIZE-BS``.
-    Each records its own sha256, so a damaged one is ignored (the file is verified again)."""
+
+    A list is only a hint of which cached blocks make up the file: the cache directory is not
+    trusted, so a file is checked against the hub's digest again on its first read in each
+    mount, with the blocks read from the cache (a local pass instead of a download). Each
+    list records its own sha256, so accidental damage is noticed before that."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -158,7 +175,7 @@ class BlockLists:
             return None
         if len(blocks) != block_count(entry.size, block_size):
             return None
-        return replace(entry, sha256=sha256, blocks=blocks, check=None)
+        return replace(entry, sha256=sha256, blocks=blocks)
 
     def store(self, pending: FileEntry, verified: FileEntry, block_size: int) -> None:
         body = [verified.sha256, list(verified.blocks)]
@@ -168,6 +185,9 @@ class BlockLists:
             write_atomically(self._path(pending, block_size), data.encode(), mode=0o600)
         except OSError as exc:
             raise CacheError(f"cannot keep the block list of {pending.path}: {exc}") from None
+
+    def discard(self, entry: FileEntry, block_size: int) -> None:
+        self._path(entry, block_size).unlink(missing_ok=True)
 
 
 def _checksum(body: Sequence[object]) -> str:
@@ -208,39 +228,58 @@ class WholeFiles:
     async def verified(self, entry: FileEntry) -> FileEntry:
         if entry.check is None:
             return entry
-        known = self._verified.get(entry.path)
-        if known is not None:
-            return known
-        running = self._running.get(entry.path)
-        if running is None:
-            running = self._running[entry.path] = _Verifying()
-            try:
-                running.result = self._verified[entry.path] = await self._verify(entry)
-            except LazyfsError as exc:
-                running.error = exc
-                raise
-            finally:
-                del self._running[entry.path]
-                running.done.set()
-        await running.done.wait()
-        if running.error is not None:
-            raise running.error
-        assert running.result is not None
-        return running.result
+        while True:
+            known = self._verified.get(entry.path)
+            if known is not None:
+                return known
+            running = self._running.get(entry.path)
+            if running is None:
+                break
+            await running.done.wait()
+            if running.error is not None:
+                raise running.error
+            # Neither result nor error: the verifying task was cancelled; take over.
+        running = self._running[entry.path] = _Verifying()
+        try:
+            running.result = self._verified[entry.path] = await self._verify(entry)
+            return running.result
+        except LazyfsError as exc:
+            running.error = exc
+            raise
+        finally:
+            del self._running[entry.path]
+            running.done.set()
 
     async def _verify(self, entry: FileEntry) -> FileEntry:
+        hint = None
         if self.lists is not None:
-            loaded = await trio.to_thread.run_sync(self.lists.load, entry, self.block_size)
-            if loaded is not None:
-                return loaded
+            hint = await trio.to_thread.run_sync(self.lists.load, entry, self.block_size)
+        try:
+            return await self._stream(entry, hint)
+        except FileIntegrityError:
+            if hint is None or self.lists is None:
+                raise
+            log.warning("the kept block list of %s is stale; verifying it from the hub", entry.path)
+            await trio.to_thread.run_sync(self.lists.discard, entry, self.block_size)
+            return await self._stream(entry, None)
+
+    async def _stream(self, entry: FileEntry, hint: FileEntry | None) -> FileEntry:
         assert entry.check is not None
         size = format_size(entry.size)
-        log.info(
-            "verifying %s whole (%s) against the hub's %s; its first read waits for all of it",
-            entry.path,
-            size,
-            entry.check.algorithm,
-        )
+        if hint is None:
+            log.info(
+                "verifying %s whole (%s) against the hub's %s; its first read waits for all of it",
+                entry.path,
+                size,
+                entry.check.algorithm,
+            )
+        else:
+            log.info(
+                "re-checking %s (%s) from the cache against the hub's %s",
+                entry.path,
+                size,
+                entry.check.algorithm,
+            )
         began = last = time.monotonic()
 
         def report(done: int) -> None:
@@ -252,23 +291,61 @@ class WholeFiles:
                 share = 100 * done // max(entry.size, 1)
                 log.info("verifying %s: %d%% of %s", entry.path, share, size)
 
+        kept: list[str] = []
+
+        async def keep(digest: str, block: Buffer) -> None:
+            kept.append(digest)
+            await self._keep(digest, block)
+
+        cached = None if hint is None else self._from_cache(hint)
         self.streamed[entry.path] = 0
         try:
             verified = await stream_whole_file(
-                self.source, entry, self.block_size, self._keep, report
+                self.source, entry, self.block_size, keep, report, cached=cached
             )
-        except LazyfsError:
+        except LazyfsError as exc:
             self.failures += 1
+            if isinstance(exc, FileIntegrityError):
+                # Blocks of a copy that failed are not worth their cache space.
+                for digest in kept:
+                    with contextlib.suppress(CacheError):
+                        await trio.to_thread.run_sync(self.store.discard, digest)
             raise
         finally:
             del self.streamed[entry.path]
         log.info("verified %s (%s) in %.1fs", entry.path, size, time.monotonic() - began)
-        if self.lists is not None:
+        if self.lists is not None and (hint is None or hint.blocks != verified.blocks):
             try:
                 await trio.to_thread.run_sync(self.lists.store, entry, verified, self.block_size)
             except CacheError as exc:
                 log.warning("%s", exc)
         return verified
+
+    def _from_cache(self, hint: FileEntry) -> CachedBlock:
+        async def cached(index: int) -> tuple[Buffer, str] | None:
+            digest = hint.blocks[index]
+            try:
+                stored = await trio.to_thread.run_sync(self._read_stored, digest)
+            except CacheError:
+                return None
+            if stored is None or stored[1] != digest:
+                return None
+            return stored
+
+        return cached
+
+    def _read_stored(self, digest: str) -> tuple[bytes, str] | None:
+        """A stored block and its actual sha256 (blocking)."""
+        handle = self.store.open_block(digest)
+        if handle is None:
+            return None
+        try:
+            with handle:
+                # The cache directory is not trusted: a planted huge file is not read whole.
+                block = handle.read(self.block_size + 1)
+        except OSError:
+            return None
+        return block, hashlib.sha256(block).hexdigest()
 
     async def _keep(self, digest: str, block: Buffer) -> None:
         # Stored before the whole file is checked: blocks are kept by their own digest, so

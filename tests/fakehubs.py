@@ -82,8 +82,9 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.blobs: dict[str, bytes] = {}
         self.requests: list[Request] = []
-        self.corrupt: set[str] = set()  # sha256 of blobs whose bytes the CDN flips
+        self.corrupt: set[str] = set()  # sha256 of files whose served bytes get one flipped
         self.api_failures: list[tuple[int, str | None]] = []  # (status, Retry-After) to answer
+        self.next_page_override: str | None = None  # a hostile Link: rel="next" target
         self.lock = threading.Lock()
         self.api = self._server("api", _ApiHandler)
         self.cdn = self._server("cdn", _CdnHandler)
@@ -122,6 +123,13 @@ class FakeHub:
         for data in files.values():
             self.blobs[hashlib.sha256(data).hexdigest()] = data
         return repo.commit(files, branch or ("main" if self.kind == "hf" else "master"))
+
+    def spoiled(self, data: bytes) -> bytes:
+        """``data`` as served: with its middle byte flipped if it was marked corrupt."""
+        if not data or hashlib.sha256(data).hexdigest() not in self.corrupt:
+            return data
+        middle = len(data) // 2
+        return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
     def seen(self, server: str) -> list[Request]:
         with self.lock:
@@ -223,10 +231,7 @@ class _CdnHandler(_Handler):
         if data is None or "X-Amz-Signature" not in parse_qs(parts.query):
             self.send_body(403, b"<Error>AccessDenied</Error>", head=head)
             return
-        if sha256 in self.hub.corrupt and data:
-            middle = len(data) // 2
-            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
-        self.send_content(data, {"ETag": f'"{sha256}"'}, head)
+        self.send_content(self.hub.spoiled(data), {"ETag": f'"{sha256}"'}, head)
 
 
 class _ApiHandler(_Handler):
@@ -313,7 +318,7 @@ class _ApiHandler(_Handler):
             self.send_body(302, b"Found.", headers, head)
             return
         headers["ETag"] = f'"{git_blob_sha1(data)}"'
-        self.send_content(data, headers, head)
+        self.send_content(self.hub.spoiled(data), headers, head)
 
     def hf_info(self, repo: FakeRepo, commit: str, files: dict[str, bytes]) -> dict[str, object]:
         return {
@@ -360,6 +365,8 @@ class _ApiHandler(_Handler):
                 f"?recursive=True&expand=False&cursor={cursor + self.hub.page_size}"
             )
             headers["Link"] = f'<{following}>; rel="next"'
+        if self.hub.next_page_override is not None:
+            headers["Link"] = f'<{self.hub.next_page_override}>; rel="next"'
         self.send_json(200, page, headers)
 
     # ModelScope

@@ -143,6 +143,19 @@ def test_gated_repo_and_bad_revision_and_unreachable_hub_are_one_line(
     one_line_error(mounter.mount("hf://org/model", expect_ok=False)[1], 3, "unreachable")
 
 
+def test_hostile_listing_pages_end_and_never_take_the_token_elsewhere(
+    hf: FakeHub, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = hf.add_repo("org/model", FILES)
+    commit = repo.branches["main"]
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hf.next_page_override = f"{hf.endpoint}/api/models/org/model/tree/{commit}?recursive=true"
+    one_line_error(mounter.mount("hf://org/model", expect_ok=False)[1], 3, "pages do not end")
+    hf.next_page_override = f"{hf.cdn_base}/api/models/org/model/tree/{commit}?cursor=3"
+    one_line_error(mounter.mount("hf://org/model", expect_ok=False)[1], 3, "on another host")
+    assert not [r for r in hf.seen("cdn") if "authorization" in r.headers]
+
+
 def test_rate_limits_are_retried_after_the_hubs_delay(hf: FakeHub, mounter: Mounter) -> None:
     hf.add_repo("org/model", FILES)
     hf.api_failures += [(429, "1"), (503, None)]
@@ -261,6 +274,16 @@ def test_a_committed_manifest_mounts_lazily_block_by_block(
         read_block(mountpoint / "model.safetensors", 20)
     assert "block 20 of model.safetensors failed verification" in mounter.log_text()
     assert read_block(mountpoint / "model.safetensors", 3) == WEIGHTS[3 * BLOCK :][:1000]
+
+
+def test_a_committed_manifest_must_match_the_hubs_digest(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    raw = local_manifest(tmp_path, FILES)
+    hf.add_repo("org/model", {**FILES, MANIFEST_NAME: raw})
+    hf.corrupt.add(hashlib.sha256(raw).hexdigest())
+    _, refused = mounter.mount("hf://org/model", expect_ok=False)
+    one_line_error(refused, 5, "does not match the hub's git-sha1")
 
 
 def test_manifest_build_from_the_hub_then_a_lazy_mount(

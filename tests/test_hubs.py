@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -286,10 +287,13 @@ def test_a_matching_manifest_gives_lfs_files_their_blocks() -> None:
 @pytest.mark.parametrize(
     ("files", "problem"),
     [
-        ({**FILES, "extra.txt": b"x"}, "extra.txt is not in the repository"),
-        ({"config.json": CONFIG}, "model.safetensors is not in the manifest"),
-        ({**FILES, "config.json": CONFIG + b" "}, "config.json is 14 bytes, the manifest says 15"),
-        ({**FILES, "model.safetensors": WEIGHTS[::-1]}, "model.safetensors has sha256"),
+        ({**FILES, "extra.txt": b"x"}, '"extra.txt" is not in the repository'),
+        ({"config.json": CONFIG}, '"model.safetensors" is not in the manifest'),
+        (
+            {**FILES, "config.json": CONFIG + b" "},
+            '"config.json" is 14 bytes, the manifest says 15',
+        ),
+        ({**FILES, "model.safetensors": WEIGHTS[::-1]}, '"model.safetensors" has sha256'),
     ],
 )
 def test_a_manifest_of_another_revision_is_refused(files: dict[str, bytes], problem: str) -> None:
@@ -354,7 +358,8 @@ def test_block_lists_round_trip_and_damage_is_ignored(tmp_path: Path) -> None:
     assert lists.load(entry, BS) is None
     verified = trio.run(stream_whole_file, FakeSource({"f": data}, BS), entry, BS)
     lists.store(entry, verified, BS)
-    assert lists.load(entry, BS) == verified
+    loaded = lists.load(entry, BS)
+    assert loaded is not None and loaded.blocks == verified.blocks
     (stored,) = (tmp_path / "verified").iterdir()
     assert stored.stat().st_mode & 0o777 == 0o600
     document = json.loads(stored.read_text())
@@ -390,3 +395,84 @@ def test_reader_verifies_once_then_reads_blocks(tmp_path: Path) -> None:
     assert bytes(trio.run(again.read, entry, 2 * BS, 10)) == data[2 * BS : 2 * BS + 10]
     assert len(source.calls) == 5
     store.close()
+
+
+def test_a_planted_block_list_and_blocks_are_never_served(tmp_path: Path) -> None:
+    """The cache is not trusted: a list and blocks written into it by someone else are
+    checked against the hub's digest, found out, and replaced from the hub."""
+    data = os.urandom(3 * BS)
+    evil = os.urandom(3 * BS)
+    source = FakeSource({"f": data}, BS)
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    entry = pending("f", data, FileCheck("sha256", sha(data)))
+    lists = BlockLists(tmp_path / "verified")
+    forged = FileEntry("f", len(evil), False, sha(evil), block_digests(evil))
+    lists.store(entry, forged, BS)
+    for digest, start in zip(forged.blocks, range(0, len(evil), BS), strict=True):
+        store.put(digest, evil[start : start + BS])
+    reader = BlockReader(source, store, BS, block_lists=lists)
+    assert bytes(trio.run(reader.read, entry, 0, 3 * BS)) == data
+    assert len(source.calls) == 3
+    loaded = lists.load(entry, BS)
+    assert loaded is not None and loaded.blocks == block_digests(data)
+    store.close()
+
+
+def test_a_cancelled_verification_hands_over_to_a_waiting_reader(tmp_path: Path) -> None:
+    data = os.urandom(2 * BS)
+    source = FakeSource({"f": data}, BS)
+    source.gate_all = trio.Event()
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    entry = pending("f", data, FileCheck("sha256", sha(data)))
+    reader = BlockReader(source, store, BS)
+
+    async def main() -> bytes:
+        async with trio.open_nursery() as nursery:
+            first = trio.CancelScope()
+
+            async def cancelled_reader() -> None:
+                with first:
+                    await reader.read(entry, 0, 10)
+
+            nursery.start_soon(cancelled_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            waiter: list[bytes] = []
+
+            async def waiting_reader() -> None:
+                waiter.append(bytes(await reader.read(entry, BS, 10)))
+
+            nursery.start_soon(waiting_reader)
+            await trio.testing.wait_all_tasks_blocked()
+            first.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert source.gate_all is not None
+            source.gate_all.set()
+        return waiter[0]
+
+    assert trio.run(main) == data[BS : BS + 10]
+    store.close()
+
+
+def test_listing_sizes_and_modes_are_bounded_and_read_both_ways() -> None:
+    huge = [{"type": "file", "path": "a", "size": 2**63, "oid": "b" * 40}]
+    with pytest.raises(SourceError, match="lacks a path or size"):
+        hubs.parse_hf_tree_page(json.dumps(huge).encode(), "u")
+
+    def mode(value: object) -> bool:
+        item = {"Path": "x", "Type": "blob", "Size": 1, "Sha256": "e" * 64, "Mode": value}
+        body = {"Code": 200, "Success": True, "Data": {"Files": [item]}}
+        return hubs.parse_modelscope_files(json.dumps(body).encode(), "u")[0].executable
+
+    assert mode("100755") and mode("33261") and mode(33261)
+    assert not mode("100644") and not mode("33188") and not mode(None) and not mode("rwx")
+
+
+def test_hub_messages_stay_on_one_line() -> None:
+    refused = {"Code": "1\n2", "Message": "line one\nline two\r\x1b[31m", "Success": False}
+    with pytest.raises(SourceError) as caught:
+        hubs.parse_modelscope_files(json.dumps(refused).encode(), "u")
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+    odd = [{"type": "file", "path": "a\nb", "size": 1, "oid": "xyz"}]
+    with pytest.raises(SourceError) as caught:
+        hubs.parse_hf_tree_page(json.dumps(odd).encode(), "u")
+    assert "\n" not in str(caught.value)
