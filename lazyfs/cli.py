@@ -38,6 +38,13 @@ def cli() -> None:
     """
 
 
+token_file_option = click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
+)
+
+
 @cli.group()
 def manifest() -> None:
     """Build or check the block manifest of a published directory.
@@ -62,11 +69,7 @@ def manifest() -> None:
     type=click.Path(path_type=Path),
     help="Write the manifest here (default: SOURCE/lazyfs-manifest.json; required for hubs).",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path),
-    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
-)
+@token_file_option
 @reports_errors
 def manifest_build(
     source: str, block_size: str, output: Path | None, token_file: Path | None
@@ -315,11 +318,7 @@ def _log_name(mountpoint: Path) -> str:
     help="Use this block manifest instead of the repository's own (hubs: it must match the "
     "revision).",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path),
-    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
-)
+@token_file_option
 @click.option(
     "--mirror",
     "mirrors",
