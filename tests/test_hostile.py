@@ -110,6 +110,8 @@ def test_sixteen_readers_through_faults_get_every_byte_right(
             proxy.url, "--retries", "12", "--timeout", "0.5", "--deadline", "120"
         )
         reads, volume, problems = random_reads(mountpoint, files, 20.0, 16, seed=7)
+        # Shown with pytest -s: what the run went through.
+        print(f"\n{reads} reads, {volume} bytes, {proxy.requests} requests, {proxy.injected}")
         assert problems == [], problems[:5]
         assert reads > 100 and volume > 0
         # Every kind of fault happened, so the run proves something.
