@@ -230,8 +230,16 @@ def test_modelscope_mount_with_a_token_file(
     assert cdn and not [r for r in cdn if "authorization" in r.headers or "cookie" in r.headers]
 
 
-def test_modelscope_corruption_and_pinning(modelscope: FakeHub, mounter: Mounter) -> None:
+def test_modelscope_corruption_pinning_and_manifest_build(
+    modelscope: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
     repo: FakeRepo = modelscope.add_repo("org/model", FILES)
+    output = tmp_path / "ms.json"
+    built = lazyfs(
+        "manifest", "build", "modelscope://org/model", "--block-size", "64K", "-o", output
+    )
+    assert built.returncode == 0, built.stderr
+    assert output.read_bytes() == local_manifest(tmp_path, FILES)
     mountpoint, _ = mounter.mount("modelscope://org/model")
     modelscope.push(repo, {**FILES, "README.md": b"# moved on\n"})
     assert (mountpoint / "README.md").read_bytes() == FILES["README.md"]
