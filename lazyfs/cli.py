@@ -332,7 +332,8 @@ def _log_name(mountpoint: Path) -> str:
     type=click.IntRange(1, 100),
     default=4,
     show_default=True,
-    help="Attempts per block: transport errors, 408/429/5xx and bad copies are retried.",
+    help="Attempts per request (transport errors, 408/429/5xx) and fetches per block of a "
+    "copy that fails verification.",
 )
 @click.option(
     "--timeout",

@@ -3,7 +3,7 @@ from the mount's own counters at each scrape, plus a histogram of block fetch ti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -18,9 +18,9 @@ FETCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 
 
 class MountCollector(Collector):
-    def __init__(self, reader: BlockReader, origin: HttpOrigin) -> None:
+    def __init__(self, reader: BlockReader, origins: Sequence[HttpOrigin]) -> None:
         self.reader = reader
-        self.origin = origin
+        self.origins = origins
 
     def collect(self) -> Iterator[Metric]:
         counters = self.reader.counters
@@ -38,8 +38,14 @@ class MountCollector(Collector):
             "cache_hits": ("Blocks read from the disk cache", counters.cache_hits),
             "memory_hits": ("Block reads served from memory", counters.memory_hits),
             "cache_misses": ("Blocks not in the cache, so fetched", counters.blocks_fetched),
-            "fetch_retries": ("Block fetches retried", self.origin.retries),
-            "fetch_errors": ("Block fetches that failed after retries", self.origin.errors),
+            "fetch_retries": (
+                "Block fetches retried (the origin and its mirrors)",
+                sum(origin.retries for origin in self.origins),
+            ),
+            "fetch_errors": (
+                "Block fetches that failed after retries (the origin and its mirrors)",
+                sum(origin.errors for origin in self.origins),
+            ),
         }
         for name, (documentation, value) in totals.items():
             yield CounterMetricFamily(f"lazyfs_{name}", documentation, value=value)
@@ -67,11 +73,11 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def start_metrics(
-    address: tuple[str, int], reader: BlockReader, origin: HttpOrigin
+    address: tuple[str, int], reader: BlockReader, origins: Sequence[HttpOrigin]
 ) -> Callable[[], None]:
     """Serve metrics from a thread; returns the function that stops it."""
     registry = CollectorRegistry()
-    registry.register(MountCollector(reader, origin))
+    registry.register(MountCollector(reader, origins))
     histogram = Histogram(
         "lazyfs_fetch_seconds",
         "Time to fetch and hash one block",

@@ -44,8 +44,3 @@ class SourceRotation(Generic[S]):
         for position, candidate in enumerate(self.sources):
             if candidate is source:
                 self._benched_until[position] = self._clock() + self.penalty
-
-    def plan(self, attempts: int) -> list[S]:
-        """``attempts`` fetches, cycling through the sources in order (each at least once)."""
-        order = self.order()
-        return [order[i % len(order)] for i in range(max(attempts, len(order)))]

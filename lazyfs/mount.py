@@ -256,14 +256,14 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             )
         )
         if config.metrics is not None:
-            stack.callback(start_metrics(config.metrics, reader, origin))
+            stack.callback(start_metrics(config.metrics, reader, [origin, *mirrors]))
         operations = LazyFS(Tree(manifest), reader, mtime)
-        await _run_fuse(operations, origin, config, on_ready, manifest)
+        await _run_fuse(operations, [origin, *mirrors], config, on_ready, manifest)
 
 
 async def _run_fuse(
     operations: LazyFS,
-    origin: HttpOrigin,
+    origins: list[HttpOrigin],
     config: MountConfig,
     on_ready: Callable[[], None],
     manifest: Manifest,
@@ -287,7 +287,7 @@ async def _run_fuse(
             nursery.start_soon(_raise_kernel_readahead, operations, resolved)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             prefetcher = Prefetcher(operations.reader, nursery)
-            handler = _control_handler(operations, origin, prefetcher)
+            handler = _control_handler(operations, origins, prefetcher)
             await nursery.start(serve_control, control_path, handler)
             if config.prefetch is not None:
                 chosen, unknown = select_entries(operations.tree.entries(), config.prefetch)
@@ -309,13 +309,15 @@ async def _run_fuse(
         log.info("unmounted %s", config.mountpoint)
 
 
-def _control_handler(operations: LazyFS, origin: HttpOrigin, prefetcher: Prefetcher) -> Handler:
+def _control_handler(
+    operations: LazyFS, origins: list[HttpOrigin], prefetcher: Prefetcher
+) -> Handler:
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
         if command == "status":
             report = await trio.to_thread.run_sync(mount_status, operations.tree, operations.reader)
-            report["fetch_retries"] = origin.retries
-            report["fetch_errors"] = origin.errors
+            report["fetch_retries"] = sum(origin.retries for origin in origins)
+            report["fetch_errors"] = sum(origin.errors for origin in origins)
             report["prefetch"] = {"active": prefetcher.active > 0, "errors": prefetcher.errors}
             return report
         if command == "prefetch":

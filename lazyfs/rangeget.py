@@ -192,6 +192,9 @@ def get_range(
     with _Watchdog(limit) as watchdog:
         try:
             return _get_range(pool, url, start, length, headers, watchdog)
+        except (ValueError, UnicodeError) as exc:
+            # A URL (or a redirect's Location) with a bad port or host name.
+            raise OriginProtocolError(f"{url}: unusable URL ({exc})") from None
         except SourceError:
             if watchdog.fired:
                 raise OriginUnreachable(f"{url}: no complete answer within {limit:g}s") from None

@@ -213,6 +213,9 @@ class BlockReader:
         except LazyfsError as exc:
             # The reader that needs this block will fetch it again and see the error.
             log.debug("read-ahead of block %d of %s failed: %s", index, entry.path, exc)
+        except Exception:
+            # A bug must not end the reader's nursery, and with it the mount.
+            log.exception("read-ahead of block %d of %s failed", index, entry.path)
         finally:
             self._scheduled.discard(entry.blocks[index])
 
@@ -314,31 +317,43 @@ class BlockReader:
 
     async def _fetch_verified(self, entry: FileEntry, index: int) -> Buffer:
         """Fetch block ``index`` of ``entry`` until a copy matches its digest: up to
-        ``fetch_attempts`` fetches, cycling through the origin and its mirrors. A mirror that
-        fails or sends a bad copy is skipped for this block (and benched for a while)."""
+        ``fetch_attempts`` fetches (every source at least once), all within ``deadline``. A
+        source that fails or sends a bad copy is skipped for the rest of this block while
+        another remains, and benched for a while."""
         with trio.move_on_after(self.deadline):
-            return await self._fetch_until_verified(entry, index)
+            return await self._fetch_until_verified(entry, index, time.monotonic() + self.deadline)
         raise OriginUnreachable(
             f"block {index} of {entry.path}: no verified copy within {self.deadline:g}s"
         )
 
-    async def _fetch_until_verified(self, entry: FileEntry, index: int) -> Buffer:
+    async def _fetch_until_verified(self, entry: FileEntry, index: int, ends: float) -> Buffer:
         start, length = block_extent(index, entry.size, self.block_size)
         expected = entry.blocks[index]
-        mirrored = len(self.rotation.sources) > 1
-        plan = self.rotation.plan(self.fetch_attempts)
+        order = self.rotation.order()
+        mirrored = len(order) > 1
+        attempts = max(self.fetch_attempts, len(order))
+        failed_here: list[BlockSource] = []
         bad_copies: list[tuple[str, str]] = []
-        last_error: SourceError | None = None
-        for attempt, source in enumerate(plan, 1):
+        errors: list[str] = []
+        for attempt in range(1, attempts + 1):
+            fresh = [source for source in order if source not in failed_here]
+            source = fresh[0] if fresh else order[attempt % len(order)]
             url = source.url_for(entry.path)
             began = time.monotonic()
+            # With mirrors, one hung source must not eat the whole deadline: each attempt
+            # gets its share of what is left.
+            share = (ends - began) / (attempts - attempt + 1) if mirrored else math.inf
             self.counters.fetches_in_flight += 1
             try:
-                block, actual = await source.fetch_block(entry.path, start, length)
+                with trio.move_on_after(share) as slot:
+                    block, actual = await source.fetch_block(entry.path, start, length)
+                if slot.cancelled_caught:
+                    raise OriginUnreachable(f"{url}: no answer within {share:.1f}s")
             except SourceError as exc:
                 if not mirrored:
                     raise
-                last_error = exc
+                errors.append(str(exc))
+                failed_here.append(source)
                 self.rotation.failed(source)
                 log.warning("block %d of %s: %s; trying another source", index, entry.path, exc)
                 continue
@@ -351,9 +366,10 @@ class BlockReader:
                 return block
             self.counters.verification_failures += 1
             bad_copies.append((url, actual))
+            failed_here.append(source)
             if mirrored:
                 self.rotation.failed(source)
-            if attempt < len(plan):
+            if attempt < attempts:
                 log.warning(
                     "block %d of %s from %s does not match its digest (expected %s, got %s); "
                     "fetching it again",
@@ -364,8 +380,7 @@ class BlockReader:
                     actual,
                 )
         if not bad_copies:
-            assert last_error is not None
-            raise last_error
+            raise OriginUnreachable(f"block {index} of {entry.path}: {'; '.join(errors)}")
         urls = ", ".join(dict.fromkeys(url for url, _ in bad_copies))
         # Logged once, with the read that failed, where fs.py turns it into EIO.
         raise BlockIntegrityError(

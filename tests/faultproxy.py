@@ -78,13 +78,14 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}{self.upstream_path}"
 
-    def next_fault(self) -> str | None:
+    def next_fault(self) -> tuple[str | None, float]:
+        """The fault for the next request, and a number in [0, 1) for where it strikes."""
         with self.lock:
             self.requests += 1
             fault = self.faults.draw(self.generator)
             if fault is not None:
                 self.injected[fault] += 1
-            return fault
+            return fault, self.generator.random()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -118,7 +119,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         proxy = self.proxy
-        fault = proxy.next_fault()
+        fault, where = proxy.next_fault()
         if fault in ("status_503", "status_429"):
             status = 503 if fault == "status_503" else 429
             self._send(status, b"injected\n", {"Retry-After": "0"})
@@ -144,7 +145,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         finally:
             upstream.close()
         if fault == "flip" and body:
-            position = proxy.generator.randrange(len(body))
+            position = int(where * len(body))
             body = body[:position] + bytes([body[position] ^ 0x5A]) + body[position + 1 :]
         if fault in ("reset", "truncate") and len(body) > 1:
             self.send_response(status)
@@ -155,10 +156,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             if fault == "reset":
-                # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+                # SO_LINGER with a zero timeout, closed before the server's own shutdown
+                # (which would send a FIN first): the client sees a reset.
                 self.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
+                self.connection.close()
             self.close_connection = True
             return
         self._send(status, body, passed)

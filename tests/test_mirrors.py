@@ -39,18 +39,16 @@ def test_failed_sources_go_last_until_their_penalty_ends() -> None:
     assert rotation.order() == ["primary", "a", "b"]
 
 
-@given(st.integers(1, 6), st.integers(1, 20), st.sets(st.integers(0, 5)))
-def test_a_plan_tries_every_source_and_keeps_the_order(
-    count: int, attempts: int, failed: set[int]
-) -> None:
+@given(st.integers(1, 6), st.sets(st.integers(0, 5)))
+def test_the_order_keeps_every_source_healthy_ones_first(count: int, failed: set[int]) -> None:
     sources = [f"s{i}" for i in range(count)]
     rotation = SourceRotation(sources, clock=lambda: 0.0)
     for i in failed & set(range(count)):
         rotation.failed(sources[i])
-    plan = rotation.plan(attempts)
-    assert len(plan) == max(attempts, count)
-    assert set(plan) == set(sources)
-    assert plan[:count] == rotation.order()
+    order = rotation.order()
+    assert sorted(order) == sorted(sources)
+    benched = [source for source in order if int(source[1:]) in failed]
+    assert order == [s for s in sources if s not in benched] + benched
 
 
 def reader_with(sources: list[FakeSource], tmp_path: Path, attempts: int) -> BlockReader:
@@ -66,7 +64,9 @@ def test_reader_fails_over_on_errors_and_bad_copies(tmp_path: Path) -> None:
     assert bytes(trio.run(reader.read, ENTRY, BS, 10)) == DATA[BS : BS + 10]
     assert failing.calls and corrupt.calls and good.calls
     assert reader.counters.verification_failures == 1
-    # Both bad sources are benched: the next block goes to the good one first.
+    # Each bad source was tried once for the block, and both are benched: the next block
+    # goes to the good one first.
+    assert failing.calls == [(ENTRY.path, 1)] and corrupt.calls == [(ENTRY.path, 1)]
     assert bytes(trio.run(reader.read, ENTRY, 2 * BS, 10)) == DATA[2 * BS : 2 * BS + 10]
     assert good.calls[-1] == (ENTRY.path, 2)
     assert (ENTRY.path, 2) not in failing.calls + corrupt.calls
@@ -83,3 +83,21 @@ def test_reader_with_every_copy_bad_names_every_source(tmp_path: Path) -> None:
     assert "http://origin.test/repo/" in str(raised.value)
     assert "http://mirror.test/" in str(raised.value)
     assert "after 3 fetches" in str(raised.value)
+
+
+def test_a_hung_source_gets_only_its_share_of_the_deadline(tmp_path: Path) -> None:
+    hung, good = (FakeSource({ENTRY.path: DATA}) for _ in range(2))
+    hung.gate_all = trio.Event()  # never set: accepts, never answers
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    reader = BlockReader(hung, store, BS, mirrors=[good], fetch_attempts=2, deadline=2.0)
+
+    async def main() -> bytes:
+        with trio.fail_after(10):
+            return bytes(await reader.read(ENTRY, 0, 10))
+
+    assert trio.run(main) == DATA[:10]
+    assert hung.calls == [(ENTRY.path, 0)] and good.calls == [(ENTRY.path, 0)]
+    # Benched now: the next block is asked of the good source first.
+    assert trio.run(main) == DATA[:10]
+    assert bytes(trio.run(reader.read, ENTRY, BS, 10)) == DATA[BS : BS + 10]
+    assert hung.calls == [(ENTRY.path, 0)]

@@ -898,6 +898,20 @@ def test_redirect_to_an_unsupported_scheme_is_a_protocol_error(pool: ConnectionP
         get_range(pool, server.url + "/w.bin", 0, 10)
 
 
+@pytest.mark.parametrize(
+    "location",
+    ["http://127.0.0.1:99999/w.bin", "http://127.0.0.1:abc/w.bin", f"http://{'a' * 64}.test/w"],
+)
+def test_redirect_to_an_unusable_url_is_a_protocol_error(
+    pool: ConnectionPool, location: str
+) -> None:
+    with (
+        Server(then=redirect(location)) as server,
+        pytest.raises(OriginProtocolError, match="unusable URL"),
+    ):
+        get_range(pool, server.url + "/w.bin", 0, 10)
+
+
 def test_redirect_with_a_cut_short_body_is_a_source_error(pool: ConnectionPool) -> None:
     payload = head(302, {"Location": "/w2.bin", "Content-Length": "100"}) + b"moved"
     with Server(then=raw(payload)) as server, pytest.raises(SourceError):
