@@ -103,6 +103,10 @@ def _calibrate_free_refcount() -> int | None:
     return free if held == free + 1 else None
 
 
+REDIRECT_SECONDS = 300.0
+MAX_REMEMBERED_REDIRECTS = 4096
+
+
 class ConnectionPool:
     """Idle keep-alive connections per (scheme, host, port), shared by worker threads."""
 
@@ -112,6 +116,24 @@ class ConnectionPool:
         self.buffers = BufferPool()
         self._idle: defaultdict[Key, list[http.client.HTTPConnection]] = defaultdict(list)
         self._lock = threading.Lock()
+        # Where a URL redirected to lately (a hub's signed CDN URL), and until when to go
+        # there directly: one round trip per block instead of two.
+        self._redirects: dict[str, tuple[str, float]] = {}
+
+    def redirect_for(self, url: str) -> str | None:
+        with self._lock:
+            target, until = self._redirects.get(url, ("", 0.0))
+        return target if until > time.monotonic() else None
+
+    def remember_redirect(self, url: str, target: str) -> None:
+        with self._lock:
+            if len(self._redirects) >= MAX_REMEMBERED_REDIRECTS:
+                self._redirects.clear()
+            self._redirects[url] = (target, time.monotonic() + REDIRECT_SECONDS)
+
+    def forget_redirect(self, url: str) -> None:
+        with self._lock:
+            self._redirects.pop(url, None)
 
     def acquire(self, key: Key, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
         """A connection for ``key`` and whether it was reused (and so may have gone stale)."""
@@ -191,7 +213,7 @@ def get_range(
     limit = pool.timeouts.request
     with _Watchdog(limit) as watchdog:
         try:
-            return _get_range(pool, url, start, length, headers, watchdog)
+            return _get_range_via_redirects(pool, url, start, length, headers, watchdog)
         except (ValueError, UnicodeError) as exc:
             # A URL (or a redirect's Location) with a bad port or host name.
             raise OriginProtocolError(f"{url}: unusable URL ({exc})") from None
@@ -199,6 +221,34 @@ def get_range(
             if watchdog.fired:
                 raise OriginUnreachable(f"{url}: no complete answer within {limit:g}s") from None
             raise
+
+
+def _get_range_via_redirects(
+    pool: ConnectionPool,
+    url: str,
+    start: int,
+    length: int,
+    headers: dict[str, str] | None,
+    watchdog: _Watchdog,
+) -> RangeBody:
+    """Go straight to where ``url`` redirected lately, if anywhere; if that fails in any
+    way, forget it and ask ``url`` again."""
+    target = pool.redirect_for(url)
+    if target is not None:
+        # Headers are for url's own origin only, as when following the redirect.
+        same_origin = urlsplit(target)[:2] == urlsplit(url)[:2]
+        try:
+            return _get_range(
+                pool, target, start, length, headers if same_origin else None, watchdog
+            )
+        except SourceError:
+            if watchdog.fired:
+                raise
+            pool.forget_redirect(url)
+    body = _get_range(pool, url, start, length, headers, watchdog)
+    if body.url != url:
+        pool.remember_redirect(url, body.url)
+    return body
 
 
 def _get_range(

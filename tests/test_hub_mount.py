@@ -282,6 +282,8 @@ def test_a_committed_manifest_mounts_lazily_block_by_block(
         read_block(mountpoint / "model.safetensors", 20)
     assert "block 20 of model.safetensors failed verification" in mounter.log_text()
     assert read_block(mountpoint / "model.safetensors", 3) == WEIGHTS[3 * BLOCK :][:1000]
+    # The CDN redirect is remembered: one trip to the hub for all of the file's blocks.
+    assert len([r for r in hf.seen("api") if r.path.endswith("/model.safetensors")]) == 1
 
 
 def test_a_committed_manifest_must_match_the_hubs_digest(

@@ -846,6 +846,36 @@ def test_redirect_to_another_server_is_followed_with_the_range(pool: ConnectionP
     assert all(r.headers["accept-encoding"] == "identity" for r in cdn.requests)
 
 
+def test_a_redirect_is_remembered_so_later_blocks_go_straight_there(
+    pool: ConnectionPool,
+) -> None:
+    secret = {"Authorization": "Bearer s3cret"}
+    with Server(then=partial) as cdn, Server(then=redirect(cdn.url + "/blob/w.bin")) as origin:
+        for start in (0, 100, 200):
+            body = get_range(pool, origin.url + "/w.bin", start, 10, headers=secret)
+            assert bytes(body.data) == DATA[start : start + 10]
+    assert len(origin.requests) == 1
+    assert [r.headers["range"] for r in cdn.requests] == [
+        "bytes=0-9",
+        "bytes=100-109",
+        "bytes=200-209",
+    ]
+    assert not [r for r in cdn.requests if "authorization" in r.headers]
+
+
+def test_a_remembered_redirect_that_fails_is_forgotten(pool: ConnectionPool) -> None:
+    with (
+        Server(partial, status(403), then=partial) as cdn,
+        Server(then=redirect(cdn.url + "/blob/w.bin")) as origin,
+    ):
+        for start in (0, 100, 200):
+            body = get_range(pool, origin.url + "/w.bin", start, 10)
+            assert bytes(body.data) == DATA[start : start + 10]
+    # The expired target (403) sent the second read back to the origin, within one call.
+    assert len(origin.requests) == 2
+    assert len(cdn.requests) == 4
+
+
 @pytest.mark.parametrize("code", [301, 303, 307, 308])
 def test_every_redirect_status_is_followed(pool: ConnectionPool, code: int) -> None:
     with Server(redirect("/elsewhere/w.bin", code), then=partial) as server:
