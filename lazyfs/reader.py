@@ -152,7 +152,9 @@ class BlockReader:
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
         self._index_thread = trio.CapacityLimiter(1)
         # Hub files without block digests yet are verified whole on first read.
-        self.whole_files = WholeFiles(source, store, block_size, block_lists)
+        self.whole_files = WholeFiles(
+            source, store, block_size, block_lists, self._read_cached, self._store_now
+        )
         # Told how long each successful block fetch took (the metrics histogram).
         self.observe_fetch: Callable[[float], None] = lambda seconds: None
 
@@ -297,6 +299,10 @@ class BlockReader:
         except CacheError as exc:
             log.warning("%s", exc)
         return None
+
+    async def _store_now(self, digest: str, block: Buffer) -> None:
+        await self._store_slots.acquire()
+        await self._store(digest, block)
 
     async def _store(self, digest: str, block: Buffer) -> None:
         try:

@@ -75,6 +75,9 @@ class BlockSource(Protocol):
 
 # A copy of block ``index`` from somewhere cheaper than the origin, if there is one.
 CachedBlock = Callable[[int], Awaitable[tuple[Buffer, str] | None]]
+# The mount's block cache: a stored block, checked against its digest (or None); and storing one.
+ReadCached = Callable[[str], Awaitable[Buffer | None]]
+KeepBlock = Callable[[str, Buffer], Awaitable[None]]
 
 
 async def stream_whole_file(
@@ -202,7 +205,10 @@ class _Verifying:
 
 
 class WholeFiles:
-    """Verifies files whole for a mount: once per file, however many readers wait on it."""
+    """Verifies files whole for a mount: once per file, however many readers wait on it.
+
+    Blocks go through the mount's own cache paths (``read_cached``, ``keep``): checked on the
+    way in, stored with the same failure handling as any fetched block."""
 
     def __init__(
         self,
@@ -210,9 +216,13 @@ class WholeFiles:
         store: BlockStore,
         block_size: int,
         lists: BlockLists | None,
+        read_cached: ReadCached,
+        keep: KeepBlock,
     ) -> None:
         self.source = source
         self.store = store
+        self.read_cached = read_cached
+        self.keep = keep
         self.block_size = block_size
         self.lists = lists
         self.failures = 0
@@ -294,8 +304,10 @@ class WholeFiles:
         kept: list[str] = []
 
         async def keep(digest: str, block: Buffer) -> None:
+            # Stored before the whole file is checked: blocks are kept by their own digest,
+            # so one is only ever used where a verified list names it.
             kept.append(digest)
-            await self._keep(digest, block)
+            await self.keep(digest, block)
 
         cached = None if hint is None else self._from_cache(hint)
         self.streamed[entry.path] = 0
@@ -324,33 +336,7 @@ class WholeFiles:
     def _from_cache(self, hint: FileEntry) -> CachedBlock:
         async def cached(index: int) -> tuple[Buffer, str] | None:
             digest = hint.blocks[index]
-            try:
-                stored = await trio.to_thread.run_sync(self._read_stored, digest)
-            except CacheError:
-                return None
-            if stored is None or stored[1] != digest:
-                return None
-            return stored
+            block = await self.read_cached(digest)
+            return None if block is None else (block, digest)
 
         return cached
-
-    def _read_stored(self, digest: str) -> tuple[bytes, str] | None:
-        """A stored block and its actual sha256 (blocking)."""
-        handle = self.store.open_block(digest)
-        if handle is None:
-            return None
-        try:
-            with handle:
-                # The cache directory is not trusted: a planted huge file is not read whole.
-                block = handle.read(self.block_size + 1)
-        except OSError:
-            return None
-        return block, hashlib.sha256(block).hexdigest()
-
-    async def _keep(self, digest: str, block: Buffer) -> None:
-        # Stored before the whole file is checked: blocks are kept by their own digest, so
-        # one is only ever used where a verified list names it.
-        try:
-            await trio.to_thread.run_sync(self.store.put, digest, block)
-        except CacheError as exc:
-            log.warning("%s; the block will be fetched again when read", exc)
