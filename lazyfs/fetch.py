@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import httpx
 import trio
@@ -26,7 +26,7 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.rangeget import ConnectionPool, Timeouts, get_range, parse_retry_after
+from lazyfs.rangeget import ConnectionPool, Timeouts, get_range, parse_retry_after, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ async def with_retries(
     if scope.cancelled_caught:
         raise OriginUnreachable(f"{what}: gave up after {policy.deadline:.0f}s ({last})")
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _origin_of(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc
 
 
 def join_url(base: str, path: str) -> str:
@@ -168,8 +163,7 @@ class HttpOrigin:
     ) -> AsyncIterator[httpx.Response]:
         target = url
         for _ in range(MAX_REDIRECTS + 1):
-            same_origin = _origin_of(target) == _origin_of(url)
-            headers = {**(self.headers if same_origin else {}), **extra}
+            headers = {**(self.headers if same_origin(target, url) else {}), **extra}
             async with self._request("GET", target, headers) as response:
                 location = response.headers.get("location")
                 if response.is_redirect and location:

@@ -35,7 +35,7 @@ from lazyfs.manifest import (
     make_manifest,
     parse_manifest,
 )
-from lazyfs.rangeget import parse_retry_after
+from lazyfs.rangeget import parse_retry_after, same_origin
 from lazyfs.sizes import format_size
 from lazyfs.wholefile import FileHashes, stream_whole_file
 
@@ -159,16 +159,11 @@ class HubOrigin(HttpOrigin):
         target = links.links.get("next", {}).get("url")
         if target is None:
             return None
-        resolved = httpx.URL(url).join(target)
-        endpoint = httpx.URL(self.endpoint)
+        resolved = str(httpx.URL(url).join(target))
         # The token goes with it: the same scheme, host and port as the endpoint, or nothing.
-        if (resolved.scheme, resolved.host, resolved.port) != (
-            endpoint.scheme,
-            endpoint.host,
-            endpoint.port,
-        ):
+        if not same_origin(resolved, self.endpoint):
             raise SourceError(f"{self.repo.name}: the listing's next page is on another host")
-        return str(resolved)
+        return resolved
 
     async def _resolve_modelscope(self) -> Snapshot:
         url = hubs.modelscope_revisions_url(self.endpoint, self.repo)

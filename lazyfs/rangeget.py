@@ -103,6 +103,22 @@ def _calibrate_free_refcount() -> int | None:
     return free if held == free + 1 else None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_origin(url: str, other: str) -> bool:
+    """Whether two URLs share scheme, host and port: where credentials may go along."""
+    try:
+        first, second = urlsplit(url), urlsplit(other)
+        return (first.scheme, first.hostname, first.port or _DEFAULT_PORTS.get(first.scheme)) == (
+            second.scheme,
+            second.hostname,
+            second.port or _DEFAULT_PORTS.get(second.scheme),
+        )
+    except ValueError:  # a bad port: no credentials for it
+        return False
+
+
 REDIRECT_SECONDS = 300.0
 MAX_REMEMBERED_REDIRECTS = 4096
 
@@ -236,10 +252,9 @@ def _get_range_via_redirects(
     target = pool.redirect_for(url)
     if target is not None:
         # Headers are for url's own origin only, as when following the redirect.
-        same_origin = urlsplit(target)[:2] == urlsplit(url)[:2]
         try:
             return _get_range(
-                pool, target, start, length, headers if same_origin else None, watchdog
+                pool, target, start, length, headers if same_origin(target, url) else None, watchdog
             )
         except SourceError:
             if watchdog.fired:
@@ -259,7 +274,7 @@ def _get_range(
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
 ) -> RangeBody:
-    original = urlsplit(url)[:2]
+    original = url
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
@@ -273,7 +288,7 @@ def _get_range(
         }
         # Credentials go only to the host (and scheme) they were given for, never across a
         # redirect to another.
-        if parts[:2] == original and headers:
+        if headers and same_origin(url, original):
             request_headers.update(headers)
         connection, response = _send(pool, key, target, request_headers, url, watchdog)
         try:

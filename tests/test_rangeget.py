@@ -39,7 +39,15 @@ from lazyfs.errors import (
     SourceError,
 )
 from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
-from lazyfs.rangeget import CHUNK, MAX_REDIRECTS, ConnectionPool, RangeBody, Timeouts, get_range
+from lazyfs.rangeget import (
+    CHUNK,
+    MAX_REDIRECTS,
+    ConnectionPool,
+    RangeBody,
+    Timeouts,
+    get_range,
+    same_origin,
+)
 
 T = TypeVar("T")
 
@@ -1168,3 +1176,19 @@ def test_the_deadline_shuts_a_watched_connection() -> None:
     finally:
         ours.close()
         peer.close()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("https://hub.test/a", "https://HUB.test:443/b?x", True),
+        ("http://hub.test/a", "http://user@hub.test:80/b", True),
+        ("https://hub.test/a", "http://hub.test/a", False),
+        ("http://hub.test/a", "http://hub.test:8080/a", False),
+        ("http://hub.test/a", "http://cdn.test/a", False),
+        ("http://hub.test/a", "http://hub.test:99999/a", False),
+    ],
+)
+def test_same_origin_is_scheme_host_and_port(first: str, second: str, same: bool) -> None:
+    assert same_origin(first, second) is same
+    assert same_origin(second, first) is same
