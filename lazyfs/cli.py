@@ -121,16 +121,14 @@ def _build_hub_manifest(source: str, block_size: int, token_file: Path | None) -
     import trio
 
     from lazyfs.fetch import RetryPolicy, make_client
-    from lazyfs.hubs import parse_hub_source
-    from lazyfs.hubsource import HubOrigin, build_hub_manifest, hub_endpoint, hub_token
+    from lazyfs.hubsource import HubOrigin, build_hub_manifest, hub_settings
 
-    repo = parse_hub_source(source)
+    settings = hub_settings(source, token_file)
 
     async def build() -> Manifest:
         policy = RetryPolicy()
         async with make_client(policy) as client:
-            token = hub_token(repo.hub, token_file)
-            origin = HubOrigin(repo, hub_endpoint(repo.hub), token, client, policy)
+            origin = HubOrigin(*settings, client, policy)
             try:
                 return await build_hub_manifest(origin, block_size, click.echo)
             finally:
@@ -264,14 +262,12 @@ def _metrics_address(text: str | None) -> tuple[str, int] | None:
 
 def normalize_source(source: str, token_file: Path | None = None) -> str:
     """A hub source, checked along with its endpoint and token, or a normalized URL."""
-    from lazyfs.hubs import is_hub_source, parse_hub_source
-    from lazyfs.hubsource import hub_endpoint, hub_token
+    from lazyfs.hubs import is_hub_source
+    from lazyfs.hubsource import hub_settings
 
     if not is_hub_source(source):
         return normalize_url(source)
-    repo = parse_hub_source(source)
-    hub_endpoint(repo.hub)
-    hub_token(repo.hub, token_file)
+    repo, _, _ = hub_settings(source, token_file)
     return repo.name
 
 

@@ -179,8 +179,12 @@ class HttpOrigin:
         raise OriginProtocolError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def refuse(self, response: httpx.Response, body: bytes, url: str) -> None:
-        """Raise the error for a response that is not a 200 (hubs say more)."""
-        self._check_status(response, url, {200})
+        """Raise the error for a response that is not what was asked for (hubs say more)."""
+        raise OriginHTTPError(
+            f"{url}: HTTP {response.status_code}",
+            response.status_code,
+            parse_retry_after(response.headers.get("retry-after")),
+        )
 
     async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
         """Exactly ``length`` bytes of ``path`` from ``start`` and their sha256: one range GET
@@ -221,16 +225,6 @@ class HttpOrigin:
             url,
             headers={"Accept-Encoding": "identity", **(headers or {})},
             follow_redirects=False,
-        )
-
-    @staticmethod
-    def _check_status(response: httpx.Response, url: str, wanted: set[int]) -> None:
-        if response.status_code in wanted:
-            return
-        raise OriginHTTPError(
-            f"{url}: HTTP {response.status_code}",
-            response.status_code,
-            parse_retry_after(response.headers.get("retry-after")),
         )
 
     @staticmethod

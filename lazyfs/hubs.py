@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TypeGuard
 from urllib.parse import quote, urlencode, urlsplit
@@ -67,6 +67,10 @@ class HubFile:
         assert self.git_sha1 is not None
         return FileCheck("git-sha1", self.git_sha1)
 
+    def pending_entry(self) -> FileEntry:
+        """The file as an entry still to be verified whole against the hub's digest."""
+        return FileEntry(self.path, self.size, self.executable, self.sha256 or "", (), self.check)
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -79,8 +83,8 @@ class Snapshot:
 
     @property
     def name(self) -> str:
-        kind = "datasets/" if self.repo.dataset else ""
-        return f"{self.repo.hub}://{kind}{self.repo.repo_id}@{self.commit}"
+        """The source pinned to its commit."""
+        return replace(self.repo, revision=self.commit).name
 
 
 def is_hub_source(text: str) -> bool:
@@ -317,7 +321,7 @@ def mount_entries(
     """
     files = [file for file in snapshot.files if file.path != MANIFEST_NAME]
     if manifest is None:
-        return block_size, tuple(_whole_file_entry(file) for file in files)
+        return block_size, tuple(file.pending_entry() for file in files)
     listed = {file.path: file for file in files}
     described = {entry.path: entry for entry in manifest.files}
     problem = _first_mismatch(listed, described)
@@ -327,7 +331,7 @@ def mount_entries(
     for path, file in listed.items():
         entry = described[path]
         if file.sha256 is None:
-            entries.append(_whole_file_entry(file))
+            entries.append(file.pending_entry())
         else:
             entries.append(entry)
     return manifest.block_size, tuple(entries)
@@ -347,10 +351,6 @@ def _first_mismatch(
         if file.sha256 is not None and file.sha256 != entry.sha256:
             return f"{json.dumps(path)} has sha256 {file.sha256}, the manifest says {entry.sha256}"
     return None
-
-
-def _whole_file_entry(file: HubFile) -> FileEntry:
-    return FileEntry(file.path, file.size, file.executable, file.sha256 or "", (), file.check)
 
 
 def git_blob_header(size: int) -> bytes:

@@ -10,7 +10,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -29,7 +28,6 @@ from lazyfs.hubs import HubFile, HubRepo, Snapshot
 from lazyfs.manifest import (
     DEFAULT_BLOCK_SIZE,
     MANIFEST_NAME,
-    FileEntry,
     Manifest,
     check_pin,
     make_manifest,
@@ -48,6 +46,12 @@ MAX_LISTING_PAGES = 10_000
 def hub_endpoint(hub: str) -> str:
     variable = hubs.ENDPOINT_VARIABLES[hub]
     return hubs.check_endpoint(hub, os.environ.get(variable) or hubs.DEFAULT_ENDPOINTS[hub])
+
+
+def hub_settings(source: str, token_file: Path | None) -> tuple[HubRepo, str, str | None]:
+    """A hub source checked, with its endpoint and token: what ``HubOrigin`` takes."""
+    repo = hubs.parse_hub_source(source)
+    return repo, hub_endpoint(repo.hub), hub_token(repo.hub, token_file)
 
 
 def hub_token(hub: str, token_file: Path | None) -> str | None:
@@ -196,7 +200,7 @@ async def open_hub_manifest(
     if raw is None and committed:
         raw = await origin.get(MANIFEST_NAME)
         # Its bytes may come from a CDN: they count only if the hub's listing vouches for them.
-        hashes = FileHashes(replace(_as_entry(committed[0]), size=len(raw)))
+        hashes = FileHashes(committed[0].pending_entry())
         hashes.update(raw)
         check = committed[0].check
         if len(raw) != committed[0].size or hashes.digest(check.algorithm) != check.digest:
@@ -235,13 +239,9 @@ async def build_hub_manifest(
     for file in snapshot.files:
         if file.path == MANIFEST_NAME:
             continue
-        pending = _as_entry(file)
+        pending = file.pending_entry()
         began = time.monotonic()
         entries.append(await stream_whole_file(origin, pending, block_size))
         elapsed = time.monotonic() - began
         report(f"{file.path}: {format_size(file.size)}, {file.check.algorithm} ok ({elapsed:.1f}s)")
     return make_manifest(block_size, entries)
-
-
-def _as_entry(file: HubFile) -> FileEntry:
-    return FileEntry(file.path, file.size, file.executable, "", (), file.check)

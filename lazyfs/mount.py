@@ -41,8 +41,8 @@ from lazyfs.errors import (
 )
 from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
 from lazyfs.fs import LazyFS
-from lazyfs.hubs import is_hub_source, parse_hub_source
-from lazyfs.hubsource import HubOrigin, hub_endpoint, hub_token, open_hub_manifest
+from lazyfs.hubs import is_hub_source
+from lazyfs.hubsource import HubOrigin, hub_settings, open_hub_manifest
 from lazyfs.manifest import MANIFEST_NAME, Manifest, check_pin, parse_manifest
 from lazyfs.metrics import start_metrics
 from lazyfs.prefetch import Prefetcher, select_entries
@@ -229,9 +229,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 )
         origin: HttpOrigin
         if is_hub_source(config.url):
-            repo = parse_hub_source(config.url)
-            token = hub_token(repo.hub, config.token_file)
-            origin = HubOrigin(repo, hub_endpoint(repo.hub), token, client, policy)
+            origin = HubOrigin(*hub_settings(config.url, config.token_file), client, policy)
             stack.callback(origin.close)
             manifest, mtime = await open_hub_manifest(origin, given, config.manifest_sha256)
         else:
