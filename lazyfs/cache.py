@@ -22,6 +22,7 @@ import diskcache
 from typing_extensions import Buffer
 
 from lazyfs.errors import CacheError, UsageError
+from lazyfs.manifest import MAX_BLOCK_SIZE
 from lazyfs.publish import write_atomically
 
 
@@ -102,12 +103,13 @@ class BlockStore:
 
     def read_block(self, digest: str) -> bytes | None:
         """The whole stored block with ``digest``, or None if it is not cached. Unverified:
-        the caller checks it, since anything may have written into the cache directory."""
+        the caller checks it, since anything may have written into the cache directory (so a
+        planted huge file is read only up to one byte past the largest block)."""
         handle = self.open_block(digest)
         if handle is None:
             return None
         with handle:
-            data: bytes = handle.read()
+            data: bytes = handle.read(MAX_BLOCK_SIZE + 1)
         return data
 
     def put(self, digest: str, block: Buffer) -> None:

@@ -30,7 +30,7 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.manifest import FileEntry
+from lazyfs.manifest import MAX_BLOCK_SIZE, FileEntry
 from lazyfs.readahead import ReadPattern
 from lazyfs.reader import BlockReader, open_block_reader
 
@@ -590,6 +590,18 @@ def test_store_truncated_block_file_reads_back_short(store: BlockStore, tmp_path
     os.truncate(block_file, BS - 1)
     # The store hands back what is on disk; the reader's digest check rejects it.
     assert store.read_block(sha(block)) == block[:-1]
+
+
+def test_store_reads_a_planted_huge_block_file_only_past_the_largest_block(
+    store: BlockStore, tmp_path: Path
+) -> None:
+    block = randbytes(BS, seed=6)
+    store.put(sha(block), block)
+    (block_file,) = (tmp_path / "blocks").rglob("*.val")
+    os.truncate(block_file, MAX_BLOCK_SIZE + 4096)  # sparse: costs no disk
+    read = store.read_block(sha(block))
+    assert read is not None and len(read) == MAX_BLOCK_SIZE + 1
+    assert store.verify() == (1, [sha(block)])
 
 
 def test_store_deleted_block_file_reads_as_missing(store: BlockStore, tmp_path: Path) -> None:
