@@ -1,3 +1,3 @@
-from lazyfs.cli import main
+from lazyfs.cli.main import main
 
 main()

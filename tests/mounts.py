@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.manifest import MANIFEST_NAME, parse_manifest
+from lazyfs.core.manifest import MANIFEST_NAME, parse_manifest
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 

@@ -1,4 +1,4 @@
-"""Properties of the block arithmetic (lazyfs.blocks) and of byte sizes (lazyfs.sizes)."""
+"""Properties of the block arithmetic (lazyfs.core.blocks) and of byte sizes (lazyfs.core.sizes)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs.blocks import BlockSlice, block_count, block_extent, clamp_read, read_plan
+from lazyfs.core.blocks import BlockSlice, block_count, block_extent, clamp_read, read_plan
+from lazyfs.core.sizes import format_size, parse_size
 from lazyfs.errors import UsageError
-from lazyfs.sizes import format_size, parse_size
 
 KIB = 1024
 MIB = 1024 * KIB

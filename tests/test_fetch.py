@@ -26,7 +26,7 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.fetch import (
+from lazyfs.sources.origin import (
     RETRYABLE_STATUS,
     HttpOrigin,
     RetryPolicy,
@@ -496,6 +496,6 @@ def test_real_server_dropping_mid_body_never_yields_short_data() -> None:
 
 @pytest.mark.parametrize("value", ["²", "1e9", "-5", "Mon, 99 Foo 9999 99:99:99 GMT", " ", "٣"])
 def test_a_malformed_retry_after_is_ignored_not_raised(value: str) -> None:
-    from lazyfs.rangeget import parse_retry_after
+    from lazyfs.sources.rangeget import parse_retry_after
 
     assert parse_retry_after(value) is None

@@ -7,8 +7,8 @@ import errno
 import pytest
 from pyfuse3 import FUSEError
 
+from lazyfs.daemon.fs import errors_as_errno
 from lazyfs.errors import BlockIntegrityError, OriginUnreachable
-from lazyfs.fs import errors_as_errno
 
 
 @pytest.mark.parametrize(

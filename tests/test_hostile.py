@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.mount import pid_file
+from lazyfs.daemon.runtime import pid_file
 from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import Mounter, force_unmount, is_mounted, lazyfs, publish
 from tests.origins import Origin, start_lazyfs_origin, start_nginx_origin

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.manifest import MANIFEST_NAME
+from lazyfs.core.manifest import MANIFEST_NAME
 from tests.fakehubs import TOKEN, FakeHub, FakeRepo, fake_hub
 from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import free_port, start_lazyfs_origin

@@ -15,13 +15,14 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs import hubs
-from lazyfs.cache import BlockStore
+from lazyfs.cache.blocklists import BlockLists
+from lazyfs.cache.store import BlockStore
+from lazyfs.core import hubs as hubs
+from lazyfs.core.hubs import HubFile, HubRepo, Snapshot
+from lazyfs.core.manifest import MANIFEST_NAME, FileCheck, FileEntry, make_manifest
 from lazyfs.errors import ManifestError, SourceError, UsageError
-from lazyfs.hubs import HubFile, HubRepo, Snapshot
-from lazyfs.manifest import MANIFEST_NAME, FileCheck, FileEntry, make_manifest
-from lazyfs.reader import BlockReader
-from lazyfs.wholefile import BlockLists, FileIntegrityError, stream_whole_file
+from lazyfs.read.reader import BlockReader
+from lazyfs.read.wholefile import FileIntegrityError, stream_whole_file
 from tests.fakehubs import git_blob_sha1
 from tests.test_reader import FakeSource
 

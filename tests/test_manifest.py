@@ -1,4 +1,4 @@
-"""Manifest v1 (lazyfs.manifest): round trip, every rejection of docs/manifest.md, fuzzing."""
+"""Manifest v1 (lazyfs.core.manifest): round trip, every rejection of docs/manifest.md, fuzzing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazyfs.blocks import block_count
-from lazyfs.errors import ManifestError
-from lazyfs.manifest import (
+from lazyfs.core.blocks import block_count
+from lazyfs.core.manifest import (
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
     FileEntry,
@@ -22,6 +21,7 @@ from lazyfs.manifest import (
     manifest_digest,
     parse_manifest,
 )
+from lazyfs.errors import ManifestError
 
 KIB = 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()

@@ -9,10 +9,10 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs.cache import BlockStore
+from lazyfs.cache.store import BlockStore
+from lazyfs.core.rotation import SourceRotation
 from lazyfs.errors import BlockIntegrityError, SourceError
-from lazyfs.mirrors import SourceRotation
-from lazyfs.reader import BlockReader
+from lazyfs.read.reader import BlockReader
 from tests.test_reader import BS, DATA, ENTRY, FakeSource
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from lazyfs.sample import write_sample_repository
+from lazyfs.publish.sample import write_sample_repository
 from tests.mounts import Mounter, publish
 from tests.origins import Origin
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.manifest import MANIFEST_NAME, manifest_digest
+from lazyfs.core.manifest import MANIFEST_NAME, manifest_digest
 from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
 from tests.origins import Origin
 
@@ -202,7 +202,7 @@ def test_trailing_slash_names_the_same_repository(published: Origin, mounter: Mo
 
 def test_a_dead_mount_is_named_and_cleaned_up(published: Origin, mounter: Mounter) -> None:
     """After kill -9 of the daemon: a clear message, then unmount, then a new mount."""
-    from lazyfs.mount import pid_file
+    from lazyfs.daemon.runtime import pid_file
 
     target, _ = mounter.mount(published.url)
     os.kill(int(pid_file(target).read_text()), signal.SIGKILL)
@@ -215,7 +215,7 @@ def test_a_dead_mount_is_named_and_cleaned_up(published: Origin, mounter: Mounte
 
 
 def _daemon_alive(target: Path) -> bool:
-    from lazyfs.mount import pid_file
+    from lazyfs.daemon.runtime import pid_file
 
     try:
         pid = int(pid_file(target).read_text())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lazyfs.cli.mounthelper import translate
 from lazyfs.errors import UsageError
-from lazyfs.mounthelper import translate
 from tests.mounts import LAZYFS, publish
 from tests.origins import Origin
 

@@ -1,4 +1,4 @@
-"""Publishing (lazyfs.publish and `lazyfs manifest build|verify`) against hashlib, by hand."""
+"""Publishing (lazyfs.publish.build and `lazyfs manifest build|verify`) against hashlib, by hand."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs import publish
+from lazyfs.core.manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
 from lazyfs.errors import UsageError
-from lazyfs.manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
-from lazyfs.publish import FileHasher, build_manifest, list_published_files, verify_directory
+from lazyfs.publish import build as publish
+from lazyfs.publish.build import FileHasher, build_manifest, list_published_files, verify_directory
 
 KIB = 1024
 BLOCK = 64 * KIB

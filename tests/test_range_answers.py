@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.errors import SourceError
-from lazyfs.rangeget import BufferPool, _read_body
+from lazyfs.sources.rangeget import BufferPool, _read_body
 
 FILE = bytes(range(256)) * 64  # 16 KiB, every byte telling its offset
 

@@ -31,15 +31,15 @@ import httpx
 import pytest
 import trio
 
-import lazyfs.fetch
+import lazyfs.sources.origin
 from lazyfs.errors import (
     OriginHTTPError,
     OriginProtocolError,
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
-from lazyfs.rangeget import (
+from lazyfs.sources.origin import HttpOrigin, RetryPolicy, make_client
+from lazyfs.sources.rangeget import (
     CHUNK,
     MAX_REDIRECTS,
     ConnectionPool,
@@ -482,7 +482,7 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(url)
         return get_range(pool, url, start, length, headers)
 
-    monkeypatch.setattr(lazyfs.fetch, "get_range", counting)
+    monkeypatch.setattr(lazyfs.sources.origin, "get_range", counting)
     return calls
 
 
@@ -1110,7 +1110,7 @@ def test_many_threads_on_one_pool_all_get_exact_bytes(pool: ConnectionPool) -> N
 
 
 def test_buffer_pool_never_hands_out_a_buffer_someone_still_holds() -> None:
-    from lazyfs.rangeget import BufferPool
+    from lazyfs.sources.rangeget import BufferPool
 
     buffers = BufferPool(max_buffers=4)
     held = buffers.take(100)
@@ -1124,7 +1124,7 @@ def test_buffer_pool_never_hands_out_a_buffer_someone_still_holds() -> None:
 
 
 def test_buffer_pool_makes_room_for_new_sizes_when_full() -> None:
-    from lazyfs.rangeget import BufferPool
+    from lazyfs.sources.rangeget import BufferPool
 
     buffers = BufferPool(max_buffers=2)
     buffers.take(7)
@@ -1137,7 +1137,7 @@ def test_buffer_pool_makes_room_for_new_sizes_when_full() -> None:
 
 
 def test_the_deadline_cannot_touch_a_connection_after_it_is_released() -> None:
-    from lazyfs.rangeget import _Watchdog
+    from lazyfs.sources.rangeget import _Watchdog
 
     ours, peer = socket.socketpair()
 
@@ -1160,7 +1160,7 @@ def test_the_deadline_cannot_touch_a_connection_after_it_is_released() -> None:
 
 
 def test_the_deadline_shuts_a_watched_connection() -> None:
-    from lazyfs.rangeget import _Watchdog
+    from lazyfs.sources.rangeget import _Watchdog
 
     ours, peer = socket.socketpair()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lazyfs.mount import pid_file
+from lazyfs.daemon.runtime import pid_file
 from tests.mounts import Mounter, publish
 from tests.origins import Origin, start_nginx_origin
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lazyfs.readahead import ReadPattern
+from lazyfs.core.readahead import ReadPattern
 
 
 def test_a_reader_from_the_start_ramps_up_to_the_bound() -> None:

@@ -20,8 +20,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lazyfs.blocks import block_count
-from lazyfs.cache import BlockStore
+from lazyfs.cache.store import BlockStore
+from lazyfs.core.blocks import block_count
+from lazyfs.core.manifest import MAX_BLOCK_SIZE, FileEntry
+from lazyfs.core.readahead import ReadPattern
 from lazyfs.errors import (
     BlockIntegrityError,
     CacheError,
@@ -30,9 +32,7 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.manifest import MAX_BLOCK_SIZE, FileEntry
-from lazyfs.readahead import ReadPattern
-from lazyfs.reader import BlockReader, open_block_reader
+from lazyfs.read.reader import BlockReader, open_block_reader
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -1,4 +1,5 @@
-"""lazyfs.sample writes a realistic model repository that the real safetensors library loads."""
+"""lazyfs.publish.sample writes a realistic model repository that the real safetensors library
+loads."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from lazyfs import sample
-from lazyfs.sample import describe_tensors, write_sample_repository
+from lazyfs.publish import sample as sample
+from lazyfs.publish.sample import describe_tensors, write_sample_repository
 
 MIB = 2**20
 FILES = {

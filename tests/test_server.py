@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from lazyfs.errors import UsageError
-from lazyfs.server import RepositoryServer, parse_range
+from lazyfs.publish.server import RepositoryServer, parse_range
 from tests.origins import (
     NGINX,
     AccessRecord,

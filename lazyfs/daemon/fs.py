@@ -19,10 +19,10 @@ import trio
 from pyfuse3 import FUSEError
 from typing_extensions import Buffer
 
+from lazyfs.core.namespace import Node, Tree
+from lazyfs.core.readahead import ReadPattern
 from lazyfs.errors import LazyfsError
-from lazyfs.readahead import ReadPattern
-from lazyfs.reader import BlockReader
-from lazyfs.tree import Node, Tree
+from lazyfs.read.reader import BlockReader
 
 log = logging.getLogger(__name__)
 

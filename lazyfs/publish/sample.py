@@ -72,7 +72,7 @@ tags: [llama, sample, synthetic]
 # lazyfs sample model
 
 A synthetic Llama-style decoder ({num_hidden_layers} layers, hidden size {hidden_size},
-vocabulary {vocab_size}) made by `lazyfs.sample` with seed {seed}. Its weights are pseudo-random
+vocabulary {vocab_size}) made by `lazyfs sample` with seed {seed}. Its weights are pseudo-random
 F16 values: the repository has the shape of a real one, but the model says nothing useful.
 """
 

@@ -46,9 +46,3 @@ def configure_logging(level: str, log_file: Path | None) -> None:
     root.setLevel(level.upper())
     # httpx logs every request at INFO; that is noise beside our own per-block messages.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def default_cache_dir() -> Path:
-    from lazyfs.cache import default_cache_dir as default
-
-    return default()

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from lazyfs.clicommon import default_cache_dir, reports_errors
+from lazyfs.cache.directory import default_cache_dir
+from lazyfs.cli.common import reports_errors
+from lazyfs.core.sizes import format_size, parse_size
 from lazyfs.errors import IntegrityError, UsageError
-from lazyfs.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
-    from lazyfs.cache import BlockStore
+    from lazyfs.cache.store import BlockStore
 
 
 @click.group("cache")
@@ -33,7 +34,7 @@ cache_dir_option = click.option(
 
 
 def _open_store(cache_dir: Path | None) -> tuple[Path, BlockStore]:
-    from lazyfs.cache import BlockStore
+    from lazyfs.cache.store import BlockStore
 
     directory = (cache_dir or default_cache_dir()).absolute()
     if not (directory / "blocks").is_dir():

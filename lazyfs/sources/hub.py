@@ -9,12 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from lazyfs import hubs
+from lazyfs.core import hubs as hubs
+from lazyfs.core.filehashes import FileHashes
+from lazyfs.core.hubs import HubFile, HubRepo, Snapshot
+from lazyfs.core.manifest import (
+    DEFAULT_BLOCK_SIZE,
+    MANIFEST_NAME,
+    Manifest,
+    check_pin,
+    parse_manifest,
+)
 from lazyfs.errors import (
     IntegrityError,
     MountError,
@@ -23,19 +31,8 @@ from lazyfs.errors import (
     SourceError,
     UsageError,
 )
-from lazyfs.fetch import HttpOrigin, RetryPolicy
-from lazyfs.hubs import HubFile, HubRepo, Snapshot
-from lazyfs.manifest import (
-    DEFAULT_BLOCK_SIZE,
-    MANIFEST_NAME,
-    Manifest,
-    check_pin,
-    make_manifest,
-    parse_manifest,
-)
-from lazyfs.rangeget import parse_retry_after, same_origin
-from lazyfs.sizes import format_size
-from lazyfs.wholefile import FileHashes, stream_whole_file
+from lazyfs.sources.origin import HttpOrigin, RetryPolicy
+from lazyfs.sources.rangeget import parse_retry_after, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -226,22 +223,3 @@ async def open_hub_manifest(
         whole,
     )
     return Manifest(block_size, entries), snapshot.modified or time.time()
-
-
-async def build_hub_manifest(
-    origin: HubOrigin, block_size: int, report: Callable[[str], None]
-) -> Manifest:
-    """Stream every file of the repository once, check each against the hub's digest, and
-    return the block manifest of the resolved commit."""
-    snapshot = await origin.resolve()
-    report(f"{snapshot.name}: {len(snapshot.files)} files")
-    entries = []
-    for file in snapshot.files:
-        if file.path == MANIFEST_NAME:
-            continue
-        pending = file.pending_entry()
-        began = time.monotonic()
-        entries.append(await stream_whole_file(origin, pending, block_size))
-        elapsed = time.monotonic() - began
-        report(f"{file.path}: {format_size(file.size)}, {file.check.algorithm} ok ({elapsed:.1f}s)")
-    return make_manifest(block_size, entries)

@@ -10,25 +10,22 @@ directory), so later reads, and later mounts, fetch and verify single blocks aga
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Protocol
 
 import trio
 from typing_extensions import Buffer
 
-from lazyfs.blocks import block_count, block_extent
-from lazyfs.cache import BlockStore
+from lazyfs.cache.blocklists import BlockLists
+from lazyfs.cache.store import BlockStore
+from lazyfs.core.blocks import block_count, block_extent
+from lazyfs.core.filehashes import FileHashes
+from lazyfs.core.manifest import FileEntry
+from lazyfs.core.sizes import format_size
 from lazyfs.errors import CacheError, IntegrityError, LazyfsError
-from lazyfs.hubs import git_blob_header
-from lazyfs.manifest import FileEntry
-from lazyfs.publish import write_atomically
-from lazyfs.sizes import format_size
+from lazyfs.sources.base import BlockSource
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +40,6 @@ class FileIntegrityError(IntegrityError):
             f"{path} from {url} does not match the hub's {algorithm} (expected {expected}, "
             f"got {actual}); none of it is served"
         )
-
-
-class FileHashes:
-    """The whole-file digests, fed in order: sha256, and the Git blob id when it is checked."""
-
-    def __init__(self, entry: FileEntry) -> None:
-        self.sha256 = hashlib.sha256()
-        self.git_sha1 = None
-        if entry.check is not None and entry.check.algorithm == "git-sha1":
-            self.git_sha1 = hashlib.sha1(git_blob_header(entry.size))
-
-    def update(self, data: Buffer) -> None:
-        self.sha256.update(data)
-        if self.git_sha1 is not None:
-            self.git_sha1.update(data)
-
-    def digest(self, algorithm: str) -> str:
-        chosen = self.git_sha1 if algorithm == "git-sha1" else self.sha256
-        assert chosen is not None
-        return chosen.hexdigest()
-
-
-class BlockSource(Protocol):
-    def url_for(self, path: str) -> str: ...
-
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
-        """Exactly ``length`` bytes from ``start`` and their sha256 hex digest."""
-        ...
 
 
 # A copy of block ``index`` from somewhere cheaper than the origin, if there is one.
@@ -146,55 +115,6 @@ async def stream_whole_file(
         url = source.url_for(entry.path)
         raise FileIntegrityError(entry.path, url, entry.check.algorithm, entry.check.digest, actual)
     return replace(entry, sha256=hashes.digest("sha256"), blocks=tuple(digests), check=None)
-
-
-class BlockLists:
-    """Block lists of files verified whole, by the hub's digest: ``DIR/ALGO-DIGEST-SIZE-BS``.
-
-    A list is only a hint of which cached blocks make up the file: the cache directory is not
-    trusted, so a file is checked against the hub's digest again on its first read in each
-    mount, with the blocks read from the cache (a local pass instead of a download). Each
-    list records its own sha256, so accidental damage is noticed before that."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, entry: FileEntry, block_size: int) -> Path:
-        assert entry.check is not None
-        name = f"{entry.check.algorithm}-{entry.check.digest}-{entry.size}-{block_size}.json"
-        return self.directory / name
-
-    def load(self, entry: FileEntry, block_size: int) -> FileEntry | None:
-        try:
-            document = json.loads(self._path(entry, block_size).read_bytes())
-            body = [document["sha256"], document["blocks"]]
-            if document["check"] != _checksum(body):
-                raise ValueError("checksum")
-            sha256, blocks = str(body[0]), tuple(str(digest) for digest in body[1])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring the damaged block list of %s (%s)", entry.path, exc)
-            return None
-        if len(blocks) != block_count(entry.size, block_size):
-            return None
-        return replace(entry, sha256=sha256, blocks=blocks)
-
-    def store(self, pending: FileEntry, verified: FileEntry, block_size: int) -> None:
-        body = [verified.sha256, list(verified.blocks)]
-        data = json.dumps({"sha256": body[0], "blocks": body[1], "check": _checksum(body)})
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomically(self._path(pending, block_size), data.encode(), mode=0o600)
-        except OSError as exc:
-            raise CacheError(f"cannot keep the block list of {pending.path}: {exc}") from None
-
-    def discard(self, entry: FileEntry, block_size: int) -> None:
-        self._path(entry, block_size).unlink(missing_ok=True)
-
-
-def _checksum(body: Sequence[object]) -> str:
-    return hashlib.sha256(json.dumps(body).encode()).hexdigest()
 
 
 @dataclass(eq=False)

@@ -12,36 +12,13 @@ from collections.abc import Iterator, Sequence
 
 import trio
 
+from lazyfs.core.manifest import FileEntry
 from lazyfs.errors import LazyfsError
-from lazyfs.manifest import FileEntry
-from lazyfs.reader import BlockReader
+from lazyfs.read.reader import BlockReader
 
 log = logging.getLogger(__name__)
 
 PREFETCH_WORKERS = 4
-
-
-def select_paths(paths: Sequence[str], wanted: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The file paths named by ``wanted`` (files or directories; none, or ".": all) and the
-    names that match nothing."""
-    names = [name.strip("/") for name in wanted if name.strip("/") not in ("", ".")]
-    if not names:
-        return list(paths), []
-
-    def matches(path: str, name: str) -> bool:
-        return path == name or path.startswith(f"{name}/")
-
-    chosen = [path for path in paths if any(matches(path, name) for name in names)]
-    unknown = [name for name in names if not any(matches(path, name) for path in paths)]
-    return chosen, unknown
-
-
-def select_entries(
-    entries: Sequence[FileEntry], wanted: Sequence[str]
-) -> tuple[list[FileEntry], list[str]]:
-    by_path = {entry.path: entry for entry in entries}
-    chosen, unknown = select_paths(list(by_path), wanted)
-    return [by_path[path] for path in chosen], unknown
 
 
 class Prefetcher:

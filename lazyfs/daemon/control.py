@@ -17,15 +17,14 @@ from typing import Any
 
 import trio
 
-from lazyfs.blocks import block_extent
-from lazyfs.errors import MountError
-from lazyfs.reader import BlockReader
-from lazyfs.tree import Tree
+from lazyfs.core.blocks import block_extent
+from lazyfs.core.namespace import Tree
+from lazyfs.daemon.runtime import CLIENT_TIMEOUT
+from lazyfs.read.reader import BlockReader
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
-CLIENT_TIMEOUT = 30.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -98,27 +97,3 @@ async def _read_line(stream: trio.SocketStream) -> bytes:
         if len(data) > MAX_REQUEST:
             raise ValueError("request too large")
     return data.split(b"\n", 1)[0]
-
-
-def ask(path: Path, mountpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
-    """Send one request to the daemon of ``mountpoint`` (blocking); raise MountError if there
-    is no live lazyfs daemon there."""
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(CLIENT_TIMEOUT)
-    try:
-        client.connect(str(path))
-        client.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while chunk := client.recv(1 << 16):
-            data += chunk
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise MountError(f"{mountpoint} is not a live lazyfs mount") from None
-    except OSError as exc:
-        raise MountError(f"cannot ask the daemon of {mountpoint}: {exc}") from None
-    finally:
-        client.close()
-    try:
-        reply: dict[str, Any] = json.loads(data)
-    except ValueError:
-        raise MountError(f"the daemon of {mountpoint} gave no answer") from None
-    return reply

@@ -21,14 +21,9 @@ from typing import BinaryIO
 import diskcache
 from typing_extensions import Buffer
 
+from lazyfs.cache.atomic import write_atomically
+from lazyfs.core.manifest import MAX_BLOCK_SIZE
 from lazyfs.errors import CacheError, UsageError
-from lazyfs.manifest import MAX_BLOCK_SIZE
-from lazyfs.publish import write_atomically
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lazyfs"
 
 
 def prepare_cache_dir(path: Path) -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lazyfs.blocks import block_count
+from lazyfs.core.blocks import block_count
 from lazyfs.errors import ManifestError, MountError
 
 MANIFEST_NAME = "lazyfs-manifest.json"

@@ -11,8 +11,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lazyfs.errors import CacheError, MountError
-from lazyfs.fetch import HttpOrigin
-from lazyfs.reader import BlockReader
+from lazyfs.read.reader import BlockReader
+from lazyfs.sources.origin import HttpOrigin
 
 FETCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

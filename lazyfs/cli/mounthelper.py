@@ -93,7 +93,7 @@ def translate(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    from lazyfs.cli import main as lazyfs_main
+    from lazyfs.cli.main import main as lazyfs_main
 
     try:
         arguments = translate(sys.argv[1:])

@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from lazyfs.errors import ManifestError, UsageError
-from lazyfs.manifest import (
+from lazyfs.core.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,
@@ -26,6 +25,7 @@ from lazyfs.manifest import (
     make_manifest,
     parse_manifest,
 )
+from lazyfs.errors import ManifestError, UsageError
 
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn"})
 
@@ -153,20 +153,6 @@ def build_manifest(
             except OSError as exc:
                 raise UsageError(f"cannot read {root / relative}: {exc.strerror}") from None
     return make_manifest(block_size, entries)
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def load_local_manifest(root: Path) -> Manifest:

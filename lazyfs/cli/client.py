@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from lazyfs.control import ask
+from lazyfs.core.selection import select_paths
+from lazyfs.core.sizes import format_size
+from lazyfs.daemon.runtime import CLIENT_TIMEOUT, control_socket
 from lazyfs.errors import IntegrityError, LazyfsError, MountError, UsageError
-from lazyfs.mount import control_socket
-from lazyfs.prefetch import select_paths
-from lazyfs.sizes import format_size
 
 POLL_SECONDS = 0.25
 
@@ -138,3 +139,27 @@ class _RichProgress:
 
     def close(self) -> None:
         self._progress.stop()
+
+
+def ask(path: Path, mountpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to the daemon of ``mountpoint`` (blocking); raise MountError if there
+    is no live lazyfs daemon there."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(CLIENT_TIMEOUT)
+    try:
+        client.connect(str(path))
+        client.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while chunk := client.recv(1 << 16):
+            data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise MountError(f"{mountpoint} is not a live lazyfs mount") from None
+    except OSError as exc:
+        raise MountError(f"cannot ask the daemon of {mountpoint}: {exc}") from None
+    finally:
+        client.close()
+    try:
+        reply: dict[str, Any] = json.loads(data)
+    except ValueError:
+        raise MountError(f"the daemon of {mountpoint} gave no answer") from None
+    return reply

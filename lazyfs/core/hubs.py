@@ -16,8 +16,15 @@ from datetime import datetime
 from typing import TypeGuard
 from urllib.parse import quote, urlencode, urlsplit
 
+from lazyfs.core.manifest import (
+    MANIFEST_NAME,
+    FileCheck,
+    FileEntry,
+    Manifest,
+    check_path,
+    check_tree,
+)
 from lazyfs.errors import ManifestError, SourceError, UsageError
-from lazyfs.manifest import MANIFEST_NAME, FileCheck, FileEntry, Manifest, check_path, check_tree
 
 HF = "hf"
 MODELSCOPE = "modelscope"

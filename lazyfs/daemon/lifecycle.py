@@ -9,208 +9,49 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
-import hashlib
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import pyfuse3
 import trio
 
-from lazyfs.cache import BlockStore, load_cached_manifest, prepare_cache_dir, store_manifest
-from lazyfs.control import Handler, mount_status, serve_control
+from lazyfs.cache.blocklists import BlockLists
+from lazyfs.cache.store import BlockStore, prepare_cache_dir
+from lazyfs.core.hubs import is_hub_source
+from lazyfs.core.manifest import Manifest
+from lazyfs.core.namespace import Tree
+from lazyfs.core.selection import select_entries
+from lazyfs.daemon.config import MountConfig
+from lazyfs.daemon.control import Handler, mount_status, serve_control
+from lazyfs.daemon.fs import LazyFS
+from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
+from lazyfs.daemon.metrics import start_metrics
+from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
+from lazyfs.daemon.runtime import control_socket, pid_file
 from lazyfs.errors import (
     LazyfsError,
-    ManifestError,
     MountError,
-    OriginHTTPError,
-    SourceError,
-    UsageError,
 )
-from lazyfs.fetch import HttpOrigin, RetryPolicy, make_client
-from lazyfs.fs import LazyFS
-from lazyfs.hubs import is_hub_source
-from lazyfs.hubsource import HubOrigin, hub_settings, open_hub_manifest
-from lazyfs.manifest import MANIFEST_NAME, Manifest, check_pin, parse_manifest
-from lazyfs.metrics import start_metrics
-from lazyfs.prefetch import Prefetcher, select_entries
-from lazyfs.reader import open_block_reader
-from lazyfs.tree import Tree
-from lazyfs.wholefile import BlockLists
+from lazyfs.read.prefetch import Prefetcher
+from lazyfs.read.reader import open_block_reader
+from lazyfs.sources.hub import HubOrigin, hub_settings, open_hub_manifest
+from lazyfs.sources.origin import HttpOrigin, make_client
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 180.0
-UNMOUNT_TIMEOUT = 20.0
 TERMINATE_GRACE = 2.0
 KERNEL_READAHEAD_KB = 1024
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-
-
-@dataclass(frozen=True)
-class MountConfig:
-    url: str
-    mountpoint: Path
-    cache_dir: Path
-    cache_size: int
-    manifest_sha256: str | None = None
-    allow_other: bool = False
-    # Paths to fetch into the cache once mounted (empty: everything); None: nothing.
-    prefetch: tuple[str, ...] | None = None
-    metrics: tuple[str, int] | None = None
-    # --manifest: a manifest file or URL to use instead of the source's own.
-    manifest_source: str | None = None
-    token_file: Path | None = None
-    # --mirror: the same published tree at other addresses; blocks only (not the manifest).
-    mirrors: tuple[str, ...] = ()
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-
-
-def runtime_dir() -> Path:
-    """Where live mounts leave their pid files, so ``lazyfs unmount`` can find the daemon."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
-    path = Path(base) / f"lazyfs-{os.getuid()}"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
-
-
-def pid_file(mountpoint: Path) -> Path:
-    return runtime_dir() / f"{_mount_key(mountpoint)}.pid"
-
-
-def control_socket(mountpoint: Path) -> Path:
-    return runtime_dir() / f"{_mount_key(mountpoint)}.sock"
-
-
-def _mount_key(mountpoint: Path) -> str:
-    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:24]
-
-
-def _unescape_mountinfo(field: bytes) -> bytes:
-    # The kernel writes space, tab, newline and backslash in mount points as octal escapes.
-    return re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match[1], 8)]), field)
-
-
-def _mount_entry(resolved: Path) -> tuple[str, bytes] | None:
-    """(device "major:minor", filesystem type) of the topmost mount at ``resolved``, an
-    already resolved path: read from mountinfo, so nothing here stats the mount point."""
-    target = os.fsencode(resolved)
-    found = None
-    with open("/proc/self/mountinfo", "rb") as mounts:
-        for line in mounts:
-            fields = line.split(b" ")
-            if _unescape_mountinfo(fields[4]) == target:
-                found = fields[2].decode(), fields[fields.index(b"-") + 1]
-    return found
-
-
-def _mount_type(path: Path) -> bytes | None:
-    """The filesystem type mounted at ``path`` (b"fuse.lazyfs", ...), or None."""
-    entry = _mount_entry(path.resolve())
-    return None if entry is None else entry[1]
-
-
-def _is_mounted(path: Path) -> bool:
-    return _mount_type(path) is not None
-
-
-def check_mountpoint(mountpoint: Path) -> None:
-    """Refuse, with one line, every mount point the kernel would refuse or we would regret."""
-    try:
-        mountpoint.stat()
-    except FileNotFoundError:
-        raise MountError(f"mount point {mountpoint} does not exist") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            raise MountError(
-                f"mount point {mountpoint} is a dead mount (transport endpoint is not "
-                f"connected); run: lazyfs unmount {mountpoint}"
-            ) from None
-        raise MountError(f"mount point {mountpoint}: {exc.strerror}") from None
-    if not mountpoint.is_dir():
-        raise MountError(f"mount point {mountpoint} is not a directory")
-    mounted = _mount_type(mountpoint)
-    if mounted == b"fuse.lazyfs" and _live_daemon(mountpoint) is None:
-        raise MountError(
-            f"mount point {mountpoint} is a dead lazyfs mount (its daemon is gone); "
-            f"run: lazyfs unmount {mountpoint}"
-        )
-    if mounted is not None:
-        raise MountError(f"mount point {mountpoint} is already mounted")
-    if any(os.scandir(mountpoint)):
-        raise MountError(f"mount point {mountpoint} is not empty")
-    check_fuse_device()
-
-
-def check_fuse_device() -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise MountError(
-            "no /dev/fuse: load the fuse module (in a container: docker run --device /dev/fuse)"
-        )
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise MountError("/dev/fuse is not readable and writable by this user")
-
-
-async def open_manifest(
-    origin: HttpOrigin, config: MountConfig, given: bytes | None = None
-) -> tuple[Manifest, float]:
-    """The manifest given with ``--manifest``, else the origin's, or, when the origin is
-    unreachable, the cached copy."""
-    if given is not None:
-        check_pin(given, config.manifest_sha256)
-        return parse_manifest(given), time.time()
-    url = origin.url_for(MANIFEST_NAME)
-    try:
-        raw = await origin.get(MANIFEST_NAME)
-    except OriginHTTPError as exc:
-        if exc.status in (404, 410):
-            raise ManifestError(
-                f"no manifest at {url} (HTTP {exc.status}); publish one with: "
-                "lazyfs manifest build DIR"
-            ) from None
-        raw = _cached_manifest_or_raise(config, exc)
-    except SourceError as exc:
-        raw = _cached_manifest_or_raise(config, exc)
-    else:
-        check_pin(raw, config.manifest_sha256)
-        manifest = parse_manifest(raw)
-        return manifest, store_manifest(config.cache_dir, config.url, raw)
-    check_pin(raw, config.manifest_sha256)
-    cached = load_cached_manifest(config.cache_dir, config.url)
-    assert cached is not None
-    return parse_manifest(raw), cached[1]
-
-
-def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
-    cached = load_cached_manifest(config.cache_dir, config.url)
-    if cached is None:
-        raise SourceError(f"cannot fetch the manifest: {cause}") from None
-    log.warning("origin unavailable (%s); mounting from the cached manifest", cause)
-    return cached[0]
-
-
-async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
-    """The manifest given with ``--manifest``: a local file, or a URL (fetched without any
-    hub token: it is not the hub)."""
-    if source.startswith(("http://", "https://")):
-        body, _ = await HttpOrigin(source, client).get_small(source)
-        return body
-    try:
-        return await trio.Path(source).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read --manifest {source}: {exc.strerror}") from None
 
 
 async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
@@ -339,7 +180,7 @@ async def _raise_kernel_readahead(operations: LazyFS, resolved: Path) -> None:
     answer only this thread can give."""
     await operations.initialized.wait()
     await trio.sleep(0.01)  # the handshake's reply reaches the kernel once the loop yields
-    entry = _mount_entry(resolved)
+    entry = mount_entry(resolved)
     if entry is None:
         return
     setting = Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb")
@@ -494,55 +335,3 @@ def _read_status(read_end: int, daemon: subprocess.Popen[bytes]) -> str:
             return f"the mount daemon exited with status {code} before the mount was ready"
         received += chunk
     return received.split(b"\n", 1)[0].decode(errors="replace")
-
-
-def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
-    """Stop the daemon serving ``mountpoint`` (it unmounts on the way out) and wait for it;
-    a mount whose daemon died is detached with fusermount."""
-    daemon_pid = _live_daemon(mountpoint)
-    if daemon_pid is not None:
-        os.kill(daemon_pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(daemon_pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _pid_alive(daemon_pid):
-            raise MountError(f"the daemon for {mountpoint} (pid {daemon_pid}) did not stop")
-    if not _is_mounted(mountpoint):
-        if daemon_pid is None:
-            raise MountError(f"{mountpoint} is not mounted")
-        return
-    result = subprocess.run(
-        ["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
-        raise MountError(f"cannot unmount {mountpoint}: {reason}")
-
-
-def _live_daemon(mountpoint: Path) -> int | None:
-    path = pid_file(mountpoint)
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    if not _pid_alive(pid) or b"lazyfs" not in _cmdline(pid):
-        path.unlink(missing_ok=True)
-        return None
-    return pid
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read()
-    except FileNotFoundError:
-        return b""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            # A zombie has exited; only its parent has yet to collect it.
-            return stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False

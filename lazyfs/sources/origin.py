@@ -26,7 +26,13 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.rangeget import ConnectionPool, Timeouts, get_range, parse_retry_after, same_origin
+from lazyfs.sources.rangeget import (
+    ConnectionPool,
+    Timeouts,
+    get_range,
+    parse_retry_after,
+    same_origin,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,12 @@ from typing import Any, BinaryIO
 import trio
 from typing_extensions import Buffer
 
-from lazyfs.blocks import BlockSlice, block_count, block_extent, read_plan
-from lazyfs.cache import BlockStore
+from lazyfs.cache.blocklists import BlockLists
+from lazyfs.cache.store import BlockStore
+from lazyfs.core.blocks import BlockSlice, block_count, block_extent, read_plan
+from lazyfs.core.manifest import FileEntry
+from lazyfs.core.readahead import ReadPattern
+from lazyfs.core.rotation import SourceRotation
 from lazyfs.errors import (
     BlockIntegrityError,
     CacheError,
@@ -34,10 +38,8 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.manifest import FileEntry
-from lazyfs.mirrors import SourceRotation
-from lazyfs.readahead import ReadPattern
-from lazyfs.wholefile import BlockLists, BlockSource, WholeFiles
+from lazyfs.read.wholefile import WholeFiles
+from lazyfs.sources.base import BlockSource
 
 log = logging.getLogger(__name__)
 

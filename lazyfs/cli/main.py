@@ -15,13 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from lazyfs import __version__
-from lazyfs.clicache import cache_group
-from lazyfs.clicommon import configure_logging, default_cache_dir, reports_errors
+from lazyfs.cache.directory import default_cache_dir
+from lazyfs.cli.cache import cache_group
+from lazyfs.cli.common import configure_logging, reports_errors
+from lazyfs.core.sizes import format_size, parse_size
 from lazyfs.errors import IntegrityError, LazyfsError, UsageError
-from lazyfs.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
-    from lazyfs.manifest import Manifest
+    from lazyfs.core.manifest import Manifest
 
 DEFAULT_CACHE_SIZE = "50G"
 
@@ -85,9 +86,10 @@ def manifest_build(
       lazyfs manifest build ./my-model --block-size 4M
       lazyfs manifest build hf://ORG/NAME@main -o org-name.lazyfs-manifest.json
     """
-    from lazyfs.hubs import is_hub_source
-    from lazyfs.manifest import MANIFEST_NAME, check_block_size, manifest_digest
-    from lazyfs.publish import build_manifest, write_atomically
+    from lazyfs.cache.atomic import write_atomically
+    from lazyfs.core.hubs import is_hub_source
+    from lazyfs.core.manifest import MANIFEST_NAME, check_block_size, manifest_digest
+    from lazyfs.publish.build import build_manifest
 
     size = parse_size(block_size)
     try:
@@ -120,8 +122,9 @@ def manifest_build(
 def _build_hub_manifest(source: str, block_size: int, token_file: Path | None) -> Manifest:
     import trio
 
-    from lazyfs.fetch import RetryPolicy, make_client
-    from lazyfs.hubsource import HubOrigin, build_hub_manifest, hub_settings
+    from lazyfs.publish.hubmanifest import build_hub_manifest
+    from lazyfs.sources.hub import HubOrigin, hub_settings
+    from lazyfs.sources.origin import RetryPolicy, make_client
 
     settings = hub_settings(source, token_file)
 
@@ -147,7 +150,7 @@ def manifest_verify(directory: Path) -> None:
     Example:
       lazyfs manifest verify ./my-model
     """
-    from lazyfs.publish import load_local_manifest, verify_directory
+    from lazyfs.publish.build import load_local_manifest, verify_directory
 
     loaded = load_local_manifest(directory)
     problems = verify_directory(directory, loaded)
@@ -177,7 +180,7 @@ def serve(directory: Path, host: str, port: int, access_log: Path | None) -> Non
     Example:
       lazyfs serve ./my-model --port 8000
     """
-    from lazyfs.server import run_server
+    from lazyfs.publish.server import run_server
 
     run_server(directory, host, port, access_log)
 
@@ -193,7 +196,7 @@ def status(mountpoint: Path, as_json: bool) -> None:
     Example:
       lazyfs status /mnt/models/demo --json
     """
-    from lazyfs.watch import status as mount_status
+    from lazyfs.cli.client import status as mount_status
 
     report = mount_status(mountpoint)
     if as_json:
@@ -225,7 +228,7 @@ def wait(mountpoint: Path, paths: tuple[str, ...], timeout: float) -> None:
     Example:
       lazyfs wait /mnt/models/demo model.safetensors --timeout 600
     """
-    from lazyfs.watch import wait_cached
+    from lazyfs.cli.client import wait_cached
 
     count, total = wait_cached(mountpoint, paths, timeout)
     click.echo(f"ready: {count} files, {format_size(total)} verified and cached")
@@ -243,7 +246,7 @@ def prefetch(mountpoint: Path, paths: tuple[str, ...]) -> None:
     Example:
       lazyfs prefetch /mnt/models/demo model.safetensors
     """
-    from lazyfs.watch import prefetch as run_prefetch
+    from lazyfs.cli.client import prefetch as run_prefetch
 
     count, total = run_prefetch(mountpoint, paths, tty=sys.stdout.isatty())
     click.echo(f"done: {count} files, {format_size(total)} verified and cached")
@@ -252,7 +255,7 @@ def prefetch(mountpoint: Path, paths: tuple[str, ...]) -> None:
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
     if text is None:
         return None
-    from lazyfs.metrics import parse_address
+    from lazyfs.daemon.metrics import parse_address
 
     try:
         return parse_address(text)
@@ -262,8 +265,8 @@ def _metrics_address(text: str | None) -> tuple[str, int] | None:
 
 def normalize_source(source: str, token_file: Path | None = None) -> str:
     """A hub source, checked along with its endpoint and token, or a normalized URL."""
-    from lazyfs.hubs import is_hub_source
-    from lazyfs.hubsource import hub_settings
+    from lazyfs.core.hubs import is_hub_source
+    from lazyfs.sources.hub import hub_settings
 
     if not is_hub_source(source):
         return normalize_url(source)
@@ -397,10 +400,11 @@ def mount(
       lazyfs mount http://127.0.0.1:8000 /mnt/models/demo --cache-size 20G
       lazyfs mount hf://Qwen/Qwen2.5-0.5B /mnt/models/qwen
     """
-    from lazyfs.cache import prepare_cache_dir
-    from lazyfs.fetch import RetryPolicy
-    from lazyfs.hubs import is_hub_source
-    from lazyfs.mount import MountConfig, run_foreground, start_background
+    from lazyfs.cache.store import prepare_cache_dir
+    from lazyfs.core.hubs import is_hub_source
+    from lazyfs.daemon.config import MountConfig
+    from lazyfs.daemon.lifecycle import run_foreground, start_background
+    from lazyfs.sources.origin import RetryPolicy
 
     # Everything this mount writes (cache, block lists, logs) is for its user alone.
     os.umask(0o077)
@@ -474,7 +478,7 @@ def unmount(mountpoint: Path) -> None:
     Example:
       lazyfs unmount /mnt/models/demo
     """
-    from lazyfs.mount import unmount as unmount_path
+    from lazyfs.daemon.mountpoint import unmount as unmount_path
 
     unmount_path(mountpoint.absolute())
 
@@ -491,7 +495,7 @@ def sample(directory: Path, size: str, seed: int) -> None:
     Example:
       lazyfs sample ./demo-model --size 256M && lazyfs manifest build ./demo-model
     """
-    from lazyfs.sample import write_sample_repository
+    from lazyfs.publish.sample import write_sample_repository
 
     weights = parse_size(size)
     if not 1024 * 1024 <= weights <= 64 * 2**30:

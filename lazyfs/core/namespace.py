@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lazyfs.manifest import FileEntry, Manifest
+from lazyfs.core.manifest import FileEntry, Manifest
 
 ROOT_INODE = 1
 

@@ -1,0 +1,27 @@
+"""Everything one mount needs to know, as the CLI parsed it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lazyfs.sources.origin import RetryPolicy
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    url: str
+    mountpoint: Path
+    cache_dir: Path
+    cache_size: int
+    manifest_sha256: str | None = None
+    allow_other: bool = False
+    # Paths to fetch into the cache once mounted (empty: everything); None: nothing.
+    prefetch: tuple[str, ...] | None = None
+    metrics: tuple[str, int] | None = None
+    # --manifest: a manifest file or URL to use instead of the source's own.
+    manifest_source: str | None = None
+    token_file: Path | None = None
+    # --mirror: the same published tree at other addresses; blocks only (not the manifest).
+    mirrors: tuple[str, ...] = ()
+    policy: RetryPolicy = field(default_factory=RetryPolicy)

@@ -1,0 +1,67 @@
+"""Which manifest a published origin's mount uses: --manifest, the origin's, or the cached copy."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import trio
+
+from lazyfs.cache.store import load_cached_manifest, store_manifest
+from lazyfs.core.manifest import MANIFEST_NAME, Manifest, check_pin, parse_manifest
+from lazyfs.daemon.config import MountConfig
+from lazyfs.errors import ManifestError, OriginHTTPError, SourceError, UsageError
+from lazyfs.sources.origin import HttpOrigin
+
+log = logging.getLogger(__name__)
+
+
+async def open_manifest(
+    origin: HttpOrigin, config: MountConfig, given: bytes | None = None
+) -> tuple[Manifest, float]:
+    """The manifest given with ``--manifest``, else the origin's, or, when the origin is
+    unreachable, the cached copy."""
+    if given is not None:
+        check_pin(given, config.manifest_sha256)
+        return parse_manifest(given), time.time()
+    url = origin.url_for(MANIFEST_NAME)
+    try:
+        raw = await origin.get(MANIFEST_NAME)
+    except OriginHTTPError as exc:
+        if exc.status in (404, 410):
+            raise ManifestError(
+                f"no manifest at {url} (HTTP {exc.status}); publish one with: "
+                "lazyfs manifest build DIR"
+            ) from None
+        raw = _cached_manifest_or_raise(config, exc)
+    except SourceError as exc:
+        raw = _cached_manifest_or_raise(config, exc)
+    else:
+        check_pin(raw, config.manifest_sha256)
+        manifest = parse_manifest(raw)
+        return manifest, store_manifest(config.cache_dir, config.url, raw)
+    check_pin(raw, config.manifest_sha256)
+    cached = load_cached_manifest(config.cache_dir, config.url)
+    assert cached is not None
+    return parse_manifest(raw), cached[1]
+
+
+def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
+    cached = load_cached_manifest(config.cache_dir, config.url)
+    if cached is None:
+        raise SourceError(f"cannot fetch the manifest: {cause}") from None
+    log.warning("origin unavailable (%s); mounting from the cached manifest", cause)
+    return cached[0]
+
+
+async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
+    """The manifest given with ``--manifest``: a local file, or a URL (fetched without any
+    hub token: it is not the hub)."""
+    if source.startswith(("http://", "https://")):
+        body, _ = await HttpOrigin(source, client).get_small(source)
+        return body
+    try:
+        return await trio.Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read --manifest {source}: {exc.strerror}") from None
