@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.manifest import MANIFEST_NAME, manifest_digest
+from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
 from tests.origins import Origin
 
@@ -284,3 +285,22 @@ def test_an_unusable_cache_dir_is_a_cache_failure(
     assert not is_mounted(target)
     # Nothing was asked of the origin: the cache is checked first.
     assert [r.path for r in published.requests()] == []
+
+
+@pytest.mark.parametrize("origin", ["lazyfs"], indirect=True)
+def test_a_trickling_origin_is_named_when_the_mount_gives_up(
+    published: Origin, mounter: Mounter
+) -> None:
+    """Every byte comes within --timeout, the whole never within --deadline."""
+    with fault_proxy(published.url, Faults(drip=1.0, drip_seconds=0.05)) as proxy:
+        target, result = mounter.mount(
+            proxy.url, "--timeout", "0.5", "--deadline", "1", expect_ok=False
+        )
+    manifest_url = f"{proxy.url}/{MANIFEST_NAME}"
+    assert_one_line_error(
+        result,
+        f"cannot fetch the manifest: GET {manifest_url}: gave up after 1s: "
+        "attempt 1 had no complete answer by then",
+    )
+    assert result.returncode == 3
+    assert not is_mounted(target)
