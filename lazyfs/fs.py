@@ -152,7 +152,7 @@ class LazyFS(ReadOnlyOperations):
         attributes.st_ino = pyfuse3.InodeT(node.inode)
         if node.entry is None:
             attributes.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
-            attributes.st_nlink = 2 + self.tree.subdirectory_count(node)
+            attributes.st_nlink = 2 + node.subdirectories
             attributes.st_size = 0
         else:
             permissions = 0o555 if node.entry.executable else 0o444
@@ -202,12 +202,11 @@ class LazyFS(ReadOnlyOperations):
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
-        node = self._node(fh)
+        listing = self._node(fh).listing
         # start_id is the position of the next child, so a large listing resumes where the
-        # kernel's buffer filled up.
-        children = list(node.children.items())
-        for position in range(start_id, len(children)):
-            name, inode = children[position]
+        # kernel's buffer filled up, at no cost for the entries before it.
+        for position in range(start_id, len(listing)):
+            name, inode = listing[position]
             attributes = self._attributes(self.tree.nodes[inode])
             if not pyfuse3.readdir_reply(token, name.encode(), attributes, position + 1):
                 break
