@@ -10,6 +10,8 @@ fault is drawn per request from ``Faults`` (rates are fractions of requests):
     stall         no answer for ``stall_seconds`` (longer than the client's timeout)
     truncate      the full Content-Length promised, half the body sent, connection closed
     ignore_range  the whole file with 200, whatever Range asked for
+    drip          the headers, then the body one byte every ``drip_seconds`` (each byte within
+                  the client's read timeout, the whole far beyond its deadline)
 
 Draws come from one seeded generator, so a run's faults are reproducible in kind and rate.
 """
@@ -39,12 +41,14 @@ class Faults:
     stall: float = 0.0
     truncate: float = 0.0
     ignore_range: float = 0.0
+    drip: float = 0.0
     stall_seconds: float = 3.0
+    drip_seconds: float = 0.1
 
     def draw(self, generator: random.Random) -> str | None:
         roll = generator.random()
         for item in fields(self):
-            if item.name == "stall_seconds":
+            if item.name.endswith("_seconds"):
                 continue
             rate = getattr(self, item.name)
             if roll < rate:
@@ -54,7 +58,7 @@ class Faults:
 
     @property
     def total(self) -> float:
-        return sum(getattr(self, f.name) for f in fields(self) if f.name != "stall_seconds")
+        return sum(getattr(self, f.name) for f in fields(self) if not f.name.endswith("_seconds"))
 
 
 class FaultProxy:
@@ -147,6 +151,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if fault == "flip" and body:
             position = int(where * len(body))
             body = body[:position] + bytes([body[position] ^ 0x5A]) + body[position + 1 :]
+        if fault == "drip":
+            self.send_response(status)
+            for name, value in passed.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for position in range(len(body)):
+                self.wfile.write(body[position : position + 1])
+                time.sleep(proxy.faults.drip_seconds)
+            return
         if fault in ("reset", "truncate") and len(body) > 1:
             self.send_response(status)
             for name, value in passed.items():

@@ -66,3 +66,23 @@ def test_a_directory_that_is_not_a_cache_is_refused(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"lazyfs: error: {tmp_path} is not a lazyfs cache (no blocks/ in it)"
     ]
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "blocks is a file"])
+def test_an_unusable_cache_dir_is_a_cache_failure(tmp_path: Path, kind: str) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cache, in_the_way = {
+        "a file": (a_file, a_file),
+        "under a file": (a_file / "cache", a_file),
+        "blocks is a file": (tmp_path / "cache", tmp_path / "cache" / "blocks"),
+    }[kind]
+    if kind == "blocks is a file":
+        cache.mkdir()
+        in_the_way.write_text("x")
+    for command in (["info"], ["verify"], ["prune", "1M"], ["clear"]):
+        result = lazyfs("cache", *command, "--cache-dir", cache)
+        assert result.returncode == 6, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"lazyfs: error: cannot use cache dir {cache}: {in_the_way} is not a directory"
+        ]

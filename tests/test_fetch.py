@@ -371,6 +371,42 @@ def test_with_retries_gives_up_at_the_deadline() -> None:
         run_retries(policy, failures)
 
 
+def test_giving_up_in_a_pause_names_the_last_error() -> None:
+    policy = RetryPolicy(attempts=5, first_delay=0.1, max_delay=4.0, deadline=10.0)
+    # Retry-After asks for more than the deadline leaves: the pause after attempt 1 is cut.
+    failures: list[BaseException] = [OriginHTTPError("http://o/x: HTTP 503", 503, 3600)]
+    with pytest.raises(OriginUnreachable) as info:
+        run_retries(policy, failures)
+    assert str(info.value) == "test: gave up after 10s: attempt 1 failed: http://o/x: HTTP 503"
+
+
+@pytest.mark.parametrize("failures_first", [0, 1])
+def test_giving_up_on_an_attempt_still_running_says_so(failures_first: int) -> None:
+    policy = RetryPolicy(attempts=5, first_delay=0.1, max_delay=0.1, deadline=2.5)
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= failures_first:
+            raise OriginUnreachable("http://o/x: reset")
+        await trio.sleep_forever()  # an answer that never completes, as from a trickle
+        raise AssertionError("unreachable")
+
+    async def main() -> str:
+        return await with_retries(policy, "GET http://o/x", attempt)
+
+    with pytest.raises(OriginUnreachable) as info:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    expected = "GET http://o/x: gave up after 2.5s: attempt 1 had no complete answer by then"
+    if failures_first:
+        expected = (
+            "GET http://o/x: gave up after 2.5s: attempt 2 had no complete answer by then; "
+            "attempt 1 failed: http://o/x: reset"
+        )
+    assert str(info.value) == expected
+
+
 @pytest.mark.parametrize("attempt", [1, 2, 3, 6, 20])
 def test_retry_policy_delay_is_jittered_capped_backoff(attempt: int) -> None:
     policy = RetryPolicy(first_delay=0.25, max_delay=4.0)

@@ -17,6 +17,7 @@ from lazyfs.core.manifest import MANIFEST_NAME
 from tests.fakehubs import TOKEN, FakeHub, FakeRepo, fake_hub
 from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import free_port, start_lazyfs_origin
+from tests.test_metrics import scrape
 
 BLOCK = 64 * 1024
 WEIGHTS = os.urandom(40 * BLOCK + 123)  # 41 blocks of 64 KiB
@@ -380,3 +381,30 @@ def test_manifest_option_on_a_published_origin(mounter: Mounter, tmp_path: Path)
         one_line_error(wrong, 7, "does not match --manifest-sha256")
     finally:
         origin.stop()
+
+
+def test_whole_file_fetches_are_counted_once(hf: FakeHub, mounter: Mounter) -> None:
+    """Status and metrics count every byte from the hub, also those streamed to verify a
+    file whole; a remount re-checks from the cache and fetches (and counts) nothing."""
+    hf.add_repo("org/model", FILES)
+    port = free_port()
+    metrics = ("--metrics", f"127.0.0.1:{port}")
+    mountpoint, _ = mounter.mount("hf://org/model", *metrics)
+    assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+    assert (mountpoint / "config.json").read_bytes() == FILES["config.json"]
+    fetched = len(WEIGHTS) + len(FILES["config.json"])
+    report = json.loads(lazyfs("status", mountpoint, "--json").stdout)
+    assert (report["bytes_fetched"], report["blocks_fetched"]) == (fetched, 2)
+    assert report["fetches_in_flight"] == 0
+    samples = scrape(port)
+    assert samples["lazyfs_bytes_fetched_total"] == fetched
+    assert samples["lazyfs_blocks_fetched_total"] == 2
+    assert samples["lazyfs_fetch_seconds_count"] == 2
+    assert samples["lazyfs_fetches_in_flight"] == 0
+    mounter.unmount(mountpoint)
+
+    mountpoint, _ = mounter.mount("hf://org/model", *metrics, mountpoint=mountpoint)
+    assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+    report = json.loads(lazyfs("status", mountpoint, "--json").stdout)
+    assert (report["bytes_fetched"], report["blocks_fetched"]) == (0, 0)
+    assert scrape(port)["lazyfs_bytes_fetched_total"] == 0

@@ -10,12 +10,14 @@ import random
 import socket
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors import safe_open
 
+from lazyfs.core.manifest import MANIFEST_NAME, FileEntry, Manifest
 from lazyfs.publish.sample import write_sample_repository
 from tests.mounts import Mounter, publish
 from tests.origins import Origin
@@ -328,3 +330,30 @@ def test_unmount_with_a_read_in_flight(origin: Origin, mounter: Mounter) -> None
         assert files["odd.bin"]  # never served
     finally:
         black_hole.close()
+
+
+HUGE_DIRECTORY = 100_000
+
+
+@pytest.mark.parametrize("origin", ["lazyfs"], indirect=True)  # the origin serves one manifest
+def test_a_directory_of_100k_files_lists_each_name_once(origin: Origin, mounter: Mounter) -> None:
+    """A manifest of empty files, built here: the listing needs no file at the origin."""
+    names = [f"f{n:06d}" for n in range(HUGE_DIRECTORY)] + ["sub-a", "sub-b"]
+    paths = [f"data/{name}" for name in names[:-2]] + ["data/sub-a/x", "data/sub-b/y"]
+    empty = hashlib.sha256(b"").hexdigest()
+    # Already in order; make_manifest would check what the mount checks again, for seconds.
+    manifest = Manifest(BLOCK, tuple(FileEntry(path, 0, False, empty, ()) for path in paths))
+    (origin.root / MANIFEST_NAME).write_bytes(manifest.to_json())
+    mountpoint, _ = mounter.mount(origin.url)
+    directory = mountpoint / "data"
+    listed = subprocess.run(
+        ["ls", "-f", str(directory)], capture_output=True, text=True, timeout=300, check=True
+    )
+    # -f: unsorted, as readdir gives them (lazyfs lists no "." or "..": the kernel has them).
+    shown = [name for name in listed.stdout.splitlines() if name not in (".", "..")]
+    assert Counter(shown) == Counter(names)
+    with os.scandir(directory) as entries:
+        scanned = Counter(entry.name for entry in entries)
+    assert scanned == Counter(names)
+    assert directory.stat().st_nlink == 2 + 2
+    assert (directory / names[54321]).stat().st_size == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.core.manifest import MANIFEST_NAME, manifest_digest
+from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
 from tests.origins import Origin
 
@@ -226,3 +228,79 @@ def _daemon_alive(target: Path) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def make_unusable_cache_dir(kind: str, base: Path) -> tuple[Path, str]:
+    """A cache dir lazyfs cannot use, and the shell commands that finish making it (run in a
+    private mount namespace, so a read-only file system there vanishes with the process)."""
+    a_file = base / "a-file"
+    a_file.write_text("x")
+    cache = base / "cache"
+    finish = "true"
+    if kind == "a file":
+        cache = a_file
+    elif kind == "under a file":
+        cache = a_file / "cache"
+    elif kind == "blocks is a file":
+        cache.mkdir()
+        (cache / "blocks").write_text("x")
+    elif kind == "read-only, empty":
+        cache.mkdir()
+        finish = f"mount -t tmpfs -o ro tmpfs {cache}"
+    elif kind == "read-only, made before":
+        cache.mkdir()
+        subdirectories = " ".join(str(cache / sub) for sub in ("blocks", "manifests", "logs"))
+        finish = f"mount -t tmpfs tmpfs {cache} && mkdir {subdirectories}"
+        finish += f" && mount -o remount,ro {cache}"
+    return cache, finish
+
+
+# The origin is never asked anything here: one kind of origin is enough.
+@pytest.mark.parametrize("origin", ["lazyfs"], indirect=True)
+@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
+@pytest.mark.parametrize(
+    "kind",
+    ["a file", "under a file", "blocks is a file", "read-only, empty", "read-only, made before"],
+)
+def test_an_unusable_cache_dir_is_a_cache_failure(
+    published: Origin, mounter: Mounter, tmp_path: Path, kind: str, foreground: bool
+) -> None:
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed for this test")
+    cache, finish = make_unusable_cache_dir(kind, tmp_path)
+    target = mounter.new_mountpoint()
+    command = [*LAZYFS, "mount", published.url, str(target), "--cache-dir", str(cache)]
+    if foreground:
+        command.append("--foreground")
+    script = f"{finish} && exec {shlex.join(command)}"
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_one_line_error(result, f"cannot use cache dir {cache}: ")
+    assert result.returncode == 6
+    assert not is_mounted(target)
+    # Nothing was asked of the origin: the cache is checked first.
+    assert [r.path for r in published.requests()] == []
+
+
+@pytest.mark.parametrize("origin", ["lazyfs"], indirect=True)
+def test_a_trickling_origin_is_named_when_the_mount_gives_up(
+    published: Origin, mounter: Mounter
+) -> None:
+    """Every byte comes within --timeout, the whole never within --deadline."""
+    with fault_proxy(published.url, Faults(drip=1.0, drip_seconds=0.05)) as proxy:
+        target, result = mounter.mount(
+            proxy.url, "--timeout", "0.5", "--deadline", "1", expect_ok=False
+        )
+    manifest_url = f"{proxy.url}/{MANIFEST_NAME}"
+    assert_one_line_error(
+        result,
+        f"cannot fetch the manifest: GET {manifest_url}: gave up after 1s: "
+        "attempt 1 had no complete answer by then",
+    )
+    assert result.returncode == 3
+    assert not is_mounted(target)

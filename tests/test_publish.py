@@ -158,6 +158,26 @@ def test_dangling_symlink_is_refused(tree: Path) -> None:
         build_manifest(tree, BLOCK)
 
 
+LOOPS = {
+    "self": [("self-loop", "self-loop")],
+    "pair": [("ping", "pong"), ("pong", "ping")],
+    "through a directory": [("a/b/circle", "circle/deeper")],
+}
+
+
+def make_loop(root: Path, kind: str) -> Path:
+    for name, target in LOOPS[kind]:
+        (root / name).symlink_to(Path(target))
+    return root / LOOPS[kind][0][0]
+
+
+@pytest.mark.parametrize("kind", LOOPS)
+def test_symlink_loop_is_refused(tree: Path, kind: str) -> None:
+    make_loop(tree, kind)
+    with pytest.raises(UsageError, match="is a symlink loop"):
+        build_manifest(tree, BLOCK)
+
+
 def test_backslash_in_a_name_is_refused(tree: Path) -> None:
     write(tree, "a\\b", b"x")
     with pytest.raises(UsageError, match="contains a backslash"):
@@ -296,6 +316,18 @@ def test_cli_build_then_verify(tree: Path) -> None:
         "extra: not in the manifest",
     ]
     assert assert_one_line_error(result) == f"lazyfs: error: 3 problem(s) in {tree}"
+
+
+@pytest.mark.parametrize("command", ["build", "verify"])
+@pytest.mark.parametrize("kind", LOOPS)
+def test_cli_symlink_loop_is_one_line_and_exit_2(tree: Path, command: str, kind: str) -> None:
+    # verify finds it among the files the manifest does not list.
+    assert lazyfs("manifest", "build", tree, "--block-size", "64K").returncode == 0
+    make_loop(tree, kind)
+    result = lazyfs("manifest", command, tree)
+    line = assert_one_line_error(result)
+    assert result.returncode == 2
+    assert "is a symlink loop" in line
 
 
 @pytest.mark.parametrize(

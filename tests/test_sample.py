@@ -13,7 +13,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from lazyfs.publish import sample as sample
+from lazyfs.publish import sample
 from lazyfs.publish.sample import describe_tensors, write_sample_repository
 
 MIB = 2**20

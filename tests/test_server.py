@@ -497,6 +497,38 @@ def test_origin_restarts_on_the_same_port(origin: Origin) -> None:
     assert origin.requests() == []
 
 
+HUGE = "9" * 5000  # longer than int() converts (4,300 digits); past any off_t
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "content_range"),
+    [
+        (f"bytes=0-{HUGE}", 416, "bytes */1000"),
+        (f"bytes=-{HUGE}", 416, "bytes */1000"),
+        (f"bytes={HUGE}-", 416, "bytes */1000"),
+        (f"bytes={HUGE}-2", 416, "bytes */1000"),
+        (f"bytes={'0' * 5000}1-5", 206, "bytes 1-5/1000"),
+        (f"bytes=5-{'0' * 5000}7", 206, "bytes 5-7/1000"),
+    ],
+)
+def test_numbers_too_long_to_convert_get_416_like_nginx(
+    origin: Origin, header: str, status: int, content_range: str
+) -> None:
+    (origin.root / "f.bin").write_bytes(DATA[:1000])
+    connection = http.client.HTTPConnection("127.0.0.1", origin.port, timeout=10)
+    try:
+        connection.request("GET", "/f.bin", headers={"Range": header})
+        response = connection.getresponse()
+        response.read()
+        assert (response.status, response.getheader("Content-Range")) == (status, content_range)
+        # The connection lives on: the next request on it is answered.
+        connection.request("GET", "/f.bin", headers={"Range": "bytes=0-4"})
+        again = connection.getresponse()
+        assert (again.status, again.read()) == (206, DATA[:5])
+    finally:
+        connection.close()
+
+
 @needs_nginx
 def test_lazyfs_and_nginx_agree(tmp_path: Path) -> None:
     root = tmp_path / "published"

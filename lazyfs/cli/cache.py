@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ import click
 from lazyfs.cache.directory import default_cache_dir
 from lazyfs.cli.common import reports_errors
 from lazyfs.core.sizes import format_size, parse_size
-from lazyfs.errors import IntegrityError, UsageError
+from lazyfs.errors import CacheError, IntegrityError, UsageError
 
 if TYPE_CHECKING:
     from lazyfs.cache.store import BlockStore
@@ -34,11 +35,21 @@ cache_dir_option = click.option(
 
 
 def _open_store(cache_dir: Path | None) -> tuple[Path, BlockStore]:
-    from lazyfs.cache.store import BlockStore
+    from lazyfs.cache.store import BlockStore, file_in_the_way
 
     directory = (cache_dir or default_cache_dir()).absolute()
-    if not (directory / "blocks").is_dir():
-        raise UsageError(f"{directory} is not a lazyfs cache (no blocks/ in it)")
+    blocks = directory / "blocks"
+    try:
+        is_directory = stat.S_ISDIR(blocks.stat().st_mode)
+    except FileNotFoundError:
+        raise UsageError(f"{directory} is not a lazyfs cache (no blocks/ in it)") from None
+    except NotADirectoryError:
+        reason = f"{file_in_the_way(blocks)} is not a directory"
+        raise CacheError(f"cannot use cache dir {directory}: {reason}") from None
+    except OSError as exc:
+        raise CacheError(f"cannot use cache dir {directory}: {exc.strerror}") from None
+    if not is_directory:
+        raise CacheError(f"cannot use cache dir {directory}: {blocks} is not a directory")
     # The limit only matters to writers; the mounts using this cache keep their own.
     return directory, BlockStore(directory / "blocks", 2**62)
 

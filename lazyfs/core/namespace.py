@@ -1,4 +1,10 @@
-"""The mount's directory tree, sans-I/O: inodes for the manifest's files and directories."""
+"""The mount's directory tree, sans-I/O: inodes for the manifest's files and directories.
+
+Built once per mount. What a directory operation needs is computed here at build time (the
+children sorted by name, the number of subdirectories), so listing a directory of n entries
+costs O(n) in all, however many requests the kernel splits it into, and a directory's
+attributes cost O(1).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,12 @@ class Node:
     name: str
     parent: int
     entry: FileEntry | None = None
-    # Sorted once built, so listings are stable and resumable by position.
+    # Name -> inode, for lookups.
     children: dict[str, int] = field(default_factory=dict)
+    # The same children sorted by name, set once the tree is built: listings are stable, and
+    # a listing resumes at a position without going over what came before it.
+    listing: tuple[tuple[str, int], ...] = ()
+    subdirectories: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -33,7 +43,11 @@ class Tree:
                 parent = self._child_dir(parent, name)
             self._add(parent, filename, entry)
         for node in self.nodes.values():
-            node.children = dict(sorted(node.children.items()))
+            if node.is_dir:
+                node.listing = tuple(sorted(node.children.items()))
+                node.subdirectories = sum(
+                    1 for _, child in node.listing if self.nodes[child].is_dir
+                )
         self.file_count = len(manifest.files)
         self.total_size = manifest.total_size
 
@@ -60,6 +74,3 @@ class Tree:
 
     def entries(self) -> list[FileEntry]:
         return [node.entry for node in self.nodes.values() if node.entry is not None]
-
-    def subdirectory_count(self, node: Node) -> int:
-        return sum(1 for inode in node.children.values() if self.nodes[inode].is_dir)

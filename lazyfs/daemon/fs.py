@@ -1,18 +1,21 @@
 """The FUSE operations: a read-only view of a manifest. The only module that raises FUSEError.
 
-pyfuse3 ends its main loop on any other exception, so every handler maps the project's errors
-to an errno here and lets nothing else escape but bugs.
+pyfuse3 ends its main loop, and so the mount for every reader, on any other exception. So
+every request handler runs inside ``errors_as_errno``: a subclass of ``GuardedOperations``
+has each of its handlers wrapped when the class is made, and no handler can be left out.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
@@ -51,7 +54,37 @@ def errors_as_errno(what: str) -> Iterator[None]:
         raise FUSEError(errno.EIO) from exc
 
 
-class ReadOnlyOperations(pyfuse3.Operations):
+# The request handlers pyfuse3 awaits; ``init`` and ``stacktrace`` are not requests.
+FUSE_HANDLERS = frozenset(
+    name for name, value in vars(pyfuse3.Operations).items() if inspect.iscoroutinefunction(value)
+)
+
+T = TypeVar("T")
+
+
+def at_the_boundary(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``handler`` with every failure turned into an errno by ``errors_as_errno``."""
+
+    @functools.wraps(handler)
+    async def guarded(self: object, *args: object, **kwargs: object) -> T:
+        # The inodes, handles, offsets and names the request carries; not its context.
+        shown = ", ".join(repr(arg) for arg in args if isinstance(arg, int | bytes))
+        with errors_as_errno(f"{handler.__name__}({shown})"):
+            return await handler(self, *args, **kwargs)
+
+    return guarded
+
+
+class GuardedOperations(pyfuse3.Operations):
+    """Every request handler a subclass defines goes through the error boundary."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in FUSE_HANDLERS & vars(cls).keys():
+            setattr(cls, name, at_the_boundary(vars(cls)[name]))
+
+
+class ReadOnlyOperations(GuardedOperations):
     """Every operation that would change the tree answers EROFS."""
 
     async def setattr(self, *args: Any) -> pyfuse3.EntryAttributes:
@@ -119,7 +152,7 @@ class LazyFS(ReadOnlyOperations):
         attributes.st_ino = pyfuse3.InodeT(node.inode)
         if node.entry is None:
             attributes.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
-            attributes.st_nlink = 2 + self.tree.subdirectory_count(node)
+            attributes.st_nlink = 2 + node.subdirectories
             attributes.st_size = 0
         else:
             permissions = 0o555 if node.entry.executable else 0o444
@@ -169,12 +202,11 @@ class LazyFS(ReadOnlyOperations):
     async def readdir(
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
-        node = self._node(fh)
+        listing = self._node(fh).listing
         # start_id is the position of the next child, so a large listing resumes where the
-        # kernel's buffer filled up.
-        children = list(node.children.items())
-        for position in range(start_id, len(children)):
-            name, inode = children[position]
+        # kernel's buffer filled up, at no cost for the entries before it.
+        for position in range(start_id, len(listing)):
+            name, inode = listing[position]
             attributes = self._attributes(self.tree.nodes[inode])
             if not pyfuse3.readdir_reply(token, name.encode(), attributes, position + 1):
                 break
@@ -204,6 +236,7 @@ class LazyFS(ReadOnlyOperations):
         if entry is None:
             raise FUSEError(errno.EISDIR)
         log.debug("read %s offset %d size %d", entry.path, off, size)
+        # Inside the boundary every handler has: the log names the file, not only the handle.
         with errors_as_errno(f"read of {entry.path} at {off}+{size}"):
             return await self.reader.read(entry, off, size, pattern)
 

@@ -9,6 +9,7 @@ which on a busy machine costs far more than hashing one small block.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -56,8 +57,12 @@ def list_published_files(root: Path) -> list[str]:
                 continue
             try:
                 mode = path.stat().st_mode
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 raise UsageError(f"{path} is a dangling symlink") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UsageError(f"{path} is a symlink loop") from None
+                raise UsageError(f"cannot read {path}: {exc.strerror}") from None
             if not stat.S_ISREG(mode):
                 raise UsageError(f"{path} is not a regular file")
             if path.is_symlink() and not path.resolve().is_relative_to(real_root):

@@ -24,9 +24,19 @@ from lazyfs import __version__
 from lazyfs.errors import UsageError
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII | re.IGNORECASE)
+# int() refuses longer digit strings (Python's int_max_str_digits). No file is that large, and
+# nginx answers 416 to any number past its off_t, so a longer number gets 416 here too.
+_LONGEST_NUMBER = 4300
 
 
 class RangeNotSatisfiable(Exception): ...  # 416: the range starts at or beyond the end
+
+
+def _number(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"  # leading zeros change nothing, as for nginx
+    if len(significant) > _LONGEST_NUMBER:
+        raise RangeNotSatisfiable
+    return int(significant)
 
 
 def parse_range(value: str, size: int) -> tuple[int, int] | None:
@@ -37,15 +47,17 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
     if match is None or match[1] == match[2] == "":
         return None
     if match[1] == "":
-        if int(match[2]) == 0 or size == 0:
+        suffix = _number(match[2])
+        if suffix == 0 or size == 0:
             raise RangeNotSatisfiable
-        return max(0, size - int(match[2])), size - 1
-    first = int(match[1])
-    if match[2] and int(match[2]) < first:
+        return max(0, size - suffix), size - 1
+    first = _number(match[1])
+    last = _number(match[2]) if match[2] else None
+    if last is not None and last < first:
         return None
     if first >= size:
         raise RangeNotSatisfiable
-    return first, min(int(match[2]), size - 1) if match[2] else size - 1
+    return first, size - 1 if last is None else min(last, size - 1)
 
 
 def split_target(target: str) -> tuple[str, list[str] | None]:

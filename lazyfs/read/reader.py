@@ -153,9 +153,11 @@ class BlockReader:
         self._background = background
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
         self._index_thread = trio.CapacityLimiter(1)
-        # Hub files without block digests yet are verified whole on first read.
+        # Hub files without block digests yet are verified whole on first read; their
+        # fetches are counted like any other.
+        counted = _Counted(source, self)
         self.whole_files = WholeFiles(
-            source, store, block_size, block_lists, self._read_cached, self._store_now
+            counted, store, block_size, block_lists, self._read_cached, self._store_now
         )
         # Told how long each successful block fetch took (the metrics histogram).
         self.observe_fetch: Callable[[float], None] = lambda seconds: None
@@ -323,6 +325,22 @@ class BlockReader:
         finally:
             self._store_slots.release()
 
+    async def fetch_counted(
+        self, source: BlockSource, path: str, start: int, length: int
+    ) -> tuple[Buffer, str]:
+        """``source.fetch_block``, counted: every fetch from an origin goes through here, so
+        each byte fetched is counted once, whichever path asked for it."""
+        began = time.monotonic()
+        self.counters.fetches_in_flight += 1
+        try:
+            fetched = await source.fetch_block(path, start, length)
+        finally:
+            self.counters.fetches_in_flight -= 1
+        self.observe_fetch(time.monotonic() - began)
+        self.counters.blocks_fetched += 1
+        self.counters.bytes_fetched += length
+        return fetched
+
     async def _fetch_verified(self, entry: FileEntry, index: int) -> Buffer:
         """Fetch block ``index`` of ``entry`` until a copy matches its digest: up to
         ``fetch_attempts`` fetches (every source at least once), all within ``deadline``. A
@@ -347,14 +365,12 @@ class BlockReader:
             fresh = [source for source in order if source not in failed_here]
             source = fresh[0] if fresh else order[attempt % len(order)]
             url = source.url_for(entry.path)
-            began = time.monotonic()
             # With mirrors, one hung source must not eat the whole deadline: each attempt
             # gets its share of what is left.
-            share = (ends - began) / (attempts - attempt + 1) if mirrored else math.inf
-            self.counters.fetches_in_flight += 1
+            share = (ends - time.monotonic()) / (attempts - attempt + 1) if mirrored else math.inf
             try:
                 with trio.move_on_after(share) as slot:
-                    block, actual = await source.fetch_block(entry.path, start, length)
+                    block, actual = await self.fetch_counted(source, entry.path, start, length)
                 if slot.cancelled_caught:
                     raise OriginUnreachable(f"{url}: no answer within {share:.1f}s")
             except SourceError as exc:
@@ -365,11 +381,6 @@ class BlockReader:
                 self.rotation.failed(source)
                 log.warning("block %d of %s: %s; trying another source", index, entry.path, exc)
                 continue
-            finally:
-                self.counters.fetches_in_flight -= 1
-            self.observe_fetch(time.monotonic() - began)
-            self.counters.blocks_fetched += 1
-            self.counters.bytes_fetched += length
             if actual == expected:
                 return block
             self.counters.verification_failures += 1
@@ -394,6 +405,20 @@ class BlockReader:
         raise BlockIntegrityError(
             entry.path, index, urls, expected, bad_copies[-1][1], len(bad_copies)
         )
+
+
+@dataclass(frozen=True)
+class _Counted:
+    """A source whose fetches ``reader`` counts (for the whole-file streams)."""
+
+    source: BlockSource
+    reader: BlockReader
+
+    def url_for(self, path: str) -> str:
+        return self.source.url_for(path)
+
+    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+        return await self.reader.fetch_counted(self.source, path, start, length)
 
 
 @asynccontextmanager

@@ -80,12 +80,15 @@ async def with_retries(
 ) -> T:
     """Run ``attempt_once`` until it succeeds, fails for good, or the policy runs out."""
     last: SourceError | None = None
-    with trio.move_on_after(policy.deadline) as scope:
+    attempt, answering = 0, False
+    with trio.move_on_after(policy.deadline):
         for attempt in range(1, policy.attempts + 1):
+            answering = True
             try:
                 return await attempt_once()
             except SourceError as exc:
                 last = exc
+            answering = False
             if not is_retryable(last) or attempt == policy.attempts:
                 raise last
             retry_after = last.retry_after if isinstance(last, OriginHTTPError) else None
@@ -94,9 +97,19 @@ async def with_retries(
             log.log(level, "%s: %s; retry %d in %.2fs", what, last, attempt, pause)
             on_retry()
             await trio.sleep(pause)
-    if scope.cancelled_caught:
-        raise OriginUnreachable(f"{what}: gave up after {policy.deadline:.0f}s ({last})")
-    raise AssertionError("unreachable")  # pragma: no cover
+    # Only the deadline ends the loop without a return or a raise.
+    raise OriginUnreachable(
+        f"{what}: gave up after {policy.deadline:g}s: {_why_given_up(attempt, answering, last)}"
+    )
+
+
+def _why_given_up(attempt: int, answering: bool, last: SourceError | None) -> str:
+    if not answering:  # cut short in the pause after a failure
+        return f"attempt {attempt} failed: {last}"
+    # Every read came within the read timeout, yet the answer was not complete: a slow or
+    # trickling origin (or a connect slower than the deadline).
+    why = f"attempt {attempt} had no complete answer by then"
+    return why if last is None else f"{why}; attempt {attempt - 1} failed: {last}"
 
 
 def join_url(base: str, path: str) -> str:
