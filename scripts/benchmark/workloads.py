@@ -112,7 +112,7 @@ class Sequential(Workload):
     """The whole big file with dd: cold (fresh cache, page cache dropped), hot (again, same
     mount) and warm (a new mount on the filled cache, page cache dropped)."""
 
-    title = "sequential: cold, hot, warm"
+    title = "sequential read"
     metrics = (SEQ_COLD, SEQ_WARM, SEQ_HOT, PEAK_RSS, CPU)
 
     def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None:
