@@ -42,8 +42,11 @@ def read_with_progress(path: Path, size: int) -> str:
             done += len(chunk)
             rate = done / max(time.monotonic() - started, 1e-6) / MIB
             percent = 100 * done // max(size, 1)
-            print(f"\r  {path.name}: {percent:3d}% {done / MIB:7.1f} MiB {rate:6.0f} MiB/s",
-                  end="", flush=True)
+            print(
+                f"\r  {path.name}: {percent:3d}% {done / MIB:7.1f} MiB {rate:6.0f} MiB/s",
+                end="",
+                flush=True,
+            )
     print(flush=True)
     return digest.hexdigest()
 
@@ -96,11 +99,15 @@ def main() -> None:
             tensor = tensors.get_tensor(name)
         elapsed = time.monotonic() - started
         requests, served = bytes_served(access_log)
-        print(f"  {name}: shape {list(tensor.shape)}, dtype {tensor.dtype}, "
-              f"loaded in {elapsed * 1000:.0f} ms")
-        print(f"  fetched {served / MIB:.1f} MiB in {requests} requests "
-              f"(manifest included) of a {size / MIB:.0f} MiB file: "
-              f"{100 * served / size:.1f}%")
+        print(
+            f"  {name}: shape {list(tensor.shape)}, dtype {tensor.dtype}, "
+            f"loaded in {elapsed * 1000:.0f} ms"
+        )
+        print(
+            f"  fetched {served / MIB:.1f} MiB in {requests} requests "
+            f"(manifest included) of a {size / MIB:.0f} MiB file: "
+            f"{100 * served / size:.1f}%"
+        )
 
         print("5. Read everything; every block is verified before it is served")
         for entry in manifest["files"]:
@@ -108,8 +115,10 @@ def main() -> None:
             if digest != entry["sha256"]:
                 sys.exit(f"demo: {entry['path']} read back wrong")
         requests, served = bytes_served(access_log)
-        print(f"  all {len(manifest['files'])} files match their sha256; "
-              f"{served / MIB:.1f} MiB fetched in {requests} requests")
+        print(
+            f"  all {len(manifest['files'])} files match their sha256; "
+            f"{served / MIB:.1f} MiB fetched in {requests} requests"
+        )
     finally:
         if mounted:
             run("unmount", str(mountpoint))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.core.manifest import MANIFEST_NAME, parse_manifest
+from tests.support.processes import force_unmount, is_mounted
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 
@@ -27,20 +27,6 @@ def lazyfs(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProce
         stdin=subprocess.DEVNULL,
         check=False,
     )
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.fsencode(os.path.abspath(path))
-    with open("/proc/self/mountinfo", "rb") as mounts:
-        return any(line.split(b" ")[4] == target for line in mounts)
-
-
-def force_unmount(path: Path) -> None:
-    """The last resort: a lazy unmount, whatever state the daemon is in."""
-    if is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
-    if is_mounted(path):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def publish(root: Path, block_size: str = "64K") -> bytes:

@@ -1,207 +1,32 @@
 """Origins for tests: the embedded ``lazyfs serve`` and nginx, run as real processes.
 
-Both write the same access-log format, so a test can ask either one which requests reached it:
-
-    METHOD PATH STATUS BODY_BYTES_SENT "RANGE_HEADER_OR_DASH"
-
-Control bytes, non-ASCII bytes, ``"`` and ``\\`` appear as ``\\xHH`` (nginx's escaping).
+Both write the same access-log format (tests/support/processes.py describes it), so a test can ask
+either one which requests reached it. The process handling is shared with scripts/benchmark.
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import re
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-NGINX = Path("/usr/sbin/nginx")
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
+from tests.support.processes import (
+    NGINX,
+    AccessRecord,
+    Origin,
+    free_port,
+    read_access_log,
+    start_nginx_origin,
+)
 
-_LINE = re.compile(rb'(\S*) (.*) (\d{3}) (\d+) "(.*)"')
-_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
-_SERVING = re.compile(r"serving .* at http://127\.0\.0\.1:(\d+)/$")
-
-
-@dataclass(frozen=True)
-class AccessRecord:
-    method: str
-    path: str
-    status: int
-    bytes_sent: int
-    range: str | None
-
-
-def _unescape(field: bytes) -> str:
-    raw = _ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), field)
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def read_access_log(path: Path) -> list[AccessRecord]:
-    """Every complete line of an access log; a missing log is an empty one."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    records = []
-    # A line still being written has no newline yet: leave it for the next read.
-    for line in data.split(b"\n")[:-1]:
-        match = _LINE.fullmatch(line)
-        if match is None:
-            raise ValueError(f"{path}: unparseable access log line {line!r}")
-        rng = _unescape(match[5])
-        records.append(
-            AccessRecord(
-                method=_unescape(match[1]),
-                path=_unescape(match[2]),
-                status=int(match[3]),
-                bytes_sent=int(match[4]),
-                range=None if rng == "-" else rng,
-            )
-        )
-    return records
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-_live: set[Origin] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for origin in list(_live):
-        origin.stop()
-
-
-class Origin:
-    """One origin process serving ``root`` on 127.0.0.1, restartable on the same port."""
-
-    def __init__(
-        self,
-        name: str,
-        root: Path,
-        workdir: Path,
-        log_path: Path,
-        command: Callable[[int], list[str]],
-        port: int = 0,
-        banner: bool = False,
-    ) -> None:
-        self.name = name
-        self.root = root
-        self.workdir = workdir
-        self.log_path = log_path
-        self.port = port
-        self._command = command
-        self._banner = banner  # the process prints `serving DIR at URL/` once it listens
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Origin {self.name} {self.url if self.port else '(not started)'}>"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> None:
-        if self.running:
-            return
-        stdout = self.workdir / f"{self.name}.stdout"
-        stderr = self.workdir / f"{self.name}.stderr"
-        with open(stdout, "wb") as out, open(stderr, "ab") as err:
-            # Its own process group: a last-resort kill also reaches nginx's workers.
-            self._proc = subprocess.Popen(
-                self._command(self.port),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        _live.add(self)
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while self._banner:
-                match = _SERVING.match(stdout.read_text().partition("\n")[0])
-                if match:
-                    self.port = int(match[1])
-                    break
-                self._check_alive(deadline, stderr)
-            while not self._accepts():
-                self._check_alive(deadline, stderr)
-            self._check_alive(deadline, stderr, wait=False)  # not someone else on our port
-        except BaseException:
-            self.stop()
-            raise
-
-    def _check_alive(self, deadline: float, stderr: Path, wait: bool = True) -> None:
-        assert self._proc is not None
-        if self._proc.poll() is not None or time.monotonic() > deadline:
-            state = f"exited {self._proc.returncode}" if self._proc.poll() is not None else "hung"
-            log = stderr.read_text(errors="replace")
-            if self.name == "nginx":
-                log += (self.workdir / "error.log").read_text(errors="replace")
-            raise RuntimeError(f"{self.name} origin {state} on start:\n{log}")
-        if wait:
-            time.sleep(0.01)
-
-    def _accepts(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        _live.discard(self)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                # The group, not just the pid: nginx's workers would outlive a killed master.
-                # The leader is not reaped yet, so the group id cannot have been reused.
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT)
-
-    def requests(self, at_least: int = 0, settle: float = 0.05) -> list[AccessRecord]:
-        """The access log so far. Both servers log a request only after its response has left,
-        so a client can be faster than the log: wait for ``at_least`` records, then until the log
-        has stopped growing for ``settle`` seconds."""
-        deadline = time.monotonic() + START_TIMEOUT
-        size, quiet_since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            now_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            if now_size != size:
-                size, quiet_since = now_size, time.monotonic()
-            elif time.monotonic() - quiet_since >= settle:
-                records = read_access_log(self.log_path)
-                if len(records) >= at_least:
-                    return records
-            time.sleep(0.005)
-        return read_access_log(self.log_path)
-
-    def clear_log(self) -> None:
-        # Both servers open the log with O_APPEND, so they keep writing at the new end.
-        with open(self.log_path, "wb"):
-            pass
+__all__ = [
+    "NGINX",
+    "AccessRecord",
+    "Origin",
+    "free_port",
+    "read_access_log",
+    "start_lazyfs_origin",
+    "start_nginx_origin",
+]
 
 
 def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
@@ -214,52 +39,5 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
         return [*serve, "--access-log", str(log)]
 
     origin = Origin("lazyfs", root, workdir, log, command, banner=True)
-    origin.start()
-    return origin
-
-
-def start_nginx_origin(root: Path, workdir: Path) -> Origin:
-    """nginx with a config of its own in ``workdir``; every path it writes is under ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, log = free_port(), workdir / "nginx-access.log"
-    temp = "\n".join(
-        f"    {kind}_temp_path {workdir / (kind + '_temp')};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    # `user root`: pytest's tmp dirs are 0700, unreadable to nginx's default worker user.
-    # No `buffer=` on access_log: each line is written when its request ends.
-    # `try_files $uri =404`: a directory is a 404, as with lazyfs (nginx would 301 or 403).
-    conf = f"""\
-daemon off;
-master_process on;
-worker_processes 1;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {workdir / "nginx.pid"};
-error_log {workdir / "error.log"} warn;
-events {{ worker_connections 1024; }}
-http {{
-{temp}
-    log_format lazyfs '$request_method $uri $status $body_bytes_sent "$http_range"';
-    access_log {log} lazyfs;
-    default_type application/octet-stream;
-    types {{ }}
-    sendfile on;
-    keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{ try_files $uri =404; }}
-    }}
-}}
-"""
-    conf_path = workdir / "nginx.conf"
-    conf_path.write_text(conf)
-
-    def command(port: int) -> list[str]:
-        # -e: the compiled-in error log (/var/log/nginx) is opened before the config is read.
-        error_log = str(workdir / "error.log")
-        return [str(NGINX), "-c", str(conf_path), "-p", str(workdir), "-e", error_log]
-
-    origin = Origin("nginx", root, workdir, log, command, port)
     origin.start()
     return origin

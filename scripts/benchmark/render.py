@@ -1,0 +1,194 @@
+"""Results to text: the table and summary a run prints, and docs/performance.md.
+
+The doc is written only from the results of a full run on a committed tree: it states the commit
+it was measured on, and a tree with uncommitted changes (or a --quick smoke run) is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from scripts.benchmark.metrics import Metric, Series, Unit
+from scripts.benchmark.results import Results, ResultsError
+from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_1M, RANDOM_4K
+from scripts.benchmark.workloads import THROUGH_LAZYFS, TTFT, TTFT_MOUNT, WORKLOADS, Workload
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "performance.md"
+DOC_RESULTS = DOC.with_suffix(".json")  # what DOC was rendered from, committed beside it
+
+
+def table_metrics(workloads: Sequence[Workload] = WORKLOADS) -> list[Metric]:
+    """The table's rows: by section, then in the order the workloads declare them."""
+    ranked = [
+        ((metric.section, rank, position), metric)
+        for rank, workload in enumerate(workloads)
+        for position, metric in enumerate(workload.metrics)
+        if metric.in_table
+    ]
+    return [metric for _, metric in sorted(ranked, key=lambda item: item[0])]
+
+
+def cell(results: Results, key: str, unit: Unit) -> str:
+    value = results.median(key)
+    if value is None:
+        reasons = results.errors.get(key) or ["not measured"]
+        return f"failed: {reasons[0]}".replace("|", "\\|")
+    text = unit.format(value)
+    failed = len(results.errors.get(key, []))
+    if failed:
+        text += f" ({failed} of {failed + len(results.values[key])} runs failed)"
+    return text
+
+
+def ratio(results: Results, metric: Metric, other: Series) -> str:
+    """>1: lazyfs is better."""
+    mine, theirs = results.median(metric.key(metric.series[0])), results.median(metric.key(other))
+    if mine is None or theirs is None or mine <= 0 or theirs <= 0:
+        return "-"
+    return f"{mine / theirs if metric.unit.higher_is_better else theirs / mine:.2f}"
+
+
+def table(results: Results, metrics: Sequence[Metric] | None = None) -> str:
+    lines = [
+        "| measurement | lazyfs | alternative | alternative's figure | ratio (>1: lazyfs better) |",
+        "|---|---|---|---|---|",
+    ]
+    parameters = asdict(results.parameters)
+    for metric in table_metrics() if metrics is None else metrics:
+        mine = cell(results, metric.key(metric.series[0]), metric.unit)
+        for other in metric.series[1:]:
+            lines.append(
+                f"| {metric.heading(parameters)} | {mine} | {other.label} "
+                f"| {cell(results, metric.key(other), metric.unit)} "
+                f"| {ratio(results, metric, other)} |"
+            )
+    return "\n".join(lines)
+
+
+def header(results: Results) -> str:
+    return (
+        f"Medians of {results.runs} run(s). Ratio: lazyfs/alternative for throughput (GB/s, "
+        "10^9 bytes/s), alternative/lazyfs for latency, memory, CPU and data fetched: >1 means "
+        "lazyfs is better."
+    )
+
+
+def provenance(results: Results) -> str:
+    """The commit measured; loud when it was not what the commit holds."""
+    commit = results.commit[:7]
+    if results.committed:
+        return f"git {commit}"
+    return f"git {commit} + UNCOMMITTED CHANGES ({len(results.changes)} files)"
+
+
+def notes(results: Results) -> list[str]:
+    mount = results.median(TTFT_MOUNT.key(THROUGH_LAZYFS))
+    total = results.median(TTFT.key(THROUGH_LAZYFS))
+    breakdown = []
+    if mount is not None and total is not None:
+        breakdown.append(
+            f"time to first tensor through lazyfs: `lazyfs mount` returned after {mount:.2f}s "
+            f"of the {total:.2f}s (medians)"
+        )
+    return list(dict.fromkeys(breakdown + results.notes))
+
+
+def machine(results: Results) -> list[str]:
+    lines = []
+    for line in results.machine:
+        if line.startswith("lazyfs: "):
+            line += f", {provenance(results)}"
+        lines.append(f"- {line}")
+    return lines
+
+
+def summary(results: Results) -> str:
+    """What a run prints on stdout."""
+    lines = ["", header(results), table(results), "", *machine(results)]
+    lines += [f"note: {note}" for note in notes(results)]
+    if not results.committed:
+        lines.append("MEASURED WITH UNCOMMITTED CHANGES: " + "; ".join(results.changes[:5]))
+    return "\n".join(lines)
+
+
+def methods(results: Results) -> str:
+    p = results.parameters
+    return f"""\
+- Everything runs on this one machine: nginx serves the files on 127.0.0.1, so the network
+  is loopback and the origin is never the bottleneck the way a real one can be.
+- "cold": a fresh cache directory (lazyfs or rclone), a new mount and
+  `echo 3 > /proc/sys/vm/drop_caches` first (nginx then reads from disk too). "warm": the
+  blocks are on the mount's disk cache from a full read, new mount, page cache dropped.
+  "hot": the second read on the same mount (kernel page cache).
+- 1: `dd if=MNT/file of=/dev/null bs=1M` on a {p.big} random file; `curl -s URL | openssl dgst
+  -sha256`; `curl -o` to local disk then `openssl dgst -sha256`; `rclone mount :http:
+  --vfs-cache-mode full --read-only` then the same dd.
+- 2: time to first tensor is wall time from nothing mounted, cold cache, to a subprocess
+  having opened the {p.model} `model.safetensors` with `safe_open` (header) and loaded
+  `{p.tensor}` from the middle; the alternative downloads the whole file first.
+  "First MiB": one 1 MiB pread at offset {p.first_mib_offset} (3/4 into the file), only
+  the pread timed (the alternative: download + the pread).
+- 4: {RANDOM_4K.count} x {RANDOM_4K.label} and {RANDOM_1M.count} x {RANDOM_1M.label} preads \
+at 4 KiB-aligned offsets
+  from a fixed seed, `posix_fadvise(RANDOM)` on the fd, each on its own new mount; with
+  {BLOCK_SIZE[:-1]} MiB blocks, later random reads often land in blocks earlier ones fetched.
+- 4: "data fetched" is the size of the fresh cache directory (blocks for lazyfs, rclone's
+  vfs dir) after the cold random reads and the unmount.
+- 5: VmHWM from /proc/PID/status of the mount daemon right after the cold sequential read;
+  CPU is the daemon's utime + stime over that read, per 10^9 bytes read.
+- 6: the file in the page cache; `lazyfs manifest build` computes block digests and the
+  whole-file digest (end to end, including the CLI's start); hashlib reads 4 MiB at a time.
+- The bytes of every pread (first MiB, random reads) are checked against the original file."""
+
+
+def document(results: Results) -> str:
+    """docs/performance.md; refuses results that must not be published."""
+    if results.quick:
+        raise ResultsError("not rendering a --quick smoke run as docs/performance.md")
+    if not results.committed:
+        changed = ", ".join(line[3:] for line in results.changes[:5])
+        more = f" and {len(results.changes) - 5} more" if len(results.changes) > 5 else ""
+        raise ResultsError(
+            f"measured with uncommitted changes ({changed}{more}): commit, then run scripts/bench"
+        )
+    the_notes = notes(results)
+    return "\n".join(
+        [
+            "# Performance",
+            "",
+            "What lazyfs costs and gains against the obvious alternatives, measured on one "
+            "machine with nginx on loopback as the origin. Reproduce with `scripts/bench` "
+            "(about 10 minutes; `scripts/bench --quick` for a smoke run); it prints the same "
+            "table. This page is rendered from `docs/performance.json` "
+            "(`scripts/bench --render docs/performance.json`).",
+            "",
+            f"Command: `{results.command}` on commit {results.commit[:7]} "
+            f"({results.date}, {results.minutes:.0f} min)",
+            "",
+            "## Machine",
+            "",
+            *machine(results),
+            "",
+            "## Results",
+            "",
+            header(results),
+            "",
+            table(results),
+            "",
+            "## How",
+            "",
+            methods(results),
+            *([""] + [f"Note: {note}" for note in the_notes] if the_notes else []),
+            "",
+        ]
+    )
+
+
+def publish(results: Results, doc: Path = DOC, doc_results: Path = DOC_RESULTS) -> None:
+    """Write the doc and, beside it, the results it was rendered from."""
+    text = document(results)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    results.save(doc_results)

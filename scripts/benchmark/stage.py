@@ -1,0 +1,217 @@
+"""The stage every measurement runs on: the work directory, the files nginx serves on
+127.0.0.1 (a big random file, a sample model, each with its manifest), the offsets read and the
+bytes they must return, and the page cache."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scripts.benchmark.commands import LAZYFS, StepError, one_line, progress, run
+from scripts.benchmark.reads import GIB, KIB, MIB, Probe, size_label, tensor_names
+from tests.support.processes import Origin, cmdline, kill_pid, start_nginx_origin
+
+SEED = 20240601
+BLOCK_SIZE = "4M"
+NGINX_ATTEMPTS = 3  # a port picked free can be taken before nginx binds it
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Reads at random 4 KiB-aligned offsets of the big file, from a fixed seed."""
+
+    name: str
+    label: str
+    count: int
+    size: int
+
+
+RANDOM_4K = Pattern("4k", "4 KiB", 1000, 4 * KIB)
+RANDOM_1M = Pattern("1m", "1 MiB", 100, MIB)
+RANDOM_PATTERNS = (RANDOM_4K, RANDOM_1M)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A file nginx serves, in a directory of its own (with the manifest lazyfs mounts)."""
+
+    path: Path
+    base_url: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def dir_url(self) -> str:  # what lazyfs and rclone mount
+        return f"{self.base_url}/{self.path.parent.name}/"
+
+    @property
+    def url(self) -> str:
+        return f"{self.dir_url}{self.name}"
+
+
+@dataclass
+class Stage:
+    work: Path
+    quick: bool
+    fresh: bool = False  # regenerate the served files even if the work dir has them
+    keep_data: bool = False  # keep them for the next run
+    notes: list[str] = field(default_factory=list)
+    tensor: str = ""  # the tensor time-to-first-tensor loads: the middle one, by header order
+    probes: dict[Pattern, Probe] = field(default_factory=dict)
+    first_mib: Probe | None = None
+    origin: Origin | None = None
+    _drop_warned: bool = False
+    _scratch_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.work = self.work.absolute()
+        self.big_size = 512 * MIB if self.quick else 2 * GIB
+        self.model_size = "256M" if self.quick else "1G"
+        self.www = self.work / "www"
+        self.big_file = self.www / f"big-{size_label(self.big_size)}" / "file.bin"
+        self.model_file = self.www / f"model-{self.model_size}" / "model.safetensors"
+        self.hash_dir = self.work / "hash"  # a hard link of the big file, for manifest build
+        self.scratch = self.work / "scratch"  # caches and downloads, emptied after each step
+        self.logs = self.work / "logs"
+        self.bin = self.work / "bin"  # a private PATH entry: `fusermount` for rclone
+        self.nginx_dir = self.work / "nginx"
+
+    # -- what is served --
+    @property
+    def base_url(self) -> str:
+        if self.origin is None:
+            raise StepError("nginx is not running")
+        return self.origin.url
+
+    @property
+    def big(self) -> Served:
+        return Served(self.big_file, self.base_url)
+
+    @property
+    def model(self) -> Served:
+        return Served(self.model_file, self.base_url)
+
+    @property
+    def io_timeout(self) -> float:
+        return 120 + self.big_size / (20 * 1e6)  # room for 20 MB/s
+
+    def mountpoint(self, name: str) -> Path:
+        return self.work / f"mnt-{name}"
+
+    # -- setup and teardown --
+    def prepare(self) -> None:
+        for path in (self.work, self.www, self.logs, self.bin, self.hash_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        for old in self.logs.iterdir():  # the logs of the last run
+            if old.is_file():
+                old.unlink()
+        self.stop_stale_nginx()
+        self.clear_scratch()
+        fusermount3 = shutil.which("fusermount3")
+        link = self.bin / "fusermount"
+        if fusermount3 and not link.exists():
+            link.symlink_to(fusermount3)
+        self.write_served_files()
+        self.pick_probes()
+        self.start_nginx()
+
+    def write_served_files(self) -> None:
+        big = self.big_file
+        big.parent.mkdir(exist_ok=True)
+        if self.fresh or not (big.exists() and big.stat().st_size == self.big_size):
+            progress(f"writing {size_label(self.big_size)} of random bytes to {big}")
+            with open(big, "wb") as handle:
+                for _ in range(self.big_size // (16 * MIB)):
+                    handle.write(os.urandom(16 * MIB))
+        model_dir = self.model_file.parent
+        if self.fresh or not self.model_file.exists():
+            progress(f"writing a {self.model_size} sample model to {model_dir}")
+            shutil.rmtree(model_dir, ignore_errors=True)
+            run([*LAZYFS, "sample", str(model_dir), "--size", self.model_size], 600, what="sample")
+        for directory in (big.parent, model_dir):
+            progress(f"lazyfs manifest build {directory}")
+            build = [*LAZYFS, "manifest", "build", str(directory), "--block-size", BLOCK_SIZE]
+            run(build, 600, what="lazyfs manifest build")
+        link = self.hash_dir / big.name
+        link.unlink(missing_ok=True)
+        os.link(big, link)
+
+    def pick_probes(self) -> None:
+        names = tensor_names(self.model_file, 120)
+        self.tensor = names[len(names) // 2]
+        rng = random.Random(SEED)
+        pages = self.big_size // (4 * KIB)
+        for pattern in RANDOM_PATTERNS:
+            last = pages - pattern.size // (4 * KIB)  # the whole read stays inside the file
+            offsets = [rng.randrange(last) * 4 * KIB for _ in range(pattern.count)]
+            self.probes[pattern] = Probe.of(self.big_file, offsets, pattern.size)
+        # 1 MiB into the 4 MiB block at 3/4 of the file
+        self.first_mib = Probe.of(self.big_file, [self.big_size * 3 // 4 + MIB], MIB)
+
+    def start_nginx(self) -> None:
+        for attempt in range(1, NGINX_ATTEMPTS + 1):
+            try:
+                self.origin = start_nginx_origin(
+                    self.www, self.nginx_dir, workers=2, listing=True, access_log=False
+                )
+            except (RuntimeError, OSError) as exc:
+                progress(f"nginx did not start (attempt {attempt}): {one_line(exc)}")
+                continue
+            progress(f"nginx serving {self.www} at {self.origin.url}")
+            return
+        raise StepError(f"nginx did not start (see {self.nginx_dir / 'error.log'})")
+
+    def stop_stale_nginx(self) -> None:
+        """The nginx of an earlier run that died, found by its pid file and our config path."""
+        conf = str(self.nginx_dir / "nginx.conf")
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.nginx_dir / "nginx.pid").read_text().strip())
+            if conf in cmdline(pid):
+                progress(f"stopping nginx left by an earlier run (pid {pid})")
+                kill_pid(pid, conf)
+
+    def close(self) -> None:
+        if self.origin is not None:
+            self.origin.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        if not self.keep_data:
+            shutil.rmtree(self.www, ignore_errors=True)
+            shutil.rmtree(self.hash_dir, ignore_errors=True)
+
+    # -- during a run --
+    def fresh_dir(self, name: str) -> Path:
+        """A new empty directory in the scratch area: a cache or a download that starts cold."""
+        self._scratch_count += 1
+        path = self.scratch / f"{self._scratch_count:03d}-{name}"
+        path.mkdir(parents=True)
+        return path
+
+    def clear_scratch(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+
+    def drop_caches(self) -> None:
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as handle:
+                handle.write("3\n")
+        except OSError as exc:
+            if not self._drop_warned:
+                self._drop_warned = True
+                note = f"could not drop the page cache ({exc.strerror}): 'cold' figures are not"
+                self.note(note)
+                progress(f"warning: {note}")
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)

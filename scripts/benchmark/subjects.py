@@ -1,0 +1,265 @@
+"""What the workloads read from: a lazyfs mount, an rclone mount, curl, a download, the local disk.
+
+Each subject's ``open`` is a context manager that gives a ``Target`` (a path or a URL to read)
+and stops whatever it started on every way out, killing only its own processes (found by its
+own mount point: other people run lazyfs on this machine too). ``state`` is the directory a
+subject keeps what it fetched in (a mount's cache, a download): open it again with the same
+directory for a warm start, with a fresh one for a cold start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from scripts.benchmark.commands import LAZYFS, StepError, progress, run
+from scripts.benchmark.reads import dir_bytes
+from scripts.benchmark.stage import Served, Stage
+from tests.support.processes import force_unmount, is_mounted, kill_pid, processes_with
+
+MOUNT_TIMEOUT = 240.0  # `lazyfs mount` waits up to 180 s for its daemon itself
+UNMOUNT_TIMEOUT = 60.0
+RCLONE_READY_TIMEOUT = 30.0
+RCLONE_EXIT_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Target:
+    path: Path | None = None  # a file to read ...
+    url: str | None = None  # ... or a URL
+    pid: int | None = None  # the process that serves the reads (a mount's daemon)
+    opened_in: float = 0.0  # seconds `open` took: mounting, or the whole download
+
+    @property
+    def file(self) -> Path:
+        if self.path is None:
+            raise StepError("this subject gives a URL to stream, not a file")
+        return self.path
+
+    @property
+    def stream(self) -> str:
+        if self.url is None:
+            raise StepError("this subject gives a file, not a URL to stream")
+        return self.url
+
+    @property
+    def daemon(self) -> int:
+        if self.pid is None:
+            raise StepError("this subject has no daemon process")
+        return self.pid
+
+
+class Subject(ABC):
+    name: ClassVar[str]  # the key of its series in the results
+    fetches_on_open: ClassVar[bool] = False  # a download does; a mount fetches when read
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    @contextlib.contextmanager
+    def open(self, served: Served, state: Path, *, drop_page_cache: bool) -> Iterator[Target]:
+        """``drop_page_cache``: drop it right before the subject fetches the file's bytes (once
+        a mount is up, before a download starts), so they come from the origin's disk."""
+        if drop_page_cache and self.fetches_on_open:
+            self.stage.drop_caches()
+        started = time.perf_counter()
+        with self.opened(served, state) as target:
+            opened_in = time.perf_counter() - started
+            if drop_page_cache and not self.fetches_on_open:
+                self.stage.drop_caches()
+            yield dataclasses.replace(target, opened_in=opened_in)
+
+    @abstractmethod
+    def opened(self, served: Served, state: Path) -> contextlib.AbstractContextManager[Target]:
+        """Start reading ``served`` with what is kept in ``state``; stop on the way out."""
+
+    @classmethod
+    def clean_up(cls, stage: Stage) -> None:
+        """Stop what a run that died left behind (our own mount points' processes only)."""
+        return  # a subject that starts no process leaves nothing behind
+
+
+class Mount(Subject):
+    """A FUSE mount of the served file's directory."""
+
+    data_dir: ClassVar[str]  # where in its cache directory a mount keeps file data
+
+    def fetched_bytes(self, state: Path) -> int:
+        """What the mount's disk cache in ``state`` holds."""
+        return dir_bytes(state / self.data_dir)
+
+
+class LazyfsMount(Mount):
+    name = "lazyfs"
+    data_dir = "blocks"
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__(stage)
+        self.log_copied: dict[Path, int] = {}
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        mountpoint = self.stage.mountpoint(self.name)
+        mountpoint.mkdir(exist_ok=True)
+        mount = [*LAZYFS, "mount", served.dir_url, str(mountpoint)]
+        try:
+            run(
+                [*mount, "--cache-dir", str(state), "--cache-size", "50G"],
+                MOUNT_TIMEOUT,
+                what="lazyfs mount",
+            )
+            pids = self.daemons(self.stage)
+            if not pids:
+                raise StepError("lazyfs mounted, but its daemon process was not found")
+            yield Target(path=mountpoint / served.name, pid=pids[0])
+        finally:
+            self.clean_up(self.stage)
+            self.keep_logs(state)
+
+    @classmethod
+    def daemons(cls, stage: Stage) -> list[int]:
+        return processes_with(str(stage.mountpoint(cls.name)), "--foreground")
+
+    @classmethod
+    def clean_up(cls, stage: Stage) -> None:
+        mountpoint = stage.mountpoint(cls.name)
+        pids = cls.daemons(stage)
+        if is_mounted(mountpoint) or pids:
+            try:
+                run([*LAZYFS, "unmount", str(mountpoint)], UNMOUNT_TIMEOUT, what="lazyfs unmount")
+            except StepError as exc:
+                progress(f"  warning: {exc}")
+        force_unmount(mountpoint)
+        for pid in pids:
+            kill_pid(pid, str(mountpoint))
+
+    def keep_logs(self, cache: Path) -> None:
+        """Append what the daemon logged since the last copy to logs/lazyfs-daemon.log."""
+        logs = cache / "logs"
+        if not logs.is_dir():
+            return
+        with open(self.stage.logs / "lazyfs-daemon.log", "ab") as out:
+            for log in sorted(logs.iterdir()):
+                data = log.read_bytes()
+                new = data[self.log_copied.get(log, 0) :]
+                self.log_copied[log] = len(data)
+                if new:
+                    out.write(f"==> {cache.name}/{log.name}\n".encode())
+                    out.write(new)
+
+
+class RcloneMount(Mount):
+    name = "rclone"
+    data_dir = "vfs"
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        stage = self.stage
+        mountpoint = stage.mountpoint(self.name)
+        mountpoint.mkdir(exist_ok=True)
+        config = stage.bin / "rclone.conf"
+        config.touch()  # empty: no remotes, and no "config not found" notice
+        log = stage.logs / "rclone.log"
+        command = [
+            *("rclone", "mount", ":http:", str(mountpoint), "--http-url", served.dir_url),
+            *("--vfs-cache-mode", "full", "--read-only", "--cache-dir", str(state)),
+            *("--log-file", str(log), "--log-level", "NOTICE", "--config", str(config)),
+        ]
+        env = dict(os.environ, PATH=f"{stage.bin}:{os.environ.get('PATH', '')}")
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise StepError(f"rclone: {exc.strerror}") from None
+            deadline = time.monotonic() + RCLONE_READY_TIMEOUT
+            while not is_mounted(mountpoint):
+                if proc.poll() is not None:
+                    raise StepError(f"rclone mount exited {proc.returncode} (see {log})")
+                if time.monotonic() > deadline:
+                    raise StepError(f"rclone mount not live after {RCLONE_READY_TIMEOUT:.0f}s")
+                time.sleep(0.05)
+            yield Target(path=mountpoint / served.name, pid=proc.pid)
+        finally:
+            self.stop(proc, mountpoint)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes] | None, mountpoint: Path) -> None:
+        # Unmounting is how rclone mount is asked to exit.
+        if is_mounted(mountpoint):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                unmount = ["fusermount3", "-u", str(mountpoint)]
+                subprocess.run(unmount, capture_output=True, timeout=30, check=False)
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.wait(RCLONE_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        force_unmount(mountpoint)
+
+    @classmethod
+    def clean_up(cls, stage: Stage) -> None:
+        mountpoint = stage.mountpoint(cls.name)
+        cls.stop(None, mountpoint)
+        for pid in processes_with(str(mountpoint), ":http:"):
+            kill_pid(pid, str(mountpoint))
+
+
+class Curl(Subject):
+    """curl streams the file: the target is its URL, read by piping curl into a consumer."""
+
+    name = "curl"
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        yield Target(url=served.url)
+
+
+class Download(Subject):
+    """``curl -o`` to the local disk, then the local file: opening it is the whole download."""
+
+    name = "download"
+    fetches_on_open = True
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        local = state / served.name
+        curl = ["curl", "-sS", "--fail", "-o", str(local), served.url]
+        run(curl, self.stage.io_timeout, what="curl")
+        try:
+            yield Target(path=local)
+        finally:
+            local.unlink(missing_ok=True)
+
+
+class LocalDisk(Subject):
+    """The file itself, on the local disk (nginx serves the same file)."""
+
+    name = "local"
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        yield Target(path=served.path)
+
+
+SUBJECTS: tuple[type[Subject], ...] = (LazyfsMount, RcloneMount, Curl, Download, LocalDisk)

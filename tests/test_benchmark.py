@@ -1,0 +1,241 @@
+"""scripts/benchmark without running a benchmark: the keys a step records under, results as
+JSON, and the table and docs/performance.md rendered from them."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from scripts.benchmark.__main__ import main
+from scripts.benchmark.commands import StepError
+from scripts.benchmark.harness import step
+from scripts.benchmark.metrics import Metric
+from scripts.benchmark.render import document, publish, summary, table, table_metrics
+from scripts.benchmark.results import (
+    Parameters,
+    Results,
+    ResultsError,
+    StepRecorder,
+    UndeclaredMetric,
+)
+from scripts.benchmark.stage import Stage
+from scripts.benchmark.subjects import SUBJECTS, LazyfsMount, LocalDisk, Subject
+from scripts.benchmark.workloads import (
+    FETCHED,
+    HASHING,
+    HASHLIB,
+    LATENCY,
+    MANIFEST_BUILD,
+    SEQ_COLD,
+    SEQ_HOT,
+    SEQ_WARM,
+    THROUGH_LAZYFS,
+    THROUGH_RCLONE,
+    TTFT,
+    TTFT_MOUNT,
+    WORKLOADS,
+    Workload,
+    all_metrics,
+)
+
+PARAMETERS = Parameters(big="2G", model="1G", tensor="layers.3.weight", first_mib_offset=123)
+COMMIT = "c6b90e8" + "0" * 33
+
+
+def results(**changes: object) -> Results:
+    fields: dict[str, object] = {
+        "commit": COMMIT,
+        "changes": [],
+        "command": "scripts/bench",
+        "date": "2026-11-29",
+        "runs": 3,
+        "quick": False,
+        "parameters": PARAMETERS,
+        "machine": ["CPU: 2 x Test CPU (nproc 2)", "lazyfs: lazyfs, version 0.1.0"],
+        "minutes": 8.2,
+    }
+    fields.update(changes)
+    return Results(**fields)  # type: ignore[arg-type]
+
+
+def row(text: str, heading_start: str, alternative: str) -> list[str]:
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        if cells[0].startswith(heading_start) and cells[2] == alternative:
+            return cells
+    raise AssertionError(f"no row {heading_start!r} / {alternative!r} in\n{text}")
+
+
+# ---- declarations --------------------------------------------------------------------------
+
+
+def test_every_key_is_declared_once_and_every_title_renders() -> None:
+    keys = Counter(key for metric in all_metrics() for key in metric.keys)
+    assert [key for key, count in keys.items() if count > 1] == []
+    for metric in all_metrics():
+        assert metric.heading(asdict(PARAMETERS))  # no placeholder the parameters lack
+    for workload in WORKLOADS:
+        assert set(workload.subjects()) <= set(SUBJECTS)
+
+
+def test_table_rows_go_by_section_then_declaration() -> None:
+    rows = table_metrics()
+    assert [metric.section for metric in rows] == sorted(metric.section for metric in rows)
+    assert rows[0] is SEQ_COLD and rows[-1] is HASHING
+    assert TTFT_MOUNT not in rows  # a figure for a note, not a row
+    random_rows = [metric for metric in rows if metric.section == 4]
+    assert random_rows == [*LATENCY.values(), *FETCHED.values()]
+    assert [metric.name for metric in random_rows[:2]] == ["rand_4k_cold_p50", "rand_4k_cold_p99"]
+
+
+# ---- what a step records -------------------------------------------------------------------
+
+
+def test_a_step_records_only_what_its_workload_declares_for_its_subject() -> None:
+    run = results()
+    record = StepRecorder(run, (SEQ_COLD, SEQ_WARM, SEQ_HOT), LazyfsMount)
+    record(SEQ_COLD, 0.5)
+    assert run.values == {"seq_cold.lazyfs": [0.5]}
+    with pytest.raises(UndeclaredMetric):
+        record(TTFT, 1.0)  # another workload's metric
+    local = StepRecorder(run, (SEQ_COLD, SEQ_WARM), LocalDisk)
+    with pytest.raises(UndeclaredMetric):
+        local(SEQ_COLD, 1.0)  # the local disk has no cold sequential series
+    hashing = StepRecorder(run, (HASHING,), LocalDisk)
+    with pytest.raises(UndeclaredMetric):
+        hashing(HASHING, 1.0)  # three series on the local disk: which one must be said
+    hashing(HASHING, 2.0, HASHLIB[1])
+    with pytest.raises(UndeclaredMetric):
+        hashing(HASHING, 2.0, THROUGH_LAZYFS)  # a series of another metric
+    assert run.values["hash.hashlib_1thread"] == [2.0]
+
+
+class HalfDone(Workload):
+    """Records its first metric, then fails."""
+
+    title = "half done"
+    metrics: ClassVar[tuple[Metric, ...]] = (SEQ_WARM, SEQ_HOT)
+
+    def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None:
+        stage.fresh_dir(subject.name).joinpath("left-over").write_bytes(b"x")
+        record(SEQ_WARM, 1.5)
+        raise StepError("dd exited 1: Input/output error | more")
+
+
+def test_a_failed_step_fails_the_figures_it_had_not_recorded(tmp_path: Path) -> None:
+    stage = Stage(tmp_path / "work", quick=True)
+    stage.clear_scratch()
+    run = results()
+    step(HalfDone(), LocalDisk(stage), stage, run)
+    assert run.values == {"seq_warm.local": [1.5]}
+    assert run.errors == {"seq_hot.local": ["dd exited 1: Input/output error | more"]}
+    assert list(stage.scratch.iterdir()) == []  # the next step starts from nothing
+
+
+# ---- results as JSON -----------------------------------------------------------------------
+
+
+def test_results_round_trip_and_refuse_keys_no_metric_declares() -> None:
+    run = results(notes=["a note"])
+    run.add("seq_cold.lazyfs", 0.25)
+    run.fail("seq_cold.rclone", "rclone mount exited 1")
+    text = run.to_json()
+    assert Results.from_json(text, all_metrics()) == run
+    raw = json.loads(text)
+    raw["values"]["seq_cold.nfs"] = [1.0]
+    with pytest.raises(ResultsError, match=r"seq_cold\.nfs"):
+        Results.from_json(json.dumps(raw), all_metrics())
+    with pytest.raises(ResultsError):
+        Results.from_json('{"values": {}}', all_metrics())
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+
+def test_table_cells_ratios_and_failures() -> None:
+    run = results()
+    run.values = {
+        "seq_cold.lazyfs": [0.2, 0.22, 0.3],
+        "seq_cold.curl": [0.44],
+        "seq_cold.download": [0.11],
+        "first_mib.lazyfs": [0.022],
+        "first_mib.rclone": [0.0342],
+        "first_mib.download": [5.034],
+    }
+    run.errors = {"seq_cold.lazyfs": ["timed out"], "seq_cold.rclone": ["exited 1: a | b"]}
+    text = table(run)
+    assert text.splitlines()[:2] == [
+        "| measurement | lazyfs | alternative | alternative's figure | ratio (>1: lazyfs better) |",
+        "|---|---|---|---|---|",
+    ]
+    piped = "curl \\| openssl dgst -sha256"
+    curl = row(text, "1. cold sequential read, 2G file (GB/s)", piped)
+    assert curl[1:] == ["0.22 (1 of 4 runs failed)", piped, "0.44", "0.50"]
+    download = row(text, "1. cold", "curl -o, then openssl dgst")
+    assert download[3:] == ["0.11", "2.00"]  # throughput: lazyfs / alternative
+    rclone = row(text, "1. cold", "rclone mount, dd")
+    assert rclone[3:] == ["failed: exited 1: a \\| b", "-"]
+    pread = row(text, "2. first MiB at 3/4 of the 2G file (pread only, cold) (ms)", "rclone mount")
+    assert pread[1:] == ["0.022", "rclone mount", "0.0342", "1.55"]  # latency: alternative / lazyfs
+    assert row(text, "2. first MiB", "curl -o, then pread")[3:] == ["5.03", "228.82"]
+    missing = row(text, "6. `lazyfs manifest build` of the 2G file", "hashlib sha256, 1 thread")
+    assert missing[1:] == ["failed: not measured", HASHLIB[1].label, "failed: not measured", "-"]
+
+
+def test_the_doc_states_its_commit_and_the_run() -> None:
+    run = results(notes=["could not drop the page cache"])
+    run.values = {TTFT.key(THROUGH_LAZYFS): [2.0], TTFT_MOUNT.key(THROUGH_LAZYFS): [1.3]}
+    run.values[LATENCY["warm", next(iter(FETCHED)), "p99"].key(THROUGH_RCLONE)] = [0.5]
+    run.values[HASHING.key(MANIFEST_BUILD)] = [0.96]
+    text = document(run)
+    assert text.startswith("# Performance\n")
+    assert "Command: `scripts/bench` on commit c6b90e8 (2026-11-29, 8 min)" in text
+    assert "- lazyfs: lazyfs, version 0.1.0, git c6b90e8\n" in text
+    assert "Medians of 3 run(s)." in text
+    assert "`layers.3.weight` from the middle" in text and "at offset 123 " in text
+    assert "Note: time to first tensor through lazyfs: `lazyfs mount` returned after 1.30s" in text
+    assert text.rstrip().endswith("Note: could not drop the page cache")
+    assert "| 4. random 1000 x 4 KiB preads, warm, p99 (ms) | failed: not measured |" in text
+
+
+def test_uncommitted_or_quick_results_are_flagged_and_never_become_the_doc(
+    tmp_path: Path,
+) -> None:
+    dirty = results(changes=[" M lazyfs/read/reader.py", "?? scratch.py"])
+    with pytest.raises(ResultsError, match=r"uncommitted changes \(lazyfs/read/reader.py, scratch"):
+        document(dirty)
+    assert "git c6b90e8 + UNCOMMITTED CHANGES (2 files)" in summary(dirty)
+    with pytest.raises(ResultsError, match="--quick"):
+        document(results(quick=True))
+    doc, saved = tmp_path / "performance.md", tmp_path / "performance.json"
+    with pytest.raises(ResultsError):
+        publish(dirty, doc, saved)
+    assert not doc.exists() and not saved.exists()
+    publish(results(), doc, saved)
+    assert "on commit c6b90e8" in doc.read_text()
+    assert Results.load(saved, all_metrics()) == results()
+
+
+def test_render_command_refuses_bad_results_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc, saved = tmp_path / "performance.md", tmp_path / "performance.json"
+    monkeypatch.setattr("scripts.benchmark.__main__.publish", lambda run: publish(run, doc, saved))
+    dirty = tmp_path / "dirty.json"
+    results(changes=[" M lazyfs/cli/main.py"]).save(dirty)
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{")
+    for path in (dirty, garbage, tmp_path / "missing.json"):
+        assert main(["--render", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"bench: {path}: ") and err.count("\n") == 1, err
+    assert not doc.exists()
+    clean = tmp_path / "clean.json"
+    results().save(clean)
+    assert main(["--render", str(clean)]) == 0
+    assert "on commit c6b90e8" in doc.read_text()
