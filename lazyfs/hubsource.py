@@ -1,7 +1,8 @@
 """A hub repository as an origin: resolve the revision, list the files, fetch their bytes.
 
 The API calls go through httpx (``HttpOrigin.get_small``: retries, redirects that never carry
-the token to another host); block bodies go through rangeget like any origin's.
+the token to another host); block bodies go through rangeget like any origin's; both on the
+one transport policy (proxies, CAs) of lazyfs.transport.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from lazyfs.manifest import (
     make_manifest,
     parse_manifest,
 )
-from lazyfs.rangeget import parse_retry_after, same_origin
 from lazyfs.sizes import format_size
+from lazyfs.transport import Transport, parse_retry_after, same_origin
 from lazyfs.wholefile import FileHashes, stream_whole_file
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,10 @@ class HubOrigin(HttpOrigin):
         token: str | None,
         client: httpx.AsyncClient,
         policy: RetryPolicy | None = None,
+        *,
+        transport: Transport,
     ) -> None:
-        super().__init__(endpoint, client, policy)
+        super().__init__(endpoint, client, policy, transport=transport)
         self.repo = repo
         self.endpoint = endpoint
         self.commit: str | None = None

@@ -35,6 +35,7 @@ from lazyfs.errors import (
     LazyfsError,
     ManifestError,
     MountError,
+    OriginCertificateError,
     OriginHTTPError,
     SourceError,
     UsageError,
@@ -47,6 +48,7 @@ from lazyfs.manifest import MANIFEST_NAME, Manifest, check_pin, parse_manifest
 from lazyfs.metrics import start_metrics
 from lazyfs.prefetch import Prefetcher, select_entries
 from lazyfs.reader import open_block_reader
+from lazyfs.transport import Transport
 from lazyfs.tree import Tree
 from lazyfs.wholefile import BlockLists
 
@@ -76,6 +78,8 @@ class MountConfig:
     # --mirror: the same published tree at other addresses; blocks only (not the manifest).
     mirrors: tuple[str, ...] = ()
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # --ca-file: the CAs to trust for https instead of the system's.
+    ca_file: Path | None = None
 
 
 def runtime_dir() -> Path:
@@ -181,6 +185,8 @@ async def open_manifest(
                 "lazyfs manifest build DIR"
             ) from None
         raw = _cached_manifest_or_raise(config, exc)
+    except OriginCertificateError:
+        raise  # not an outage: mounting from the cache would only defer the failure to reads
     except SourceError as exc:
         raw = _cached_manifest_or_raise(config, exc)
     else:
@@ -201,11 +207,17 @@ def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
     return cached[0]
 
 
-async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
+async def load_manifest_source(
+    source: str, client: httpx.AsyncClient, transport: Transport
+) -> bytes:
     """The manifest given with ``--manifest``: a local file, or a URL (fetched without any
     hub token: it is not the hub)."""
     if source.startswith(("http://", "https://")):
-        body, _ = await HttpOrigin(source, client).get_small(source)
+        origin = HttpOrigin(source, client, transport=transport)
+        try:
+            body, _ = await origin.get_small(source)
+        finally:
+            origin.close()
         return body
     try:
         return await trio.Path(source).read_bytes()
@@ -216,11 +228,12 @@ async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
 async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted or signalled, and always unmount on the way out."""
     policy = config.policy
+    transport = Transport.from_environment(config.ca_file)
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(make_client(policy))
+        client = await stack.enter_async_context(make_client(policy, transport))
         given = None
         if config.manifest_source is not None:
-            given = await load_manifest_source(config.manifest_source, client)
+            given = await load_manifest_source(config.manifest_source, client, transport)
             if config.manifest_sha256 is None and config.manifest_source.startswith("http:"):
                 log.warning(
                     "--manifest %s comes over plain http without --manifest-sha256: "
@@ -229,14 +242,15 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 )
         origin: HttpOrigin
         if is_hub_source(config.url):
-            origin = HubOrigin(*hub_settings(config.url, config.token_file), client, policy)
+            settings = hub_settings(config.url, config.token_file)
+            origin = HubOrigin(*settings, client, policy, transport=transport)
             stack.callback(origin.close)
             manifest, mtime = await open_hub_manifest(origin, given, config.manifest_sha256)
         else:
-            origin = HttpOrigin(config.url, client, policy)
+            origin = HttpOrigin(config.url, client, policy, transport=transport)
             stack.callback(origin.close)
             manifest, mtime = await open_manifest(origin, config, given)
-        mirrors = [HttpOrigin(url, client, policy) for url in config.mirrors]
+        mirrors = [HttpOrigin(url, client, policy, transport=transport) for url in config.mirrors]
         for mirror in mirrors:
             stack.callback(mirror.close)
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
