@@ -412,8 +412,7 @@ def _certificate_error(
     if exc.verify_code in _UNTRUSTED_ISSUER:
         return OriginCertificateError(
             f"the TLS certificate of {where} is not signed by a CA in {trusted} ({reason}); "
-            "if a private CA signed it, pass its certificate with --ca-file FILE "
-            "(or set SSL_CERT_FILE)"
+            "if a private CA signed it, pass its certificate with --ca-file FILE"
         )
     return OriginCertificateError(f"the TLS certificate of {where} failed verification ({reason})")
 
