@@ -1,10 +1,13 @@
-"""Origins for tests: the embedded ``lazyfs serve`` and nginx, run as real processes.
+"""Origins for tests: the embedded ``lazyfs serve`` and nginx (plain or TLS, with a private CA
+made here), and a forward proxy (tinyproxy), run as real processes.
 
-Both write the same access-log format, so a test can ask either one which requests reached it:
+Both origins write the same access-log format, so a test can ask either one which requests
+reached it:
 
     METHOD PATH STATUS BODY_BYTES_SENT "RANGE_HEADER_OR_DASH"
 
 Control bytes, non-ASCII bytes, ``"`` and ``\\`` appear as ``\\xHH`` (nginx's escaping).
+The proxy's own log says which requests went through it (``read_proxy_log``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NGINX = Path("/usr/sbin/nginx")
+TINYPROXY = Path("/usr/bin/tinyproxy")
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
@@ -96,12 +100,14 @@ class Origin:
         command: Callable[[int], list[str]],
         port: int = 0,
         banner: bool = False,
+        scheme: str = "http",
     ) -> None:
         self.name = name
         self.root = root
         self.workdir = workdir
         self.log_path = log_path
         self.port = port
+        self.scheme = scheme
         self._command = command
         self._banner = banner  # the process prints `serving DIR at URL/` once it listens
         self._proc: subprocess.Popen[bytes] | None = None
@@ -111,7 +117,7 @@ class Origin:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -155,6 +161,8 @@ class Origin:
             log = stderr.read_text(errors="replace")
             if self.name == "nginx":
                 log += (self.workdir / "error.log").read_text(errors="replace")
+            if self.name == "tinyproxy":
+                log += self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise RuntimeError(f"{self.name} origin {state} on start:\n{log}")
         if wait:
             time.sleep(0.01)
@@ -218,10 +226,54 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
     return origin
 
 
-def start_nginx_origin(root: Path, workdir: Path) -> Origin:
-    """nginx with a config of its own in ``workdir``; every path it writes is under ``workdir``."""
+@dataclass(frozen=True)
+class PrivateCA:
+    """A private CA and a certificate it signed for 127.0.0.1 (and localhost)."""
+
+    cert: Path  # the CA's certificate: what --ca-file takes
+    server_cert: Path
+    server_key: Path
+
+
+def make_test_ca(workdir: Path) -> PrivateCA:
+    """A CA made with the openssl CLI, as an operator would make one, valid for two days."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = PrivateCA(workdir / "ca.pem", workdir / "server.pem", workdir / "server.key")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    extensions = workdir / "server.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+        "subjectKeyIdentifier=hash\n"
+    )
+    commands = [
+        ["req", "-x509", "-new", *key, "-keyout", workdir / "ca.key", "-out", ca.cert,
+         "-days", "2", "-subj", "/CN=lazyfs test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-new", *key, "-keyout", ca.server_key, "-out", workdir / "server.csr",
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", workdir / "server.csr", "-CA", ca.cert,
+         "-CAkey", workdir / "ca.key", "-CAcreateserial", "-out", ca.server_cert,
+         "-days", "2", "-extfile", extensions],
+    ]  # fmt: skip
+    for command in commands:
+        subprocess.run(["openssl", *map(str, command)], capture_output=True, check=True)
+    return ca
+
+
+def start_nginx_origin(root: Path, workdir: Path, tls: PrivateCA | None = None) -> Origin:
+    """nginx with a config of its own in ``workdir``; every path it writes is under ``workdir``.
+    With ``tls``, it speaks only https, with the certificate ``tls`` signed."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, log = free_port(), workdir / "nginx-access.log"
+    listen = f"127.0.0.1:{port}"
+    if tls is not None:
+        listen += f" ssl;\n        ssl_certificate {tls.server_cert};"
+        listen += f"\n        ssl_certificate_key {tls.server_key}"
     temp = "\n".join(
         f"    {kind}_temp_path {workdir / (kind + '_temp')};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -246,7 +298,7 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         root {root};
         location / {{ try_files $uri =404; }}
     }}
@@ -260,6 +312,51 @@ http {{
         error_log = str(workdir / "error.log")
         return [str(NGINX), "-c", str(conf_path), "-p", str(workdir), "-e", error_log]
 
-    origin = Origin("nginx", root, workdir, log, command, port)
+    scheme = "http" if tls is None else "https"
+    origin = Origin("nginx", root, workdir, log, command, port, scheme=scheme)
     origin.start()
     return origin
+
+
+def start_tinyproxy(
+    workdir: Path, connect_ports: tuple[int, ...] = (), credentials: tuple[str, str] | None = None
+) -> Origin:
+    """tinyproxy in the foreground on a free port of 127.0.0.1, logging each request it takes
+    (``read_proxy_log``); CONNECT only to ``connect_ports``; with ``credentials``, only for
+    requests that carry them (Proxy-Authorization). Stop it with ``stop()``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, log = free_port(), workdir / "tinyproxy.log"
+    lines = [
+        f"Port {port}",
+        "Listen 127.0.0.1",
+        "Timeout 60",
+        f'LogFile "{log}"',
+        "LogLevel Info",
+        "MaxClients 64",
+        "DisableViaHeader Yes",
+        *(f"ConnectPort {allowed}" for allowed in connect_ports),
+    ]
+    if credentials is not None:
+        lines.append(f"BasicAuth {credentials[0]} {credentials[1]}")
+    conf = workdir / "tinyproxy.conf"
+    conf.write_text("\n".join(lines) + "\n")
+
+    def command(port: int) -> list[str]:
+        return [str(TINYPROXY), "-d", "-c", str(conf)]
+
+    proxy = Origin("tinyproxy", workdir, workdir, log, command, port)
+    proxy.start()
+    return proxy
+
+
+_PROXIED = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/1\.[01]$")
+
+
+def read_proxy_log(path: Path) -> list[tuple[str, str]]:
+    """(method, target) of every request tinyproxy logged: absolute URLs for plain http,
+    ``HOST:PORT`` for CONNECT tunnels."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [(match[1], match[2]) for line in lines if (match := _PROXIED.search(line))]
