@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakehubs import fake_hub
-from tests.mounts import Mounter, is_mounted, publish
+from tests.mounts import Mounter, is_mounted, lazyfs, publish
 from tests.origins import (
     NGINX,
     TINYPROXY,
@@ -279,3 +279,22 @@ def test_no_proxy_for_the_hub_alone_still_sends_its_cdn_through_the_proxy(
     through = [target for _, target in read_proxy_log(proxy.log_path)]
     assert through and all(target.startswith(hub.cdn_base) for target in through)
     assert len(through) == len(cdn)
+
+
+def test_manifest_build_from_a_hub_goes_through_the_proxy_and_takes_ca_file(
+    proxy: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fake_hub("hf") as hub:
+        hub.add_repo("org/model", {"model.safetensors": WEIGHTS, "config.json": b"{}\n"})
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        output = tmp_path / "model.json"
+        missing = tmp_path / "missing.pem"
+        refused = lazyfs("manifest", "build", "hf://org/model", "-o", output, "--ca-file", missing)
+        one_line(refused, 2, f"--ca-file {missing}")
+        built = lazyfs("manifest", "build", "hf://org/model", "-o", output)
+        seen = len(hub.seen("api")) + len(hub.seen("cdn"))
+    assert built.returncode == 0, built.stderr
+    through = [target for _, target in read_proxy_log(proxy.log_path)]
+    assert any(t.startswith(hub.cdn_base) for t in through) and len(through) == seen
