@@ -390,8 +390,9 @@ def transport_error(
 
 
 def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure ``exc`` is or was raised from (httpx wraps the
-    ssl error twice)."""
+    """The certificate verification failure ``exc`` was raised from or while handling: httpx,
+    httpcore and trio each re-raise the ssl error as their own, httpcore ``from None`` (so it
+    is only the context there)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
