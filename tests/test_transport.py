@@ -344,12 +344,20 @@ def test_an_untrusted_certificate_names_the_host_and_the_way_out() -> None:
 
 
 def test_a_certificate_error_wrapped_by_httpx_is_found() -> None:
+    """As httpx raises it: from httpcore's error, which httpcore raised ``from None`` while
+    handling trio's, which trio raised from the ssl error."""
     request = httpx.Request("GET", "https://hub.test/m.json")
     try:
         try:
-            raise verify_error(20, "unable to get local issuer certificate")
-        except ssl.SSLError as inner:
-            raise httpx.ConnectError("wrapped", request=request) from inner
+            try:
+                raise verify_error(20, "unable to get local issuer certificate")
+            except ssl.SSLError as inner:
+                raise ConnectionError("broken resource") from inner
+        except ConnectionError:
+            try:
+                raise RuntimeError("httpcore's ConnectError") from None
+            except RuntimeError as middle:
+                raise httpx.ConnectError("wrapped", request=request) from middle
     except httpx.ConnectError as outer:
         error = Transport.from_environment(environ={}).error("https://hub.test/", outer)
     assert isinstance(error, OriginCertificateError)
