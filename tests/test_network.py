@@ -121,6 +121,10 @@ def test_https_origin_mounts_with_ca_file_and_reads_every_byte(
     assert sha256_through(mountpoint, "weights.bin") == hashlib.sha256(WEIGHTS).hexdigest()
     # Every block came over TLS from nginx, which speaks nothing else.
     assert len(range_gets(https_origin)) == 21
+    mounter.unmount(mountpoint)
+    # The manifest is cached now; an untrusted origin is still refused, not mounted from it.
+    _, refused = mounter.mount(https_origin.url, expect_ok=False)
+    one_line(refused, 3, "--ca-file")
 
 
 def test_https_origin_mounts_with_the_ca_from_the_environment(
