@@ -6,6 +6,7 @@
     ├── SourceError                  the origin could not give us the bytes
     │   ├── OriginUnreachable        connect failure, timeout, reset: nothing usable came back
     │   ├── OriginHTTPError          an HTTP status we cannot use (404, 403, 5xx after retries)
+    │   ├── OriginCertificateError   a TLS certificate that fails verification (never retried)
     │   └── OriginProtocolError      a response that breaks the protocol (wrong length, bad range)
     ├── IntegrityError               bytes that do not match their digest
     │   └── BlockIntegrityError      one block, after its refetch, still does not match
@@ -50,6 +51,10 @@ class OriginHTTPError(SourceError):
 
 class OriginProtocolError(SourceError):
     pass
+
+
+class OriginCertificateError(SourceError):
+    """Asking again cannot help: the CAs to trust are configuration (--ca-file)."""
 
 
 class IntegrityError(LazyfsError):

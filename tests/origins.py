@@ -1,4 +1,6 @@
-"""Origins for tests: the embedded ``lazyfs serve`` and nginx, run as real processes.
+"""Origins for tests: the embedded ``lazyfs serve`` and nginx (plain or TLS, with a private CA
+made here), and a forward proxy (tinyproxy, whose own log says which requests went through
+it), run as real processes.
 
 Both write the same access-log format (tests/support/processes.py describes it), so a test can ask
 either one which requests reached it. The process handling is shared with scripts/benchmark.
@@ -6,7 +8,10 @@ either one which requests reached it. The process handling is shared with script
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.processes import (
@@ -22,11 +27,16 @@ __all__ = [
     "NGINX",
     "AccessRecord",
     "Origin",
+    "PrivateCA",
     "free_port",
+    "make_test_ca",
     "read_access_log",
+    "read_proxy_log",
     "start_lazyfs_origin",
     "start_nginx_origin",
+    "start_tinyproxy",
 ]
+TINYPROXY = Path("/usr/bin/tinyproxy")
 
 
 def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
@@ -41,3 +51,86 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
     origin = Origin("lazyfs", root, workdir, log, command, banner=True)
     origin.start()
     return origin
+
+
+@dataclass(frozen=True)
+class PrivateCA:
+    """A private CA and a certificate it signed for 127.0.0.1 (and localhost)."""
+
+    cert: Path  # the CA's certificate: what --ca-file takes
+    server_cert: Path
+    server_key: Path
+
+
+def make_test_ca(workdir: Path) -> PrivateCA:
+    """A CA made with the openssl CLI, as an operator would make one, valid for two days."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = PrivateCA(workdir / "ca.pem", workdir / "server.pem", workdir / "server.key")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    extensions = workdir / "server.ext"
+    extensions.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+        "subjectKeyIdentifier=hash\n"
+    )
+    commands = [
+        ["req", "-x509", "-new", *key, "-keyout", workdir / "ca.key", "-out", ca.cert,
+         "-days", "2", "-subj", "/CN=lazyfs test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-new", *key, "-keyout", ca.server_key, "-out", workdir / "server.csr",
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", workdir / "server.csr", "-CA", ca.cert,
+         "-CAkey", workdir / "ca.key", "-CAcreateserial", "-out", ca.server_cert,
+         "-days", "2", "-extfile", extensions],
+    ]  # fmt: skip
+    for command in commands:
+        subprocess.run(["openssl", *map(str, command)], capture_output=True, check=True)
+    return ca
+
+
+def start_tinyproxy(
+    workdir: Path, connect_ports: tuple[int, ...] = (), credentials: tuple[str, str] | None = None
+) -> Origin:
+    """tinyproxy in the foreground on a free port of 127.0.0.1, logging each request it takes
+    (``read_proxy_log``); CONNECT only to ``connect_ports``; with ``credentials``, only for
+    requests that carry them (Proxy-Authorization). Stop it with ``stop()``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, log = free_port(), workdir / "tinyproxy.log"
+    lines = [
+        f"Port {port}",
+        "Listen 127.0.0.1",
+        "Timeout 60",
+        f'LogFile "{log}"',
+        "LogLevel Info",
+        "MaxClients 64",
+        "DisableViaHeader Yes",
+        *(f"ConnectPort {allowed}" for allowed in connect_ports),
+    ]
+    if credentials is not None:
+        lines.append(f"BasicAuth {credentials[0]} {credentials[1]}")
+    conf = workdir / "tinyproxy.conf"
+    conf.write_text("\n".join(lines) + "\n")
+
+    def command(port: int) -> list[str]:
+        return [str(TINYPROXY), "-d", "-c", str(conf)]
+
+    proxy = Origin("tinyproxy", workdir, workdir, log, command, port)
+    proxy.start()
+    return proxy
+
+
+_PROXIED = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/1\.[01]$")
+
+
+def read_proxy_log(path: Path) -> list[tuple[str, str]]:
+    """(method, target) of every request tinyproxy logged: absolute URLs for plain http,
+    ``HOST:PORT`` for CONNECT tunnels."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [(match[1], match[2]) for line in lines if (match := _PROXIED.search(line))]

@@ -12,7 +12,7 @@ import email.utils
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar, cast
 
 import httpx
@@ -35,6 +35,7 @@ from lazyfs.sources.origin import (
     make_client,
     with_retries,
 )
+from lazyfs.sources.transport import Transport
 
 T = TypeVar("T")
 
@@ -53,20 +54,18 @@ FAST = RetryPolicy(
 Handler = Callable[[httpx.Request], httpx.Response | Awaitable[httpx.Response]]
 
 
+# No proxies, the system CAs: whatever the environment running the tests says.
+TRANSPORT = Transport.from_environment(environ={})
+
+
 def mock_client(handler: Handler, policy: RetryPolicy = FAST) -> httpx.AsyncClient:
     """The client make_client builds, with the network replaced by ``handler``."""
-    timeout = httpx.Timeout(
-        connect=policy.connect_timeout,
-        read=policy.read_timeout,
-        write=policy.read_timeout,
-        pool=policy.deadline,
-    )
     return httpx.AsyncClient(
         # MockTransport awaits what a handler returns when it is not a Response.
         transport=httpx.MockTransport(cast(Callable[[httpx.Request], httpx.Response], handler)),
-        timeout=timeout,
-        follow_redirects=True,
-        max_redirects=5,
+        timeout=policy.timeouts.for_httpx(),
+        trust_env=False,
+        follow_redirects=False,
     )
 
 
@@ -77,7 +76,7 @@ def run_origin(
 ) -> T:
     async def main() -> T:
         async with mock_client(handler, policy) as client:
-            origin = HttpOrigin(BASE + "/", client, policy)
+            origin = HttpOrigin(BASE + "/", client, policy, transport=TRANSPORT)
             try:
                 return await call(origin)
             finally:
@@ -500,15 +499,6 @@ class DroppingServer:
         conn.shutdown(socket.SHUT_RDWR)
 
 
-@pytest.fixture
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    yield
-
-
-@pytest.mark.usefixtures("no_proxy")
 def test_real_server_dropping_mid_body_never_yields_short_data() -> None:
     policy = RetryPolicy(
         attempts=2, first_delay=0.001, max_delay=0.002, deadline=10, read_timeout=5
@@ -516,8 +506,8 @@ def test_real_server_dropping_mid_body_never_yields_short_data() -> None:
     result: list[bytes] = []
 
     async def main() -> None:
-        async with make_client(policy) as client:
-            origin = HttpOrigin(server.url, client, policy)
+        async with make_client(policy, TRANSPORT) as client:
+            origin = HttpOrigin(server.url, client, policy, transport=TRANSPORT)
             try:
                 result.append(await origin.get(MANIFEST))
             finally:
@@ -532,6 +522,6 @@ def test_real_server_dropping_mid_body_never_yields_short_data() -> None:
 
 @pytest.mark.parametrize("value", ["²", "1e9", "-5", "Mon, 99 Foo 9999 99:99:99 GMT", " ", "٣"])
 def test_a_malformed_retry_after_is_ignored_not_raised(value: str) -> None:
-    from lazyfs.sources.rangeget import parse_retry_after
+    from lazyfs.sources.transport import parse_retry_after
 
     assert parse_retry_after(value) is None

@@ -22,6 +22,9 @@ def test_options_translate_to_lazyfs_mount_flags() -> None:
     assert translate(["-s", "http://h/r", "/m", "-oprefetch,x-systemd.automount"]) == [
         "mount", "http://h/r", "/m", "--prefetch"
     ]  # fmt: skip
+    assert translate(["https://h/r", "/m", "-o", "ca_file=/etc/ssl/corp-ca.pem"]) == [
+        "mount", "https://h/r", "/m", "--ca-file", "/etc/ssl/corp-ca.pem"
+    ]  # fmt: skip
     for bad in (["http://h/r"], ["http://h/r", "/m", "-o", "colour=blue"], ["a", "b", "-z"]):
         with pytest.raises(UsageError):
             translate(bad)

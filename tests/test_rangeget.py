@@ -41,19 +41,19 @@ from lazyfs.errors import (
 from lazyfs.sources.origin import HttpOrigin, RetryPolicy, make_client
 from lazyfs.sources.rangeget import (
     CHUNK,
-    MAX_REDIRECTS,
     ConnectionPool,
     RangeBody,
-    Timeouts,
     get_range,
-    same_origin,
 )
+from lazyfs.sources.transport import MAX_REDIRECTS, Timeouts, Transport, same_origin
 
 T = TypeVar("T")
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable modulo 256
 BIG = random.Random(1234).randbytes(CHUNK * 2 + 12345)  # crosses rangeget's CHUNK twice
 TIMEOUTS = Timeouts(connect=1.0, read=0.5, request=2.0)
+# No proxies, the system CAs: whatever the environment running the tests says.
+TRANSPORT = Transport.from_environment(environ={})
 FAST = RetryPolicy(
     attempts=3,
     first_delay=0.001,
@@ -433,7 +433,7 @@ def bounded(call: Callable[[], T], limit: float) -> T:
 
 @pytest.fixture
 def pool() -> Iterator[ConnectionPool]:
-    connections = ConnectionPool(TIMEOUTS)
+    connections = ConnectionPool(TIMEOUTS, TRANSPORT)
     try:
         yield connections
     finally:
@@ -444,7 +444,7 @@ def pool() -> Iterator[ConnectionPool]:
 def shared_client() -> httpx.AsyncClient:
     """One make_client for the module: building one costs ~70 ms of TLS setup, and only
     HttpOrigin.get uses it (fetch_block goes through rangeget), so every trio.run may share it."""
-    return make_client(FAST)
+    return make_client(FAST, TRANSPORT)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -461,7 +461,7 @@ def block(
     """HttpOrigin(url).fetch_block(path, start, length) in its own trio.run."""
 
     async def main() -> tuple[bytes, str]:
-        origin = HttpOrigin(url, shared_client(), policy)
+        origin = HttpOrigin(url, shared_client(), policy, transport=TRANSPORT)
         try:
             data, digest = await origin.fetch_block(path, start, length)
             return bytes(data), digest
@@ -570,7 +570,7 @@ def test_stale_connection_costs_no_fetch_block_attempt() -> None:
     results: list[bytes] = []
 
     async def main(url: str) -> None:
-        origin = HttpOrigin(url, shared_client(), policy)
+        origin = HttpOrigin(url, shared_client(), policy, transport=TRANSPORT)
         try:
             for start in (0, 500):
                 data, _ = await origin.fetch_block("w.bin", start, 100)
@@ -1062,7 +1062,7 @@ def test_slow_drip_fetch_block_gives_up_by_the_deadline() -> None:
 @pytest.mark.parametrize("where", ["head", "body", "skipped-prefix"])
 def test_slow_drip_get_range_ends_by_the_request_deadline(where: str) -> None:
     timeouts = Timeouts(connect=1.0, read=0.3, request=0.6)
-    connections = ConnectionPool(timeouts)
+    connections = ConnectionPool(timeouts, TRANSPORT)
     try:
         with Server(then=drip(where)) as server:
             began = time.monotonic()

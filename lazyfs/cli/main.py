@@ -44,6 +44,12 @@ token_file_option = click.option(
     type=click.Path(path_type=Path),
     help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
 )
+ca_file_option = click.option(
+    "--ca-file",
+    type=click.Path(path_type=Path),
+    help="Trust the CA certificates in FILE (PEM) for https instead of the system's "
+    "(default: $SSL_CERT_FILE or $REQUESTS_CA_BUNDLE if set); see docs/network.md.",
+)
 
 
 @cli.group()
@@ -71,9 +77,14 @@ def manifest() -> None:
     help="Write the manifest here (default: SOURCE/lazyfs-manifest.json; required for hubs).",
 )
 @token_file_option
+@ca_file_option
 @reports_errors
 def manifest_build(
-    source: str, block_size: str, output: Path | None, token_file: Path | None
+    source: str,
+    block_size: str,
+    output: Path | None,
+    token_file: Path | None,
+    ca_file: Path | None,
 ) -> None:
     """Hash every file of SOURCE and write its block manifest.
 
@@ -100,7 +111,8 @@ def manifest_build(
     if is_hub_source(source):
         if output is None:
             raise UsageError("a hub source needs -o FILE for the manifest")
-        built = _build_hub_manifest(normalize_source(source, token_file), size, token_file)
+        source = normalize_source(source, token_file)
+        built = _build_hub_manifest(source, size, token_file, ca_file)
     else:
         output = output or Path(source) / MANIFEST_NAME
         built = build_manifest(Path(source), size)
@@ -119,19 +131,23 @@ def manifest_build(
     click.echo(f"manifest sha256: {manifest_digest(raw)}")
 
 
-def _build_hub_manifest(source: str, block_size: int, token_file: Path | None) -> Manifest:
+def _build_hub_manifest(
+    source: str, block_size: int, token_file: Path | None, ca_file: Path | None
+) -> Manifest:
     import trio
 
     from lazyfs.publish.hubmanifest import build_hub_manifest
     from lazyfs.sources.hub import HubOrigin, hub_settings
     from lazyfs.sources.origin import RetryPolicy, make_client
+    from lazyfs.sources.transport import Transport
 
     settings = hub_settings(source, token_file)
+    transport = Transport.from_environment(ca_file)
 
     async def build() -> Manifest:
         policy = RetryPolicy()
-        async with make_client(policy) as client:
-            origin = HubOrigin(*settings, client, policy)
+        async with make_client(policy, transport) as client:
+            origin = HubOrigin(*settings, client, policy, transport=transport)
             try:
                 return await build_hub_manifest(origin, block_size, click.echo)
             finally:
@@ -318,6 +334,7 @@ def _log_name(mountpoint: Path) -> str:
     "revision).",
 )
 @token_file_option
+@ca_file_option
 @click.option(
     "--mirror",
     "mirrors",
@@ -375,6 +392,7 @@ def mount(
     manifest_sha256: str | None,
     manifest_source: str | None,
     token_file: Path | None,
+    ca_file: Path | None,
     mirrors: tuple[str, ...],
     retries: int,
     timeout: float | None,
@@ -432,6 +450,7 @@ def mount(
         token_file=token_file.absolute() if token_file else None,
         mirrors=mirrors,
         policy=policy,
+        ca_file=ca_file.absolute() if ca_file else None,
     )
     if foreground:
         configure_logging(log_level, log_file)
@@ -451,6 +470,8 @@ def mount(
         extra += ["--manifest", config.manifest_source]
     if config.token_file:
         extra += ["--token-file", str(config.token_file)]
+    if config.ca_file:
+        extra += ["--ca-file", str(config.ca_file)]
     for mirror in mirrors:
         extra += ["--mirror", mirror]
     extra += ["--retries", str(retries), "--deadline", str(deadline)]

@@ -22,6 +22,7 @@ VALUE_OPTIONS = {
     "log_file": "--log-file",
     "log_level": "--log-level",
     "prefetch_path": "--prefetch-path",
+    "ca_file": "--ca-file",
 }
 FLAG_OPTIONS = {"allow_other": "--allow-other", "prefetch": "--prefetch"}
 # Generic mount options and ones for mount(8)/systemd: accepted, not lazyfs's business.

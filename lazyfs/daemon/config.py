@@ -25,3 +25,5 @@ class MountConfig:
     # --mirror: the same published tree at other addresses; blocks only (not the manifest).
     mirrors: tuple[str, ...] = ()
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # --ca-file: the CAs to trust for https instead of the system's.
+    ca_file: Path | None = None

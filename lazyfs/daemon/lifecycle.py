@@ -45,6 +45,7 @@ from lazyfs.read.prefetch import Prefetcher
 from lazyfs.read.reader import open_block_reader
 from lazyfs.sources.hub import HubOrigin, hub_settings, open_hub_manifest
 from lazyfs.sources.origin import HttpOrigin, make_client
+from lazyfs.sources.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted or signalled, and always unmount on the way out."""
     policy = config.policy
+    transport = Transport.from_environment(config.ca_file)
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(make_client(policy))
+        client = await stack.enter_async_context(make_client(policy, transport))
         given = None
         if config.manifest_source is not None:
-            given = await load_manifest_source(config.manifest_source, client)
+            given = await load_manifest_source(config.manifest_source, client, transport)
             if config.manifest_sha256 is None and config.manifest_source.startswith("http:"):
                 log.warning(
                     "--manifest %s comes over plain http without --manifest-sha256: "
@@ -70,14 +72,15 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 )
         origin: HttpOrigin
         if is_hub_source(config.url):
-            origin = HubOrigin(*hub_settings(config.url, config.token_file), client, policy)
+            settings = hub_settings(config.url, config.token_file)
+            origin = HubOrigin(*settings, client, policy, transport=transport)
             stack.callback(origin.close)
             manifest, mtime = await open_hub_manifest(origin, given, config.manifest_sha256)
         else:
-            origin = HttpOrigin(config.url, client, policy)
+            origin = HttpOrigin(config.url, client, policy, transport=transport)
             stack.callback(origin.close)
             manifest, mtime = await open_manifest(origin, config, given)
-        mirrors = [HttpOrigin(url, client, policy) for url in config.mirrors]
+        mirrors = [HttpOrigin(url, client, policy, transport=transport) for url in config.mirrors]
         for mirror in mirrors:
             stack.callback(mirror.close)
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)

@@ -11,8 +11,15 @@ import trio
 from lazyfs.cache.store import load_cached_manifest, store_manifest
 from lazyfs.core.manifest import MANIFEST_NAME, Manifest, check_pin, parse_manifest
 from lazyfs.daemon.config import MountConfig
-from lazyfs.errors import ManifestError, OriginHTTPError, SourceError, UsageError
+from lazyfs.errors import (
+    ManifestError,
+    OriginCertificateError,
+    OriginHTTPError,
+    SourceError,
+    UsageError,
+)
 from lazyfs.sources.origin import HttpOrigin
+from lazyfs.sources.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,8 @@ async def open_manifest(
                 "lazyfs manifest build DIR"
             ) from None
         raw = _cached_manifest_or_raise(config, exc)
+    except OriginCertificateError:
+        raise  # not an outage: mounting from the cache would only defer the failure to reads
     except SourceError as exc:
         raw = _cached_manifest_or_raise(config, exc)
     else:
@@ -55,11 +64,17 @@ def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
     return cached[0]
 
 
-async def load_manifest_source(source: str, client: httpx.AsyncClient) -> bytes:
+async def load_manifest_source(
+    source: str, client: httpx.AsyncClient, transport: Transport
+) -> bytes:
     """The manifest given with ``--manifest``: a local file, or a URL (fetched without any
     hub token: it is not the hub)."""
     if source.startswith(("http://", "https://")):
-        body, _ = await HttpOrigin(source, client).get_small(source)
+        origin = HttpOrigin(source, client, transport=transport)
+        try:
+            body, _ = await origin.get_small(source)
+        finally:
+            origin.close()
         return body
     try:
         return await trio.Path(source).read_bytes()

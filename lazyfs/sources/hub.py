@@ -1,7 +1,8 @@
 """A hub repository as an origin: resolve the revision, list the files, fetch their bytes.
 
 The API calls go through httpx (``HttpOrigin.get_small``: retries, redirects that never carry
-the token to another host); block bodies go through rangeget like any origin's.
+the token to another host); block bodies go through rangeget like any origin's; both on the
+one transport policy (proxies, CAs) of lazyfs.sources.transport.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lazyfs.errors import (
     UsageError,
 )
 from lazyfs.sources.origin import HttpOrigin, RetryPolicy
-from lazyfs.sources.rangeget import parse_retry_after, same_origin
+from lazyfs.sources.transport import Transport, parse_retry_after, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ class HubOrigin(HttpOrigin):
         token: str | None,
         client: httpx.AsyncClient,
         policy: RetryPolicy | None = None,
+        *,
+        transport: Transport,
     ) -> None:
-        super().__init__(endpoint, client, policy)
+        super().__init__(endpoint, client, policy, transport=transport)
         self.repo = repo
         self.endpoint = endpoint
         self.commit: str | None = None

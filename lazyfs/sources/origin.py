@@ -1,8 +1,9 @@
 """An HTTP origin: the manifest through httpx, block bodies through rangeget's threads;
-explicit timeouts, classified and bounded retries.
+classified and bounded retries.
 
-Everything httpx raises is mapped here to the project's SourceError tree; callers never see
-an httpx exception.
+Both clients follow one transport policy (lazyfs.sources.transport: proxies, TLS, timeouts,
+redirects, credentials); everything httpx raises is mapped there to the project's SourceError
+tree, so callers never see an httpx exception.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -26,13 +27,8 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.sources.rangeget import (
-    ConnectionPool,
-    Timeouts,
-    get_range,
-    parse_retry_after,
-    same_origin,
-)
+from lazyfs.sources.rangeget import ConnectionPool, get_range
+from lazyfs.sources.transport import RedirectChain, Timeouts, Transport, status_error
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +40,6 @@ DEFAULT_FETCH_THREADS = 3
 # A manifest of a terabyte of 4 MiB blocks is about 20 MB; anything far larger is not one.
 MAX_SMALL_FILE = 256 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
-MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -57,6 +52,10 @@ class RetryPolicy:
     deadline: float = 60.0
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(self.connect_timeout, self.read_timeout, self.deadline)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         backoff: float = min(self.max_delay, self.first_delay * 2.0 ** (attempt - 1))
@@ -117,7 +116,10 @@ def join_url(base: str, path: str) -> str:
 
 
 class HttpOrigin:
-    """A published tree at ``base_url``: files are fetched from ``base_url/PATH``."""
+    """A published tree at ``base_url``: files are fetched from ``base_url/PATH``.
+
+    ``client`` comes from ``make_client`` with the same ``transport``: small files and block
+    bodies then travel by the same proxies, CAs and rules."""
 
     def __init__(
         self,
@@ -125,13 +127,14 @@ class HttpOrigin:
         client: httpx.AsyncClient,
         policy: RetryPolicy | None = None,
         fetch_threads: int = DEFAULT_FETCH_THREADS,
+        *,
+        transport: Transport,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
+        self.transport = transport
         self.policy = policy or RetryPolicy()
-        self.pool = ConnectionPool(
-            Timeouts(self.policy.connect_timeout, self.policy.read_timeout, self.policy.deadline)
-        )
+        self.pool = ConnectionPool(self.policy.timeouts, transport)
         self.fetch_threads = trio.CapacityLimiter(fetch_threads)
         # Block fetches retried, and block fetches that failed for good.
         self.retries = 0
@@ -180,13 +183,11 @@ class HttpOrigin:
     async def _following(
         self, url: str, extra: dict[str, str], wanted: frozenset[int] | set[int] = frozenset({200})
     ) -> AsyncIterator[httpx.Response]:
-        target = url
-        for _ in range(MAX_REDIRECTS + 1):
-            headers = {**(self.headers if same_origin(target, url) else {}), **extra}
-            async with self._request("GET", target, headers) as response:
-                location = response.headers.get("location")
-                if response.is_redirect and location:
-                    target = urljoin(target, location)
+        chain = RedirectChain(url)
+        while True:
+            headers = {**chain.credentials(self.headers), **extra}
+            async with self._request("GET", chain.url, headers) as response:
+                if chain.follow(response.status_code, response.headers.get("location")):
                     continue
                 if response.status_code not in wanted:
                     body = bytearray()
@@ -195,15 +196,10 @@ class HttpOrigin:
                     self.refuse(response, bytes(body), url)
                 yield response
                 return
-        raise OriginProtocolError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def refuse(self, response: httpx.Response, body: bytes, url: str) -> None:
         """Raise the error for a response that is not what was asked for (hubs say more)."""
-        raise OriginHTTPError(
-            f"{url}: HTTP {response.status_code}",
-            response.status_code,
-            parse_retry_after(response.headers.get("retry-after")),
-        )
+        raise status_error(url, response.status_code, response.headers.get("retry-after"))
 
     async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
         """Exactly ``length`` bytes of ``path`` from ``start`` and their sha256: one range GET
@@ -246,28 +242,18 @@ class HttpOrigin:
             follow_redirects=False,
         )
 
-    @staticmethod
-    def _mapped(url: str, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    def _mapped(self, url: str, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
         async def run() -> T:
             try:
                 return await attempt()
-            except httpx.TimeoutException as exc:
-                raise OriginUnreachable(f"{url}: timed out ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                reason = str(exc) or type(exc).__name__
-                raise OriginUnreachable(f"{url}: {reason}") from exc
-            except httpx.HTTPError as exc:
-                raise OriginProtocolError(f"{url}: {exc}") from exc
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise self.transport.error(url, exc) from exc
 
         return run
 
 
-def make_client(policy: RetryPolicy, max_connections: int = 32) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(
-        connect=policy.connect_timeout,
-        read=policy.read_timeout,
-        write=policy.read_timeout,
-        pool=policy.deadline,
-    )
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=16)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=True, max_redirects=5)
+def make_client(
+    policy: RetryPolicy, transport: Transport, max_connections: int = 32
+) -> httpx.AsyncClient:
+    """The httpx client for manifests and API calls, on ``transport``'s policy."""
+    return transport.open_client(policy.timeouts, max_connections)

@@ -6,6 +6,10 @@ caps a block download far below what the wire and hashlib can do. Here the stdli
 http.client reads into one buffer (``readinto``, a C loop over ``recv_into``) and hashlib
 updates per chunk while the bytes are still in the CPU cache; both release the GIL, so two
 worker threads keep both cores busy. Everything raised is the project's SourceError tree.
+
+How a request travels (proxy or not, TLS, redirects, credentials, what a failure means) is
+the transport module's policy, the same one the httpx side follows; a direct plain-http
+connection costs nothing for it beyond one dictionary look-up per request.
 """
 
 from __future__ import annotations
@@ -20,23 +24,21 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-from lazyfs.errors import OriginHTTPError, OriginProtocolError, OriginUnreachable, SourceError
+from lazyfs.errors import OriginProtocolError, OriginUnreachable, SourceError
+from lazyfs.sources.transport import (
+    RedirectChain,
+    Route,
+    Timeouts,
+    Transport,
+    same_origin,
+    status_error,
+    transport_error,
+)
 
-MAX_REDIRECTS = 5
 CHUNK = 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float = 5.0
-    read: float = 20.0
-    # A body that trickles in under the read timeout must still end some time.
-    request: float = 60.0
 
 
 @dataclass
@@ -103,34 +105,23 @@ def _calibrate_free_refcount() -> int | None:
     return free if held == free + 1 else None
 
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def same_origin(url: str, other: str) -> bool:
-    """Whether two URLs share scheme, host and port: where credentials may go along."""
-    try:
-        first, second = urlsplit(url), urlsplit(other)
-        return (first.scheme, first.hostname, first.port or _DEFAULT_PORTS.get(first.scheme)) == (
-            second.scheme,
-            second.hostname,
-            second.port or _DEFAULT_PORTS.get(second.scheme),
-        )
-    except ValueError:  # a bad port: no credentials for it
-        return False
-
-
 REDIRECT_SECONDS = 300.0
 MAX_REMEMBERED_REDIRECTS = 4096
 
 
 class ConnectionPool:
-    """Idle keep-alive connections per (scheme, host, port), shared by worker threads."""
+    """Idle keep-alive connections per (scheme, host, port), shared by worker threads; each
+    key's route (direct, tunnelled or forwarded through a proxy) comes from ``transport``."""
 
-    def __init__(self, timeouts: Timeouts | None = None, max_idle_per_host: int = 8) -> None:
-        self.timeouts = timeouts or Timeouts()
+    def __init__(
+        self, timeouts: Timeouts, transport: Transport, max_idle_per_host: int = 8
+    ) -> None:
+        self.timeouts = timeouts
+        self.transport = transport
         self.max_idle_per_host = max_idle_per_host
         self.buffers = BufferPool()
         self._idle: defaultdict[Key, list[http.client.HTTPConnection]] = defaultdict(list)
+        self._routes: dict[Key, Route] = {}
         self._lock = threading.Lock()
         # Where a URL redirected to lately (a hub's signed CDN URL), and until when to go
         # there directly: one round trip per block instead of two.
@@ -151,15 +142,20 @@ class ConnectionPool:
         with self._lock:
             self._redirects.pop(url, None)
 
+    def route(self, key: Key) -> Route:
+        # A route depends on its key alone: two threads racing here store the same one.
+        found = self._routes.get(key)
+        if found is None:
+            found = self._routes[key] = self.transport.route(*key)
+        return found
+
     def acquire(self, key: Key, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
         """A connection for ``key`` and whether it was reused (and so may have gone stale)."""
         with self._lock:
             if self._idle[key] and not fresh:
                 return self._idle[key].pop(), True
-        scheme, host, port = key
-        kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
         # This timeout bounds the connect; _send sets the read timeout once connected.
-        return kind(host, port, timeout=self.timeouts.connect), False
+        return self.route(key).connection(self.transport.tls, self.timeouts.connect), False
 
     def release(self, key: Key, connection: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -274,26 +270,26 @@ def _get_range(
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
 ) -> RangeBody:
-    original = url
-    for _ in range(MAX_REDIRECTS + 1):
+    chain = RedirectChain(url)
+    while True:
+        url = chain.url
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise OriginProtocolError(f"{url}: unsupported URL scheme")
         key: Key = (parts.scheme, parts.hostname or "", parts.port)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        route = pool.route(key)
         request_headers = {
             "Range": f"bytes={start}-{start + length - 1}",
             "Accept-Encoding": "identity",
             "User-Agent": "lazyfs",
+            # Credentials go only to the host (and scheme) they were given for, never across
+            # a redirect to another.
+            **chain.credentials(headers),
+            **route.headers,
         }
-        # Credentials go only to the host (and scheme) they were given for, never across a
-        # redirect to another.
-        if headers and same_origin(url, original):
-            request_headers.update(headers)
-        connection, response = _send(pool, key, target, request_headers, url, watchdog)
+        connection, response = _send(pool, key, route, request_headers, url, watchdog)
         try:
-            if response.status in _REDIRECTS and response.getheader("location"):
-                url = urljoin(url, response.getheader("location", ""))
+            if chain.follow(response.status, response.getheader("location")):
                 _discard(pool, key, connection, response, watchdog)
                 continue
             body = _read_body(response, url, start, length, pool.buffers)
@@ -307,13 +303,12 @@ def _get_range(
         else:
             connection.close()
         return body
-    raise OriginProtocolError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 def _send(
     pool: ConnectionPool,
     key: Key,
-    target: str,
+    route: Route,
     headers: dict[str, str],
     url: str,
     watchdog: _Watchdog,
@@ -329,22 +324,20 @@ def _send(
                 assert connection.sock is not None
                 connection.sock.settimeout(pool.timeouts.read)
                 watchdog.watch(connection)
-            connection.request("GET", target, headers=headers)
+            connection.request("GET", route.target(url), headers=headers)
             return connection, connection.getresponse()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             connection.close()
             if not reused:
-                raise OriginUnreachable(f"{url}: {exc or type(exc).__name__}") from None
-        except TimeoutError:
+                raise _failure(pool, route, url, exc) from None
+        except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            raise OriginUnreachable(f"{url}: timed out") from None
-        except OSError as exc:
-            connection.close()
-            raise OriginUnreachable(f"{url}: {exc.strerror or exc}") from None
-        except http.client.HTTPException as exc:
-            connection.close()
-            raise OriginProtocolError(f"{url}: {type(exc).__name__}: {exc}") from None
+            raise _failure(pool, route, url, exc) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _failure(pool: ConnectionPool, route: Route, url: str, exc: BaseException) -> SourceError:
+    return transport_error(url, exc, route.proxy, pool.transport.trusted)
 
 
 def _discard(
@@ -368,27 +361,11 @@ def _discard(
     connection.close()
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date."""
-    value = (value or "").strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def _read_body(
     response: http.client.HTTPResponse, url: str, start: int, length: int, buffers: BufferPool
 ) -> RangeBody:
     if response.status not in (200, 206):
-        raise OriginHTTPError(
-            f"{url}: HTTP {response.status}",
-            response.status,
-            parse_retry_after(response.getheader("retry-after")),
-        )
+        raise status_error(url, response.status, response.getheader("retry-after"))
     if response.status == 206:
         header = response.getheader("content-range") or ""
         match = _CONTENT_RANGE.fullmatch(header.strip())

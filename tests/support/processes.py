@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 NGINX = Path("/usr/sbin/nginx")
 START_TIMEOUT = 10.0
@@ -100,12 +101,14 @@ class Origin:
         command: Callable[[int], list[str]],
         port: int = 0,
         banner: bool = False,
+        scheme: str = "http",
     ) -> None:
         self.name = name
         self.root = root
         self.workdir = workdir
         self.log_path = log_path
         self.port = port
+        self.scheme = scheme
         self._command = command
         self._banner = banner  # the process prints `serving DIR at URL/` once it listens
         self._proc: subprocess.Popen[bytes] | None = None
@@ -115,7 +118,7 @@ class Origin:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -159,6 +162,8 @@ class Origin:
             log = stderr.read_text(errors="replace")
             if self.name == "nginx":
                 log += (self.workdir / "error.log").read_text(errors="replace")
+            if self.name == "tinyproxy":
+                log += self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
             raise RuntimeError(f"{self.name} origin {state} on start:\n{log}")
         if wait:
             time.sleep(0.01)
@@ -208,6 +213,16 @@ class Origin:
             pass
 
 
+class TlsFiles(Protocol):
+    """A server certificate and its key (tests/origins.py makes them with a private CA)."""
+
+    @property
+    def server_cert(self) -> Path: ...
+
+    @property
+    def server_key(self) -> Path: ...
+
+
 def start_nginx_origin(
     root: Path,
     workdir: Path,
@@ -215,14 +230,20 @@ def start_nginx_origin(
     workers: int = 1,
     listing: bool = False,
     access_log: bool = True,
+    tls: TlsFiles | None = None,
 ) -> Origin:
     """nginx with a config of its own in ``workdir``; every path it writes is under ``workdir``.
 
     The tests' origin by default. ``listing``: directories answer with nginx's autoindex page (what
     ``rclone mount :http:`` lists) instead of 404 (what ``lazyfs serve`` answers).
-    ``access_log=False`` spares a benchmark the write per request."""
+    ``access_log=False`` spares a benchmark the write per request. With ``tls``, it speaks only
+    https, with that certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, log = free_port(), workdir / "nginx-access.log"
+    listen = f"127.0.0.1:{port}"
+    if tls is not None:
+        listen += f" ssl;\n        ssl_certificate {tls.server_cert};"
+        listen += f"\n        ssl_certificate_key {tls.server_key}"
     temp = "\n".join(
         f"    {kind}_temp_path {workdir / (kind + '_temp')};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -249,7 +270,7 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         root {root};
         location / {{ {location} }}
     }}
@@ -263,7 +284,8 @@ http {{
         error_log = str(workdir / "error.log")
         return [str(NGINX), "-c", str(conf_path), "-p", str(workdir), "-e", error_log]
 
-    origin = Origin("nginx", root, workdir, log, command, port)
+    scheme = "http" if tls is None else "https"
+    origin = Origin("nginx", root, workdir, log, command, port, scheme=scheme)
     origin.start()
     return origin
 
