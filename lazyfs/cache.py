@@ -182,7 +182,10 @@ class BlockStore:
             raise CacheError(f"cannot delete cached block: {exc}") from None
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(len(self._cache), self._cache.volume(), self.size_limit)
+        try:
+            return StoreStatistics(len(self._cache), self._cache.volume(), self.size_limit)
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot read the block cache's size: {exc}") from None
 
 
 def _manifest_cache_path(cache_dir: Path, source: str) -> Path:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import trio
 
 from lazyfs.blocks import block_extent
-from lazyfs.errors import MountError
+from lazyfs.errors import LazyfsError, MountError
 from lazyfs.reader import BlockReader
 from lazyfs.tree import Tree
 
@@ -68,7 +69,8 @@ async def serve_control(
     listener_socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener_socket.bind(str(path))
     os.chmod(path, 0o600)
-    listener_socket.listen(16)
+    # A full backlog refuses a client's connect at once (EAGAIN): leave room for many.
+    listener_socket.listen(socket.SOMAXCONN)
     listener = trio.SocketListener(listener_socket)
     task_status.started()
 
@@ -76,11 +78,13 @@ async def serve_control(
         async with stream:
             try:
                 with trio.fail_after(CLIENT_TIMEOUT):
-                    request = json.loads(await _read_line(stream))
-                    reply = await handle(request)
-                    await stream.send_all(json.dumps(reply).encode() + b"\n")
-            except (trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
-                log.debug("control request dropped: %s", exc)
+                    reply = await _reply_to(stream, handle)
+                    await stream.send_all(reply)
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("control connection dropped: %r", exc)
+            except Exception:
+                # Whatever goes wrong with one client, the mount goes on serving.
+                log.exception("control connection failed")
 
     try:
         await trio.serve_listeners(answer, [listener])
@@ -88,15 +92,46 @@ async def serve_control(
         path.unlink(missing_ok=True)
 
 
+async def _reply_to(stream: trio.SocketStream, handle: Handler) -> bytes:
+    """The answer to the one request ``stream`` carries, as a JSON line: the handler's reply,
+    or ``{"error": ...}`` for a bad request or a failed one (a bug is logged with its
+    traceback, and answered too)."""
+    try:
+        request = json.loads(await _read_line(stream))
+    except RequestTooLarge:
+        return _encode({"error": f"request longer than {MAX_REQUEST} bytes"})
+    except (ValueError, RecursionError):
+        return _encode({"error": "not a JSON request"})
+    if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+        return _encode({"error": 'a request is a JSON object with a "command" string'})
+    command = request["command"]
+    try:
+        return _encode(await handle(request))
+    except LazyfsError as exc:
+        log.warning("control request %r failed: %s", command, exc)
+        return _encode({"error": str(exc)})
+    except Exception as exc:
+        log.exception("control request %r failed", command)
+        return _encode({"error": f"internal error: {exc!r}"})
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply).encode() + b"\n"
+
+
+class RequestTooLarge(ValueError):
+    pass
+
+
 async def _read_line(stream: trio.SocketStream) -> bytes:
     data = b""
     while b"\n" not in data:
         chunk = await stream.receive_some(4096)
         if not chunk:
-            break
+            break  # end of input ends the request too
         data += chunk
         if len(data) > MAX_REQUEST:
-            raise ValueError("request too large")
+            raise RequestTooLarge(len(data))
     return data.split(b"\n", 1)[0]
 
 
@@ -106,7 +141,7 @@ def ask(path: Path, mountpoint: Path, request: dict[str, Any]) -> dict[str, Any]
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(CLIENT_TIMEOUT)
     try:
-        client.connect(str(path))
+        _connect(client, path)
         client.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while chunk := client.recv(1 << 16):
@@ -119,6 +154,21 @@ def ask(path: Path, mountpoint: Path, request: dict[str, Any]) -> dict[str, Any]
         client.close()
     try:
         reply: dict[str, Any] = json.loads(data)
+        if not isinstance(reply, dict):
+            raise ValueError("not an object")
     except ValueError:
         raise MountError(f"the daemon of {mountpoint} gave no answer") from None
     return reply
+
+
+def _connect(client: socket.socket, path: Path) -> None:
+    """Connect, waiting while the daemon's backlog is full (many clients at once)."""
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    while True:
+        try:
+            client.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)

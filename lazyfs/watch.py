@@ -20,7 +20,7 @@ def request(mountpoint: Path, command: dict[str, Any]) -> dict[str, Any]:
     target = mountpoint.absolute()
     reply = ask(control_socket(target), target, command)
     if "error" in reply:
-        raise MountError(f"the daemon of {mountpoint} refused: {reply['error']}")
+        raise MountError(f"the daemon of {mountpoint} could not answer: {reply['error']}")
     return reply
 
 
