@@ -433,8 +433,14 @@ def start_background(config: MountConfig, log_file: Path, extra_args: list[str])
     check_mountpoint(config.mountpoint)
     prepare_cache_dir(config.cache_dir)
     read_end, write_end = os.pipe()
+    # Isolated from the caller's working directory: `python -m` would otherwise import
+    # lazyfs from there first (a directory named lazyfs, such as the default cache dir in
+    # ~/.cache, breaks the mount; a lazyfs.py would run as the mounting user). -P keeps it
+    # off sys.path; cwd "/" keeps the daemon from holding the directory busy. Every path in
+    # the command is absolute.
     command = [
         sys.executable,
+        "-P",
         "-m",
         "lazyfs",
         "mount",
@@ -459,6 +465,7 @@ def start_background(config: MountConfig, log_file: Path, extra_args: list[str])
             stderr=log_handle,
             pass_fds=(write_end,),
             start_new_session=True,
+            cwd="/",
         )
     os.close(write_end)
     try:
