@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from lazyfs.blocks import block_extent
+from lazyfs.blocks import held_bytes
 from lazyfs.errors import LazyfsError, MountError
 from lazyfs.reader import BlockReader
 from lazyfs.tree import Tree
@@ -32,14 +32,14 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
-    """Per-file cached bytes and the mount-wide counters (blocking: asks the disk store)."""
+    """Per-file cached bytes and the mount-wide counters (blocking: asks the disk store for
+    its statistics, and reloads its in-memory index when another process changed it; never
+    once per block)."""
+    store = reader.store.sync_index()
+    held = reader.store.held
     files = []
     for entry in map(reader.whole_files.known, tree.entries()):
-        cached = sum(
-            block_extent(index, entry.size, reader.block_size)[1]
-            for index, digest in enumerate(entry.blocks)
-            if reader.store.contains(digest)
-        )
+        cached = held_bytes(entry.blocks, entry.size, reader.block_size, held)
         item: dict[str, Any] = {"path": entry.path, "size": entry.size, "cached_bytes": cached}
         if entry.check is not None:
             # Verified whole on first read: nothing counts as cached until all of it matches.
@@ -49,7 +49,6 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
                 item["streamed_bytes"] = streamed
         files.append(item)
     files.sort(key=lambda item: str(item["path"]))
-    store = reader.store.statistics()
     return {
         "files": files,
         **dataclasses.asdict(reader.counters),

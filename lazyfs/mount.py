@@ -32,6 +32,7 @@ import trio
 from lazyfs.cache import BlockStore, load_cached_manifest, prepare_cache_dir, store_manifest
 from lazyfs.control import Handler, mount_status, serve_control
 from lazyfs.errors import (
+    CacheError,
     LazyfsError,
     ManifestError,
     MountError,
@@ -284,6 +285,7 @@ async def _run_fuse(
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
             nursery.start_soon(_raise_kernel_readahead, operations, resolved)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
+            nursery.start_soon(_load_cache_index, operations.reader.store)
             prefetcher = Prefetcher(operations.reader, nursery)
             handler = _control_handler(operations, origins, prefetcher)
             await nursery.start(serve_control, control_path, handler)
@@ -329,6 +331,15 @@ def _control_handler(
         return {"error": f"unknown command {command!r}"}
 
     return handle
+
+
+async def _load_cache_index(store: BlockStore) -> None:
+    """Read which blocks the cache holds once, beside serving: the first ``lazyfs status``
+    need not wait for it, and nothing waits for it to mount."""
+    try:
+        await trio.to_thread.run_sync(store.sync_index)
+    except CacheError as exc:
+        log.warning("%s", exc)
 
 
 async def _raise_kernel_readahead(operations: LazyFS, resolved: Path) -> None:

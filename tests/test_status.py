@@ -8,6 +8,9 @@ import random
 import subprocess
 from pathlib import Path
 
+from lazyfs.blocks import held_bytes
+from lazyfs.cache import BlockStore
+from lazyfs.manifest import MANIFEST_NAME, parse_manifest
 from tests.mounts import LAZYFS, Mounter, lazyfs, publish, wait_until
 from tests.origins import Origin
 
@@ -154,3 +157,35 @@ def test_prefetch_of_a_tampered_file_fails_and_names_it(origin: Origin, mounter:
     assert "model/weights.bin: block 5 of model/weights.bin failed verification" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("lazyfs: error: 1 file(s)")
     assert cached(status(mountpoint))["other.bin"] == 3 * BLOCK
+
+
+def held_by_the_cache(cache_dir: Path, published: Path) -> dict[str, int]:
+    """Per file, the bytes whose blocks the cache directory holds, asked of the store itself."""
+    manifest = parse_manifest((published / MANIFEST_NAME).read_bytes())
+    store = BlockStore(cache_dir / "blocks", 2**62)
+    try:
+        held = set(store.digests())
+    finally:
+        store.close()
+    return {
+        entry.path: held_bytes(entry.blocks, entry.size, manifest.block_size, held)
+        for entry in manifest.files
+    }
+
+
+def test_status_after_eviction_and_a_prune_from_outside(origin: Origin, mounter: Mounter) -> None:
+    files = publish_two_files(origin)
+    mountpoint, _ = mounter.mount(origin.url, "--cache-size", "700K")
+    cache_dir = mounter.cache_dir()
+    for name, data in files.items():
+        assert (mountpoint / name).read_bytes() == data
+    truth = held_by_the_cache
+    assert wait_until(lambda: cached(status(mountpoint)) == truth(cache_dir, origin.root))
+    report = status(mountpoint)
+    assert 0 < sum(cached(report).values()) < sum(map(len, files.values()))  # evicted some
+    assert report["cache_bytes"] <= report["cache_limit"]
+
+    pruned = lazyfs("cache", "prune", "0", "--cache-dir", cache_dir)
+    assert pruned.returncode == 0, pruned.stderr
+    assert cached(status(mountpoint)) == dict.fromkeys(files, 0)
+    assert (mountpoint / "other.bin").read_bytes() == files["other.bin"]
