@@ -318,16 +318,20 @@ def _control_handler(
             report = await trio.to_thread.run_sync(mount_status, operations.tree, operations.reader)
             report["fetch_retries"] = sum(origin.retries for origin in origins)
             report["fetch_errors"] = sum(origin.errors for origin in origins)
-            report["prefetch"] = {"active": prefetcher.active > 0, "errors": prefetcher.errors}
+            report["prefetch"] = prefetcher.report()
             return report
         if command == "prefetch":
             paths = request.get("paths") or []
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 return {"error": "paths must be a list of strings"}
             chosen, unknown = select_entries(operations.tree.entries(), paths)
-            if not unknown:
-                prefetcher.start(chosen)
-            return {"unknown": unknown, "files": [entry.path for entry in chosen]}
+            run = None if unknown else prefetcher.start(chosen).id
+            return {"unknown": unknown, "files": [entry.path for entry in chosen], "run": run}
+        if command == "cancel_prefetch":
+            run_id = request.get("run")
+            if run_id is not None and (not isinstance(run_id, int) or isinstance(run_id, bool)):
+                return {"error": "run must be a prefetch run's number"}
+            return {"cancelled": prefetcher.cancel(run_id)}
         return {"error": f"unknown command {command!r}"}
 
     return handle
