@@ -206,7 +206,7 @@ class BlockStore:
     def statistics(self) -> StoreStatistics:
         try:
             return StoreStatistics(len(self._cache), self._cache.volume(), self.size_limit)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot read the block cache's size: {exc}") from None
 
     def sync_index(self) -> StoreStatistics:
