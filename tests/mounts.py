@@ -15,16 +15,24 @@ from lazyfs.core.manifest import MANIFEST_NAME, parse_manifest
 from tests.support.processes import force_unmount, is_mounted
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
+# The installed console script, as users run it: unlike `python -m`, it does not import from
+# the directory it is started in.
+LAZYFS_SCRIPT = Path(sys.executable).with_name("lazyfs")
 
 
-def lazyfs(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI; never raises on a non-zero exit (tests look at it)."""
+def lazyfs(
+    *args: str | Path, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI; never raises on a non-zero exit (tests look at it). With ``cwd``, the
+    console script runs in that directory."""
+    command = LAZYFS if cwd is None else [str(LAZYFS_SCRIPT)]
     return subprocess.run(
-        [*LAZYFS, *map(str, args)],
+        [*command, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        cwd=cwd,
         check=False,
     )
 
@@ -62,10 +70,11 @@ class Mounter:
         mountpoint: Path | None = None,
         cache_dir: Path | None = None,
         expect_ok: bool = True,
+        cwd: Path | None = None,
     ) -> tuple[Path, subprocess.CompletedProcess[str]]:
         target = mountpoint or self.new_mountpoint()
         cache = cache_dir or self.cache_dir()
-        result = lazyfs("mount", url, target, "--cache-dir", cache, *extra)
+        result = lazyfs("mount", url, target, "--cache-dir", cache, *extra, cwd=cwd)
         if result.returncode == 0:
             self.mounted.append(target)
         if expect_ok:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.core.manifest import MANIFEST_NAME, manifest_digest
+from lazyfs.daemon.runtime import pid_file
 from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
 from tests.origins import Origin
@@ -304,3 +305,27 @@ def test_a_trickling_origin_is_named_when_the_mount_gives_up(
     )
     assert result.returncode == 3
     assert not is_mounted(target)
+
+
+@pytest.mark.parametrize("planted", ["cache-dir-named-lazyfs", "lazyfs.py"])
+def test_the_daemon_does_not_import_from_the_working_directory(
+    published: Origin, mounter: Mounter, tmp_path: Path, planted: str
+) -> None:
+    """`lazyfs mount` run from ~/.cache (the default cache dir is a directory named lazyfs
+    there) or from a directory holding a lazyfs.py: the daemon imports the installed lazyfs,
+    never what lies in the working directory (which would run as the mounting user)."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    marker = tmp_path / "planted-code-ran"
+    cache_dir = mounter.cache_dir()
+    if planted == "lazyfs.py":
+        (workdir / "lazyfs.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    else:
+        cache_dir = workdir / "lazyfs"
+    target, result = mounter.mount(published.url, cache_dir=cache_dir, cwd=workdir)
+    assert "mounted" in result.stdout
+    assert (target / "a.txt").read_text() == "a\n"
+    pid = int(pid_file(target).read_text())
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    mounter.unmount(target)
+    assert not marker.exists()

@@ -709,3 +709,61 @@ def test_read_ahead_follows_a_sequential_reader_and_stays_bounded(
             assert len(source.calls) - before == 4, "random reads fetched only their blocks"
 
     trio.run(main)
+
+
+# -- keeping blocks on disk (prefetch) -------------------------------------------------------
+
+
+def test_keep_block_writes_a_block_held_only_in_memory(
+    source: FakeSource, store: BlockStore
+) -> None:
+    async def main() -> None:
+        async with open_block_reader(source, store, BS) as reader:
+            assert await reader.read(ENTRY, 0, 10) == DATA[:10]
+            assert await reader.keep_block(ENTRY, 0)  # waits for the background write
+            store.discard(ENTRY.blocks[0])  # evicted from disk, still in memory
+            assert await reader.keep_block(ENTRY, 0)
+            assert store.contains(ENTRY.blocks[0])
+
+    run(main)
+    assert source.calls == [(ENTRY.path, 0)]
+
+
+def test_keep_block_writes_each_fetched_block_once(
+    source: FakeSource, store: BlockStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    puts: list[str] = []
+    put = store.put
+
+    def counting_put(digest: str, block: bytes) -> None:
+        puts.append(digest)
+        put(digest, block)
+
+    monkeypatch.setattr(store, "put", counting_put)
+
+    async def main() -> None:
+        async with open_block_reader(source, store, BS) as reader:
+            for index in range(4):
+                assert await reader.keep_block(ENTRY, index)
+                assert store.contains(ENTRY.blocks[index])
+            assert await reader.keep_block(ENTRY, 1)
+
+    run(main)
+    assert puts == list(ENTRY.blocks)
+    assert len(source.calls) == 4
+
+
+def test_keep_block_says_so_when_the_write_fails(
+    source: FakeSource, store: BlockStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_put(digest: str, block: bytes) -> None:
+        raise CacheError("cannot store block in cache: disk full")
+
+    monkeypatch.setattr(store, "put", broken_put)
+
+    async def main() -> None:
+        async with open_block_reader(source, store, BS) as reader:
+            assert not await reader.keep_block(ENTRY, 2)
+            assert reader.counters.cache_write_failures == 1
+
+    run(main)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 from pathlib import Path
 
+from lazyfs.cache.store import BlockStore
+from lazyfs.core.blocks import held_bytes
+from lazyfs.core.manifest import MANIFEST_NAME, parse_manifest
+from tests.faultproxy import FaultProxy, fault_proxy
 from tests.mounts import LAZYFS, Mounter, lazyfs, publish, wait_until
 from tests.origins import Origin
 
@@ -154,3 +159,175 @@ def test_prefetch_of_a_tampered_file_fails_and_names_it(origin: Origin, mounter:
     assert "model/weights.bin: block 5 of model/weights.bin failed verification" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("lazyfs: error: 1 file(s)")
     assert cached(status(mountpoint))["other.bin"] == 3 * BLOCK
+
+
+def held_by_the_cache(cache_dir: Path, published: Path) -> dict[str, int]:
+    """Per file, the bytes whose blocks the cache directory holds, asked of the store itself."""
+    manifest = parse_manifest((published / MANIFEST_NAME).read_bytes())
+    store = BlockStore(cache_dir / "blocks", 2**62)
+    try:
+        held = set(store.digests())
+    finally:
+        store.close()
+    return {
+        entry.path: held_bytes(entry.blocks, entry.size, manifest.block_size, held)
+        for entry in manifest.files
+    }
+
+
+def test_status_after_eviction_and_a_prune_from_outside(origin: Origin, mounter: Mounter) -> None:
+    files = publish_two_files(origin)
+    mountpoint, _ = mounter.mount(origin.url, "--cache-size", "700K")
+    cache_dir = mounter.cache_dir()
+    for name, data in files.items():
+        assert (mountpoint / name).read_bytes() == data
+    truth = held_by_the_cache
+    assert wait_until(lambda: cached(status(mountpoint)) == truth(cache_dir, origin.root))
+    report = status(mountpoint)
+    assert 0 < sum(cached(report).values()) < sum(map(len, files.values()))  # evicted some
+    assert report["cache_bytes"] <= report["cache_limit"]
+
+    pruned = lazyfs("cache", "prune", "0", "--cache-dir", cache_dir)
+    assert pruned.returncode == 0, pruned.stderr
+    assert cached(status(mountpoint)) == dict.fromkeys(files, 0)
+    assert (mountpoint / "other.bin").read_bytes() == files["other.bin"]
+
+
+def test_prefetch_of_more_than_the_cache_holds_ends_and_names_what_it_did_not_keep(
+    origin: Origin, mounter: Mounter
+) -> None:
+    files = publish_two_files(origin)
+    mountpoint, _ = mounter.mount(origin.url, "--cache-size", "500K")
+    result = lazyfs("prefetch", mountpoint, timeout=90)
+    assert result.returncode == 6, result.stdout + result.stderr
+    *named, last = result.stderr.strip().splitlines()
+    assert named and all(line.endswith(" not kept in the cache") for line in named), named
+    assert {line.split(": ")[0] for line in named} <= set(files)
+    assert last.startswith(f"lazyfs: error: {len(named)} file(s) not kept in the cache: ")
+    assert "does not fit in the cache (--cache-size 500.0 KiB)" in last
+    assert "Traceback" not in result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("prefetch: 100%")
+    report = status(mountpoint)
+    assert not report["prefetch"]["active"]
+    (run,) = report["prefetch"]["runs"]
+    assert run["finished"] and not run["cancelled"] and run["files"] == 3
+    assert sum(run["not_kept"].values()) > 0
+    # What it did not keep still reads, from the origin.
+    for name, data in files.items():
+        assert (mountpoint / name).read_bytes() == data
+
+
+def stalling_mount(origin: Origin, mounter: Mounter, proxy: FaultProxy, *extra: str) -> Path:
+    """A mount through ``proxy``, which answers no request for a minute; the manifest is
+    given as a file, so the mount needs no answer."""
+    proxy.faults.stall, proxy.faults.stall_seconds = 1.0, 60.0
+    manifest = str(origin.root / MANIFEST_NAME)
+    mountpoint, _ = mounter.mount(
+        proxy.url, "--manifest", manifest, "--timeout", "120", "--deadline", "600", *extra
+    )
+    return mountpoint
+
+
+def start_prefetch(mountpoint: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*LAZYFS, "prefetch", str(mountpoint)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(client: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        return client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+
+
+def test_an_interrupted_prefetch_is_cancelled_in_the_daemon(
+    origin: Origin, mounter: Mounter
+) -> None:
+    publish_two_files(origin)
+    with fault_proxy(origin.url) as proxy:
+        mountpoint = stalling_mount(origin, mounter, proxy)
+        asked = proxy.requests
+        client = start_prefetch(mountpoint)
+        try:
+            assert wait_until(lambda: proxy.requests > asked, 30)  # the daemon is fetching
+            assert status(mountpoint)["prefetch"]["active"]
+            client.send_signal(signal.SIGINT)
+        finally:
+            _, stderr = finish(client)
+        assert client.returncode == 130, stderr
+        assert stderr.strip() == "lazyfs: interrupted"
+        assert wait_until(lambda: not status(mountpoint)["prefetch"]["active"], 30)
+        (run,) = status(mountpoint)["prefetch"]["runs"]
+        assert run["cancelled"] and run["finished"]
+        assert sorted(os.listdir(mountpoint)) == ["model", "other.bin"]
+
+
+def test_prefetch_cancel_stops_every_run(origin: Origin, mounter: Mounter) -> None:
+    publish_two_files(origin)
+    with fault_proxy(origin.url) as proxy:
+        mountpoint = stalling_mount(origin, mounter, proxy, "--prefetch")
+        client = start_prefetch(mountpoint)
+        try:
+            assert wait_until(lambda: len(status(mountpoint)["prefetch"]["runs"]) == 2, 30)
+            cancelled = lazyfs("prefetch", "--cancel", mountpoint)
+            assert cancelled.returncode == 0, cancelled.stderr
+            assert cancelled.stdout.strip() == "cancelled 2 prefetch run(s)"
+        finally:
+            _, stderr = finish(client)
+        assert client.returncode == 1
+        assert stderr.strip().splitlines()[-1] == (
+            "lazyfs: error: the prefetch was cancelled (lazyfs prefetch --cancel)"
+        )
+        assert wait_until(lambda: not status(mountpoint)["prefetch"]["active"], 30)
+        runs = status(mountpoint)["prefetch"]["runs"]
+        assert [run["cancelled"] for run in runs] == [True, True]
+        again = lazyfs("prefetch", "--cancel", mountpoint)
+        assert again.returncode == 0 and again.stdout.strip() == "no prefetch was running"
+        with_paths = lazyfs("prefetch", "--cancel", mountpoint, "other.bin")
+        assert with_paths.returncode == 2
+        assert with_paths.stderr.strip().startswith("lazyfs: error: --cancel takes no paths")
+
+
+def test_prefetch_of_empty_files_shows_nothing_odd(origin: Origin, mounter: Mounter) -> None:
+    (origin.root / "empty").mkdir()
+    (origin.root / "empty" / "a").write_bytes(b"")
+    (origin.root / "empty" / "b").write_bytes(b"")
+    (origin.root / "full.bin").write_bytes(b"x" * 100)
+    publish(origin.root)
+    mountpoint, _ = mounter.mount(origin.url)
+    result = lazyfs("prefetch", mountpoint, "empty")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "prefetch: 100% 0 B of 0 B, 0 B/s",
+        "done: 2 files, 0 B verified and cached",
+    ]
+
+
+def test_plain_status_escapes_file_names_and_reads_as_text(
+    origin: Origin, mounter: Mounter
+) -> None:
+    hostile = "red\x1b[31mtext\nforged line\r\x07.bin"
+    (origin.root / hostile).write_bytes(b"x" * 10)
+    (origin.root / "plain.bin").write_bytes(b"y" * 20)
+    publish(origin.root)
+    mountpoint, _ = mounter.mount(origin.url, "--prefetch")
+    assert lazyfs("wait", mountpoint, "--timeout", "60").returncode == 0
+    result = lazyfs("status", mountpoint)
+    assert result.returncode == 0, result.stderr
+    assert not any(char in result.stdout for char in "\x1b\r\x07")
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
+        "100%       20 B  plain.bin",
+        "100%       10 B  red\\x1b[31mtext\\nforged line\\r\\x07.bin",
+    ]
+    assert lines[2].startswith("cache: 2 blocks, ")
+    assert lines[-1].startswith("prefetch run 1: done, 2 files")
+    assert not any("{" in line or "=" in line for line in lines)
+    assert json.loads(lazyfs("status", mountpoint, "--json").stdout)["files"][1]["path"] == hostile

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +23,7 @@ import diskcache
 from typing_extensions import Buffer
 
 from lazyfs.cache.atomic import write_atomically
+from lazyfs.cache.index import DigestIndex
 from lazyfs.core.manifest import MAX_BLOCK_SIZE
 from lazyfs.errors import CacheError
 
@@ -91,6 +93,10 @@ class BlockStore:
 
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.size_limit = size_limit
+        # The digests held, in memory: kept current by this object's own changes, and
+        # reloaded by sync_index when another process changed the store.
+        self.held = DigestIndex()
+        self._reloading = threading.Lock()
         try:
             self._cache = diskcache.Cache(
                 str(directory),
@@ -114,6 +120,10 @@ class BlockStore:
             handle: BinaryIO | None = self._cache.get(digest, default=None, read=True, retry=True)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"block cache read failed: {exc}") from None
+        if handle is None:
+            self.held.discard(digest)
+        else:
+            self.held.add(digest)
         return handle
 
     def read_block(self, digest: str) -> bytes | None:
@@ -131,6 +141,7 @@ class BlockStore:
         try:
             # A file-like value is written in large chunks; bytes would be written line by line.
             self._cache.set(digest, _BufferReader(block), read=True, retry=True)
+            self.held.add(digest)
             self._evict_to_limit()
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot store block in cache: {exc}") from None
@@ -153,6 +164,7 @@ class BlockStore:
                 if row is None:
                     break
                 self._cache.delete(row[0], retry=True)
+                self.held.discard(str(row[0]))
                 dropped += 1
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot evict cached blocks: {exc}") from None
@@ -180,24 +192,54 @@ class BlockStore:
 
     def clear(self) -> int:
         try:
-            return int(self._cache.clear(retry=True))
+            removed = int(self._cache.clear(retry=True))
+            self.held.clear()
+            return removed
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot clear the block cache: {exc}") from None
 
     def contains(self, digest: str) -> bool:
+        """Whether the store holds ``digest`` (a query; ``digest in store.held`` is the
+        in-memory answer)."""
         try:
-            return digest in self._cache
+            found = digest in self._cache
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"block cache lookup failed: {exc}") from None
+        if found:
+            self.held.add(digest)
+        else:
+            self.held.discard(digest)
+        return found
 
     def discard(self, digest: str) -> None:
         try:
             self._cache.delete(digest, retry=True)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot delete cached block: {exc}") from None
+        self.held.discard(digest)
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(len(self._cache), self._cache.volume(), self.size_limit)
+        try:
+            return StoreStatistics(len(self._cache), self._cache.volume(), self.size_limit)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise CacheError(f"cannot read the block cache's size: {exc}") from None
+
+    def sync_index(self) -> StoreStatistics:
+        """The store's statistics, with ``held`` reloaded first if it may be stale: never
+        loaded, or the store counts a different number of blocks than it (another process
+        changed the store). A reload is one query; otherwise nothing more is asked."""
+        with self._reloading:
+            statistics = self.statistics()
+            if self.held.loaded and statistics.blocks == len(self.held):
+                return statistics
+            self.held.begin_reload()
+            try:
+                rows = self._cache._sql("SELECT key FROM Cache").fetchall()
+            except (OSError, sqlite3.Error) as exc:
+                self.held.abandon_reload()
+                raise CacheError(f"cannot list cached blocks: {exc}") from None
+            self.held.finish_reload(str(key) for (key,) in rows)
+            return statistics
 
 
 def _manifest_cache_path(cache_dir: Path, source: str) -> Path:

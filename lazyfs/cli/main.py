@@ -206,28 +206,22 @@ def serve(directory: Path, host: str, port: int, access_log: Path | None) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print the status as one JSON object.")
 @reports_errors
 def status(mountpoint: Path, as_json: bool) -> None:
-    """Show what a live mount holds: per file, size and cached bytes; and its counters.
+    """Show what a live mount holds: per file, size and cached bytes; its cache, reads,
+    failures and prefetch runs. File names are printed with control characters escaped.
 
     \b
     Example:
       lazyfs status /mnt/models/demo --json
     """
+    from lazyfs.cli.client import describe_status
     from lazyfs.cli.client import status as mount_status
 
     report = mount_status(mountpoint)
     if as_json:
         click.echo(json.dumps(report, indent=1))
         return
-    for item in report["files"]:
-        share = 100 * item["cached_bytes"] // max(item["size"], 1) if item["size"] else 100
-        note = ""
-        if "streamed_bytes" in item:
-            note = f"  (verifying whole: {format_size(item['streamed_bytes'])} streamed)"
-        elif "verify_whole" in item:
-            note = f"  (verified whole on first read, by {item['verify_whole']})"
-        click.echo(f"{share:3d}% {format_size(item['size']):>10}  {item['path']}{note}")
-    counters = {key: value for key, value in report.items() if key != "files"}
-    click.echo("  ".join(f"{key}={value}" for key, value in counters.items()))
+    for line in describe_status(report):
+        click.echo(line)
 
 
 @cli.command()
@@ -253,17 +247,35 @@ def wait(mountpoint: Path, paths: tuple[str, ...], timeout: float) -> None:
 @cli.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1)
+@click.option("--cancel", is_flag=True, help="Cancel the mount's running prefetches instead.")
 @reports_errors
-def prefetch(mountpoint: Path, paths: tuple[str, ...]) -> None:
+def prefetch(mountpoint: Path, paths: tuple[str, ...], cancel: bool) -> None:
     """Fetch and verify PATHS (files or directories; default: everything) of a live mount
-    into its cache, with progress; exit 0 once every byte is verified and cached.
+    into its cache, with progress, until the daemon has done all of it.
+
+    Exit 0 once every byte is verified and cached; 5 if files could not be fetched and
+    verified, 6 if the cache did not keep them all (a selection larger than --cache-size,
+    blocks evicted meanwhile, failed cache writes), each named on stderr. Ctrl-C stops the
+    prefetch in the daemon too; --cancel stops every prefetch of the mount (also one
+    started with lazyfs mount --prefetch).
 
     \b
-    Example:
+    Examples:
       lazyfs prefetch /mnt/models/demo model.safetensors
+      lazyfs prefetch --cancel /mnt/models/demo
     """
+    from lazyfs.cli.client import cancel_prefetch
     from lazyfs.cli.client import prefetch as run_prefetch
 
+    if cancel:
+        if paths:
+            raise UsageError("--cancel takes no paths: it cancels every prefetch of the mount")
+        cancelled = cancel_prefetch(mountpoint)
+        if cancelled:
+            click.echo(f"cancelled {len(cancelled)} prefetch run(s)")
+        else:
+            click.echo("no prefetch was running")
+        return
     count, total = run_prefetch(mountpoint, paths, tty=sys.stdout.isatty())
     click.echo(f"done: {count} files, {format_size(total)} verified and cached")
 
@@ -373,7 +385,12 @@ def _log_name(mountpoint: Path) -> str:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-@click.option("--prefetch", is_flag=True, help="Once mounted, fetch everything into the cache.")
+@click.option(
+    "--prefetch",
+    is_flag=True,
+    help="Once mounted, fetch everything into the cache (lazyfs status shows how far it got; "
+    "lazyfs prefetch --cancel stops it).",
+)
 @click.option(
     "--prefetch-path",
     multiple=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 
@@ -31,6 +32,16 @@ def block_extent(index: int, size: int, block_size: int) -> tuple[int, int]:
         raise ValueError(f"block {index} is outside a file of {size} bytes")
     offset = index * block_size
     return offset, min(block_size, size - offset)
+
+
+def held_bytes(blocks: Sequence[str], size: int, block_size: int, held: Container[str]) -> int:
+    """Bytes of a file of ``size`` bytes, with block digests ``blocks``, whose blocks are in
+    ``held``."""
+    return sum(
+        min(block_size, size - index * block_size)
+        for index, digest in enumerate(blocks)
+        if digest in held
+    )
 
 
 def clamp_read(offset: int, length: int, size: int) -> tuple[int, int]:

@@ -17,9 +17,10 @@ from typing import Any
 
 import trio
 
-from lazyfs.core.blocks import block_extent
+from lazyfs.core.blocks import held_bytes
 from lazyfs.core.namespace import Tree
 from lazyfs.daemon.runtime import CLIENT_TIMEOUT
+from lazyfs.errors import LazyfsError
 from lazyfs.read.reader import BlockReader
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,14 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
-    """Per-file cached bytes and the mount-wide counters (blocking: asks the disk store)."""
+    """Per-file cached bytes and the mount-wide counters (blocking: asks the disk store for
+    its statistics, and reloads its in-memory index when another process changed it; never
+    once per block)."""
+    store = reader.store.sync_index()
+    held = reader.store.held
     files = []
     for entry in map(reader.whole_files.known, tree.entries()):
-        cached = sum(
-            block_extent(index, entry.size, reader.block_size)[1]
-            for index, digest in enumerate(entry.blocks)
-            if reader.store.contains(digest)
-        )
+        cached = held_bytes(entry.blocks, entry.size, reader.block_size, held)
         item: dict[str, Any] = {"path": entry.path, "size": entry.size, "cached_bytes": cached}
         if entry.check is not None:
             # Verified whole on first read: nothing counts as cached until all of it matches.
@@ -47,7 +48,6 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
                 item["streamed_bytes"] = streamed
         files.append(item)
     files.sort(key=lambda item: str(item["path"]))
-    store = reader.store.statistics()
     return {
         "files": files,
         **dataclasses.asdict(reader.counters),
@@ -67,7 +67,8 @@ async def serve_control(
     listener_socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener_socket.bind(str(path))
     os.chmod(path, 0o600)
-    listener_socket.listen(16)
+    # A full backlog refuses a client's connect at once (EAGAIN): leave room for many.
+    listener_socket.listen(socket.SOMAXCONN)
     listener = trio.SocketListener(listener_socket)
     task_status.started()
 
@@ -75,11 +76,13 @@ async def serve_control(
         async with stream:
             try:
                 with trio.fail_after(CLIENT_TIMEOUT):
-                    request = json.loads(await _read_line(stream))
-                    reply = await handle(request)
-                    await stream.send_all(json.dumps(reply).encode() + b"\n")
-            except (trio.TooSlowError, trio.BrokenResourceError, ValueError) as exc:
-                log.debug("control request dropped: %s", exc)
+                    reply = await _reply_to(stream, handle)
+                    await stream.send_all(reply)
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.debug("control connection dropped: %r", exc)
+            except Exception:
+                # Whatever goes wrong with one client, the mount goes on serving.
+                log.exception("control connection failed")
 
     try:
         await trio.serve_listeners(answer, [listener])
@@ -87,13 +90,44 @@ async def serve_control(
         path.unlink(missing_ok=True)
 
 
+async def _reply_to(stream: trio.SocketStream, handle: Handler) -> bytes:
+    """The answer to the one request ``stream`` carries, as a JSON line: the handler's reply,
+    or ``{"error": ...}`` for a bad request or a failed one (a bug is logged with its
+    traceback, and answered too)."""
+    try:
+        request = json.loads(await _read_line(stream))
+    except RequestTooLarge:
+        return _encode({"error": f"request longer than {MAX_REQUEST} bytes"})
+    except (ValueError, RecursionError):
+        return _encode({"error": "not a JSON request"})
+    if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+        return _encode({"error": 'a request is a JSON object with a "command" string'})
+    command = request["command"]
+    try:
+        return _encode(await handle(request))
+    except LazyfsError as exc:
+        log.warning("control request %r failed: %s", command, exc)
+        return _encode({"error": str(exc)})
+    except Exception as exc:
+        log.exception("control request %r failed", command)
+        return _encode({"error": f"internal error: {exc!r}"})
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply).encode() + b"\n"
+
+
+class RequestTooLarge(ValueError):
+    pass
+
+
 async def _read_line(stream: trio.SocketStream) -> bytes:
     data = b""
     while b"\n" not in data:
         chunk = await stream.receive_some(4096)
         if not chunk:
-            break
+            break  # end of input ends the request too
         data += chunk
         if len(data) > MAX_REQUEST:
-            raise ValueError("request too large")
+            raise RequestTooLarge(len(data))
     return data.split(b"\n", 1)[0]

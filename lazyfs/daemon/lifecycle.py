@@ -38,6 +38,7 @@ from lazyfs.daemon.metrics import start_metrics
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
 from lazyfs.errors import (
+    CacheError,
     LazyfsError,
     MountError,
 )
@@ -128,6 +129,7 @@ async def _run_fuse(
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
             nursery.start_soon(_raise_kernel_readahead, operations, resolved)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
+            nursery.start_soon(_load_cache_index, operations.reader.store)
             prefetcher = Prefetcher(operations.reader, nursery)
             handler = _control_handler(operations, origins, prefetcher)
             await nursery.start(serve_control, control_path, handler)
@@ -160,19 +162,32 @@ def _control_handler(
             report = await trio.to_thread.run_sync(mount_status, operations.tree, operations.reader)
             report["fetch_retries"] = sum(origin.retries for origin in origins)
             report["fetch_errors"] = sum(origin.errors for origin in origins)
-            report["prefetch"] = {"active": prefetcher.active > 0, "errors": prefetcher.errors}
+            report["prefetch"] = prefetcher.report()
             return report
         if command == "prefetch":
             paths = request.get("paths") or []
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 return {"error": "paths must be a list of strings"}
             chosen, unknown = select_entries(operations.tree.entries(), paths)
-            if not unknown:
-                prefetcher.start(chosen)
-            return {"unknown": unknown, "files": [entry.path for entry in chosen]}
+            run = None if unknown else prefetcher.start(chosen).id
+            return {"unknown": unknown, "files": [entry.path for entry in chosen], "run": run}
+        if command == "cancel_prefetch":
+            run_id = request.get("run")
+            if run_id is not None and (not isinstance(run_id, int) or isinstance(run_id, bool)):
+                return {"error": "run must be a prefetch run's number"}
+            return {"cancelled": prefetcher.cancel(run_id)}
         return {"error": f"unknown command {command!r}"}
 
     return handle
+
+
+async def _load_cache_index(store: BlockStore) -> None:
+    """Read which blocks the cache holds once, beside serving: the first ``lazyfs status``
+    need not wait for it, and nothing waits for it to mount."""
+    try:
+        await trio.to_thread.run_sync(store.sync_index)
+    except CacheError as exc:
+        log.warning("%s", exc)
 
 
 async def _raise_kernel_readahead(operations: LazyFS, resolved: Path) -> None:
@@ -277,8 +292,14 @@ def start_background(config: MountConfig, log_file: Path, extra_args: list[str])
     check_mountpoint(config.mountpoint)
     prepare_cache_dir(config.cache_dir)
     read_end, write_end = os.pipe()
+    # Isolated from the caller's working directory: `python -m` would otherwise import
+    # lazyfs from there first (a directory named lazyfs, such as the default cache dir in
+    # ~/.cache, breaks the mount; a lazyfs.py would run as the mounting user). -P keeps it
+    # off sys.path; cwd "/" keeps the daemon from holding the directory busy. Every path in
+    # the command is absolute.
     command = [
         sys.executable,
+        "-P",
         "-m",
         "lazyfs",
         "mount",
@@ -303,6 +324,7 @@ def start_background(config: MountConfig, log_file: Path, extra_args: list[str])
             stderr=log_handle,
             pass_fds=(write_end,),
             start_new_session=True,
+            cwd="/",
         )
     os.close(write_end)
     try:

@@ -152,6 +152,8 @@ class BlockReader:
         self._scheduled: set[str] = set()
         self._background = background
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
+        # Blocks whose disk write is under way: prefetch waits for it instead of writing twice.
+        self._writing: dict[str, trio.Event] = {}
         self._index_thread = trio.CapacityLimiter(1)
         # Hub files without block digests yet are verified whole on first read; their
         # fetches are counted like any other.
@@ -251,6 +253,21 @@ class BlockReader:
             del self._pending[digest]
             pending.done.set()
 
+    async def keep_block(self, entry: FileEntry, index: int) -> bool:
+        """Make sure the disk store holds block ``index`` of ``entry`` (prefetch): loaded as a
+        read would load it, and written even when it came from memory. Whether the store
+        holds it afterwards: a failing disk, or a cache smaller than the work, may not."""
+        digest = entry.blocks[index]
+        if await self.is_cached(digest):
+            return True
+        block = await self.block(entry, index)
+        writing = self._writing.get(digest)
+        if writing is not None:
+            await writing.wait()
+        elif digest not in self.store.held:
+            await self._store_now(digest, block)
+        return digest in self.store.held
+
     async def is_cached(self, digest: str) -> bool:
         """Whether the disk store holds ``digest`` (not checked: reading it would check)."""
         try:
@@ -268,7 +285,7 @@ class BlockReader:
             self.counters.cache_hits += 1
             return block
         block = await self._fetch_verified(entry, index)
-        await self._store_slots.acquire()
+        await self._reserve_write(digest)
         if self._background is not None:
             self._background.start_soon(self._store, digest, block)
         else:
@@ -304,8 +321,12 @@ class BlockReader:
             log.warning("%s", exc)
         return None
 
-    async def _store_now(self, digest: str, block: Buffer) -> None:
+    async def _reserve_write(self, digest: str) -> None:
         await self._store_slots.acquire()
+        self._writing.setdefault(digest, trio.Event())
+
+    async def _store_now(self, digest: str, block: Buffer) -> None:
+        await self._reserve_write(digest)
         await self._store(digest, block)
 
     async def _store(self, digest: str, block: Buffer) -> None:
@@ -324,6 +345,9 @@ class BlockReader:
                 )
         finally:
             self._store_slots.release()
+            written = self._writing.pop(digest, None)
+            if written is not None:
+                written.set()
 
     async def fetch_counted(
         self, source: BlockSource, path: str, start: int, length: int
