@@ -400,6 +400,8 @@ def _log_name(mountpoint: Path) -> str:
     "--metrics", "metrics_address", metavar="HOST:PORT", help="Serve Prometheus metrics here."
 )
 @click.option("--ready-fd", type=int, hidden=True)
+# A background mount's daemon: the mount's settings come whole on stdin (DaemonStart).
+@click.option("--daemon", is_flag=True, hidden=True)
 @reports_errors
 def mount(
     url: str,
@@ -422,6 +424,7 @@ def mount(
     prefetch_path: tuple[str, ...],
     metrics_address: str | None,
     ready_fd: int | None,
+    daemon: bool,
 ) -> None:
     """Mount the repository at URL on MOUNTPOINT, read-only and lazily.
 
@@ -437,12 +440,17 @@ def mount(
     """
     from lazyfs.cache.store import prepare_cache_dir
     from lazyfs.core.hubs import is_hub_source
-    from lazyfs.daemon.config import MountConfig
+    from lazyfs.daemon.config import DaemonStart, MountConfig
     from lazyfs.daemon.lifecycle import run_foreground, start_background
     from lazyfs.sources.origin import RetryPolicy
 
     # Everything this mount writes (cache, block lists, logs) is for its user alone.
     os.umask(0o077)
+    if daemon:
+        start = DaemonStart.decode(sys.stdin.buffer.read())
+        configure_logging(start.log_level, start.log_file)
+        run_foreground(start.config, ready_fd)
+        return
     url = normalize_source(url, token_file)
     if mirrors and is_hub_source(url):
         raise UsageError("--mirror is for http(s) origins; for a hub mirror set its endpoint")
@@ -480,29 +488,7 @@ def mount(
         log_path.open("a").close()
     except OSError as exc:
         raise UsageError(f"cannot write the log file {log_path}: {exc.strerror}") from None
-    extra = ["--log-level", log_level]
-    if manifest_sha256:
-        extra += ["--manifest-sha256", manifest_sha256]
-    if config.manifest_source:
-        extra += ["--manifest", config.manifest_source]
-    if config.token_file:
-        extra += ["--token-file", str(config.token_file)]
-    if config.ca_file:
-        extra += ["--ca-file", str(config.ca_file)]
-    for mirror in mirrors:
-        extra += ["--mirror", mirror]
-    extra += ["--retries", str(retries), "--deadline", str(deadline)]
-    if timeout is not None:
-        extra += ["--timeout", str(timeout)]
-    if allow_other:
-        extra.append("--allow-other")
-    if prefetch:
-        extra.append("--prefetch")
-    for path in prefetch_path:
-        extra += ["--prefetch-path", path]
-    if metrics_address:
-        extra += ["--metrics", metrics_address]
-    start_background(config, log_path, extra)
+    start_background(config, log_path, log_level)
     click.echo(f"mounted {url} at {mountpoint} (log: {log_path})")
 
 

@@ -3,28 +3,24 @@
     mount -t lazyfs http://host/repo /mnt/models/x -o cache_dir=/var/cache/lazyfs,cache_size=20G
     http://host/repo  /mnt/models/x  lazyfs  cache_size=20G,_netdev,nofail  0 0
 
-mount(8) calls ``mount.lazyfs SOURCE TARGET [-sfnv] [-o OPTIONS]``. lazyfs's own options map to
-``lazyfs mount`` flags; options meant for mount(8) or systemd are accepted and left alone.
+mount(8) calls ``mount.lazyfs SOURCE TARGET [-sfnv] [-o OPTIONS]``. Every ``lazyfs mount``
+option works as ``-o name=value`` (a flag as ``-o name``; a repeatable one repeated): the names
+are read from the command's own options, so a new one needs nothing here. Options meant for
+mount(8) or systemd are accepted and left alone.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+
+import click
 
 from lazyfs.errors import UsageError
 
-# option name -> lazyfs mount flag; None: a flag without a value
-VALUE_OPTIONS = {
-    "cache_dir": "--cache-dir",
-    "cache_size": "--cache-size",
-    "manifest_sha256": "--manifest-sha256",
-    "metrics": "--metrics",
-    "log_file": "--log-file",
-    "log_level": "--log-level",
-    "prefetch_path": "--prefetch-path",
-    "ca_file": "--ca-file",
-}
-FLAG_OPTIONS = {"allow_other": "--allow-other", "prefetch": "--prefetch"}
+# `lazyfs mount` options with no meaning for mount(8): it expects the helper to return.
+NOT_FOR_MOUNT_HELPER = frozenset({"foreground"})
+
 # Generic mount options and ones for mount(8)/systemd: accepted, not lazyfs's business.
 IGNORED = {
     "ro",
@@ -58,8 +54,25 @@ IGNORED = {
 }
 
 
-def translate(argv: list[str]) -> list[str]:
-    """mount.lazyfs arguments -> ``lazyfs mount`` arguments (pure)."""
+def mount_options() -> dict[str, tuple[str, bool]]:
+    """``-o`` name -> (its ``lazyfs mount`` flag, whether it takes a value), for every visible
+    option of ``lazyfs mount``: ``--cache-dir`` is ``cache_dir``."""
+    from lazyfs.cli.main import mount
+
+    options = {}
+    for parameter in mount.params:
+        if not isinstance(parameter, click.Option) or parameter.hidden:
+            continue
+        flag = max(parameter.opts, key=len)
+        name = flag.lstrip("-").replace("-", "_")
+        if name not in NOT_FOR_MOUNT_HELPER:
+            options[name] = (flag, not parameter.is_flag)
+    return options
+
+
+def translate(argv: list[str], table: Mapping[str, tuple[str, bool]] | None = None) -> list[str]:
+    """mount.lazyfs arguments -> ``lazyfs mount`` arguments; ``table`` is ``mount_options()``."""
+    known = mount_options() if table is None else table
     positional: list[str] = []
     options: list[str] = []
     arguments = iter(argv)
@@ -82,10 +95,11 @@ def translate(argv: list[str]) -> list[str]:
     flags: list[str] = []
     for option in options:
         name, has_value, value = option.partition("=")
-        if name in VALUE_OPTIONS and has_value:
-            flags += [VALUE_OPTIONS[name], value]
-        elif name in FLAG_OPTIONS and not has_value:
-            flags.append(FLAG_OPTIONS[name])
+        flag, takes_value = known.get(name, ("", False))
+        if flag and takes_value and has_value:
+            flags += [flag, value]
+        elif flag and not takes_value and not has_value:
+            flags.append(flag)
         elif name in IGNORED or name.startswith(("x-", "comment=")):
             continue
         else:

@@ -30,7 +30,7 @@ from lazyfs.core.hubs import is_hub_source
 from lazyfs.core.manifest import Manifest
 from lazyfs.core.namespace import Tree
 from lazyfs.core.selection import select_entries
-from lazyfs.daemon.config import MountConfig
+from lazyfs.daemon.config import DaemonStart, MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
 from lazyfs.daemon.fs import LazyFS
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
@@ -287,8 +287,11 @@ def _lazyfs_error_in(group: BaseExceptionGroup[BaseException]) -> LazyfsError | 
     return leaf if isinstance(leaf, LazyfsError) else None
 
 
-def start_background(config: MountConfig, log_file: Path, extra_args: list[str]) -> None:
-    """Start the mount daemon and return once the mount is live; raise if it failed."""
+def start_background(config: MountConfig, log_file: Path, log_level: str) -> None:
+    """Start the mount daemon and return once the mount is live; raise if it failed.
+
+    The daemon gets ``config`` whole on its stdin (see ``DaemonStart``), not as re-spelled
+    command-line flags: what the parent parsed is exactly what the daemon mounts."""
     check_mountpoint(config.mountpoint)
     prepare_cache_dir(config.cache_dir)
     read_end, write_end = os.pipe()
@@ -305,21 +308,15 @@ def start_background(config: MountConfig, log_file: Path, extra_args: list[str])
         "mount",
         config.url,
         str(config.mountpoint),
-        "--foreground",
-        "--cache-dir",
-        str(config.cache_dir),
-        "--cache-size",
-        str(config.cache_size),
-        "--log-file",
-        str(log_file),
+        "--daemon",
         "--ready-fd",
         str(write_end),
-        *extra_args,
     ]
+    start = DaemonStart(config, log_file, log_level)
     with open(log_file, "ab") as log_handle:
         daemon = subprocess.Popen(
             command,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log_handle,
             stderr=log_handle,
             pass_fds=(write_end,),
@@ -327,6 +324,12 @@ def start_background(config: MountConfig, log_file: Path, extra_args: list[str])
             cwd="/",
         )
     os.close(write_end)
+    assert daemon.stdin is not None
+    try:
+        with daemon.stdin:
+            daemon.stdin.write(start.encode())
+    except BrokenPipeError:
+        pass  # the daemon is already gone; _read_status says how it ended
     try:
         message = _read_status(read_end, daemon)
     finally:
