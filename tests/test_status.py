@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from lazyfs.cache.store import BlockStore
@@ -331,3 +332,32 @@ def test_plain_status_escapes_file_names_and_reads_as_text(
     assert lines[-1].startswith("prefetch run 1: done, 2 files")
     assert not any("{" in line or "=" in line for line in lines)
     assert json.loads(lazyfs("status", mountpoint, "--json").stdout)["files"][1]["path"] == hostile
+
+
+# Runs the real `lazyfs` entry point, then says which heavy modules the process imported.
+LIGHT_CLIENT = """
+import atexit, sys
+from lazyfs.cli.main import main
+heavy = ("pyfuse3", "diskcache", "httpx", "trio", "prometheus_client", "sqlite3")
+atexit.register(lambda: print("heavy:", [m for m in heavy if m in sys.modules], file=sys.stderr))
+sys.argv = ["lazyfs", *sys.argv[1:]]
+main()
+"""
+
+
+def test_client_commands_load_no_fuse_store_http_or_event_loop(
+    origin: Origin, mounter: Mounter
+) -> None:
+    (origin.root / "a.bin").write_bytes(b"a" * (3 * BLOCK))
+    publish(origin.root)
+    mountpoint, _ = mounter.mount(origin.url)
+    for command in (["prefetch"], ["status"], ["status", "--json"], ["wait"]):
+        result = subprocess.run(
+            [sys.executable, "-c", LIGHT_CLIENT, *command, str(mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == "heavy: []", command
