@@ -13,6 +13,8 @@ from lazyfs.blocks import BlockSlice, block_count, block_extent, clamp_read, rea
 from lazyfs.errors import UsageError
 from lazyfs.sizes import format_size, parse_size
 
+pytestmark = pytest.mark.pure
+
 KIB = 1024
 MIB = 1024 * KIB
 

@@ -11,6 +11,8 @@ import pytest
 from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import Origin, start_lazyfs_origin
 
+pytestmark = pytest.mark.mount
+
 BLOCK = 64 * 1024
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from tests.mounts import lazyfs
 
+pytestmark = pytest.mark.component
+
 COMMANDS = [
     [],
     ["manifest"],

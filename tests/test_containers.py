@@ -18,6 +18,8 @@ import yaml
 from tests.mounts import force_unmount, is_mounted, publish, wait_until
 from tests.origins import Origin
 
+pytestmark = pytest.mark.mount
+
 REPO = Path(__file__).resolve().parent.parent
 ENTRYPOINT = REPO / "scripts" / "container" / "entrypoint"
 DOCKERFILE = REPO / "scripts" / "container" / "Dockerfile"

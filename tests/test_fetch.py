@@ -36,6 +36,8 @@ from lazyfs.fetch import (
     with_retries,
 )
 
+pytestmark = pytest.mark.component
+
 T = TypeVar("T")
 
 BASE = "http://origin.test/repo"

@@ -10,6 +10,8 @@ from pyfuse3 import FUSEError
 from lazyfs.errors import BlockIntegrityError, OriginUnreachable
 from lazyfs.fs import errors_as_errno
 
+pytestmark = pytest.mark.pure
+
 
 @pytest.mark.parametrize(
     "error",

@@ -25,6 +25,8 @@ from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import Mounter, force_unmount, is_mounted, lazyfs, publish
 from tests.origins import Origin, start_lazyfs_origin, start_nginx_origin
 
+pytestmark = pytest.mark.mount
+
 BLOCK = 256 * 1024
 
 

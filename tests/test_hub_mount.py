@@ -18,6 +18,8 @@ from tests.fakehubs import TOKEN, FakeHub, FakeRepo, fake_hub
 from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import free_port, start_lazyfs_origin
 
+pytestmark = pytest.mark.mount
+
 BLOCK = 64 * 1024
 WEIGHTS = os.urandom(40 * BLOCK + 123)  # 41 blocks of 64 KiB
 FILES = {

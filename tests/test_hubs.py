@@ -25,6 +25,8 @@ from lazyfs.wholefile import BlockLists, FileIntegrityError, stream_whole_file
 from tests.fakehubs import git_blob_sha1
 from tests.test_reader import FakeSource
 
+pytestmark = pytest.mark.component
+
 BS = 64 * 1024
 COMMIT = "a" * 40
 

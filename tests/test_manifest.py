@@ -23,6 +23,8 @@ from lazyfs.manifest import (
     parse_manifest,
 )
 
+pytestmark = pytest.mark.pure
+
 KIB = 1024
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 

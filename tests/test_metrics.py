@@ -5,8 +5,12 @@ from __future__ import annotations
 import random
 import urllib.request
 
+import pytest
+
 from tests.mounts import Mounter, publish
 from tests.origins import Origin, free_port
+
+pytestmark = pytest.mark.mount
 
 BLOCK = 64 * 1024
 

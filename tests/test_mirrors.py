@@ -15,6 +15,8 @@ from lazyfs.mirrors import SourceRotation
 from lazyfs.reader import BlockReader
 from tests.test_reader import BS, DATA, ENTRY, FakeSource
 
+pytestmark = pytest.mark.component
+
 
 class Clock:
     def __init__(self) -> None:

@@ -20,6 +20,8 @@ from lazyfs.sample import write_sample_repository
 from tests.mounts import Mounter, publish
 from tests.origins import Origin
 
+pytestmark = pytest.mark.mount
+
 KIB = 1024
 MIB = 1024 * 1024
 BLOCK = 64 * KIB

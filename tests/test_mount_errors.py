@@ -15,6 +15,8 @@ from lazyfs.manifest import MANIFEST_NAME, manifest_digest
 from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
 from tests.origins import Origin
 
+pytestmark = pytest.mark.mount
+
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode != 0

@@ -13,6 +13,8 @@ from lazyfs.mounthelper import translate
 from tests.mounts import LAZYFS, publish
 from tests.origins import Origin
 
+pytestmark = pytest.mark.mount
+
 
 def test_options_translate_to_lazyfs_mount_flags() -> None:
     assert translate(

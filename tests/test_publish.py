@@ -17,6 +17,8 @@ from lazyfs.errors import UsageError
 from lazyfs.manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
 from lazyfs.publish import FileHasher, build_manifest, list_published_files, verify_directory
 
+pytestmark = pytest.mark.component
+
 KIB = 1024
 BLOCK = 64 * KIB
 

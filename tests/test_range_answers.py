@@ -8,11 +8,14 @@ import hashlib
 import http.client
 import io
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.errors import SourceError
 from lazyfs.rangeget import BufferPool, _read_body
+
+pytestmark = pytest.mark.pure
 
 FILE = bytes(range(256)) * 64  # 16 KiB, every byte telling its offset
 

@@ -49,6 +49,8 @@ from lazyfs.rangeget import (
     same_origin,
 )
 
+pytestmark = pytest.mark.component
+
 T = TypeVar("T")
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable modulo 256

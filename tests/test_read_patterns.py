@@ -16,6 +16,8 @@ from lazyfs.mount import pid_file
 from tests.mounts import Mounter, publish
 from tests.origins import Origin, start_nginx_origin
 
+pytestmark = pytest.mark.mount
+
 MIB = 1024 * 1024
 BLOCK = 4 * MIB
 # lazyfs's read-ahead bound at 4 MiB blocks (64 MiB of blocks nobody asked for yet).

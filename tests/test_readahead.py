@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from lazyfs.readahead import ReadPattern
+
+pytestmark = pytest.mark.pure
 
 
 def test_a_reader_from_the_start_ramps_up_to_the_bound() -> None:

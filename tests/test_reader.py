@@ -34,6 +34,8 @@ from lazyfs.manifest import MAX_BLOCK_SIZE, FileEntry
 from lazyfs.readahead import ReadPattern
 from lazyfs.reader import BlockReader, open_block_reader
 
+pytestmark = pytest.mark.component
+
 KIB = 1024
 MIB = 1024 * KIB
 BS = 64 * KIB

@@ -15,6 +15,8 @@ from safetensors.numpy import load_file
 from lazyfs import sample
 from lazyfs.sample import describe_tensors, write_sample_repository
 
+pytestmark = pytest.mark.component
+
 MIB = 2**20
 FILES = {
     "model.safetensors",

@@ -31,6 +31,8 @@ from tests.origins import (
     start_nginx_origin,
 )
 
+pytestmark = pytest.mark.component
+
 SIZE = 1 << 20
 DATA = random.Random(1).randbytes(SIZE)
 SECRET = b"TOP SECRET: this file lies outside the served root"

@@ -8,8 +8,12 @@ import random
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.mounts import LAZYFS, Mounter, lazyfs, publish, wait_until
 from tests.origins import Origin
+
+pytestmark = pytest.mark.mount
 
 BLOCK = 64 * 1024
 
