@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import re
 import signal
 import socket
@@ -70,9 +71,29 @@ def read_access_log(path: Path) -> list[AccessRecord]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing is bound to now, for a server that must be told its port in advance.
+
+    Drawn below the kernel's ephemeral range: a port from ``bind(0)`` lies inside it, where any
+    outgoing connection on the machine (tests run in parallel) may take it as its source port
+    before our server binds it. Below the range only servers told their port can collide, and
+    ``start_nginx_origin`` retries on another port if one did."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = _ports.randrange(max(1024, low - 10000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port found below {low}")
+
+
+_ports = random.SystemRandom()  # not the seeded `random` tests use: workers must differ
+
+
+class PortInUse(RuntimeError):
+    """The origin could not listen on its port: another server took it first."""
 
 
 _live: set[Origin] = set()
@@ -96,6 +117,7 @@ class Origin:
         command: Callable[[int], list[str]],
         port: int = 0,
         banner: bool = False,
+        pid_file: Path | None = None,
     ) -> None:
         self.name = name
         self.root = root
@@ -104,6 +126,7 @@ class Origin:
         self.port = port
         self._command = command
         self._banner = banner  # the process prints `serving DIR at URL/` once it listens
+        self._pid_file = pid_file  # written with the process's pid once it has bound its port
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -141,7 +164,7 @@ class Origin:
                     self.port = int(match[1])
                     break
                 self._check_alive(deadline, stderr)
-            while not self._accepts():
+            while not (self._bound() and self._accepts()):
                 self._check_alive(deadline, stderr)
             self._check_alive(deadline, stderr, wait=False)  # not someone else on our port
         except BaseException:
@@ -155,9 +178,21 @@ class Origin:
             log = stderr.read_text(errors="replace")
             if self.name == "nginx":
                 log += (self.workdir / "error.log").read_text(errors="replace")
-            raise RuntimeError(f"{self.name} origin {state} on start:\n{log}")
+            error = PortInUse if "Address already in use" in log else RuntimeError
+            raise error(f"{self.name} origin {state} on start:\n{log}")
         if wait:
             time.sleep(0.01)
+
+    def _bound(self) -> bool:
+        # Without this, another server that took the port first would answer for us while
+        # nginx still retries its bind (for seconds) before it gives up.
+        if self._pid_file is None:
+            return True
+        assert self._proc is not None
+        try:
+            return self._pid_file.read_text().strip() == str(self._proc.pid)
+        except FileNotFoundError:
+            return False
 
     def _accepts(self) -> bool:
         try:
@@ -221,20 +256,24 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
 def start_nginx_origin(root: Path, workdir: Path) -> Origin:
     """nginx with a config of its own in ``workdir``; every path it writes is under ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port, log = free_port(), workdir / "nginx-access.log"
+    log = workdir / "nginx-access.log"
     temp = "\n".join(
         f"    {kind}_temp_path {workdir / (kind + '_temp')};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    # `user root`: pytest's tmp dirs are 0700, unreadable to nginx's default worker user.
-    # No `buffer=` on access_log: each line is written when its request ends.
-    # `try_files $uri =404`: a directory is a 404, as with lazyfs (nginx would 301 or 403).
-    conf = f"""\
+    conf_path = workdir / "nginx.conf"
+    pid_file = workdir / "nginx.pid"  # nginx writes it once its socket is bound
+
+    def command(port: int) -> list[str]:
+        # `user root`: pytest's tmp dirs are 0700, unreadable to nginx's default worker user.
+        # No `buffer=` on access_log: each line is written when its request ends.
+        # `try_files $uri =404`: a directory is a 404, as with lazyfs (nginx would 301 or 403).
+        conf_path.write_text(f"""\
 daemon off;
 master_process on;
 worker_processes 1;
 {"user root;" if os.geteuid() == 0 else ""}
-pid {workdir / "nginx.pid"};
+pid {pid_file};
 error_log {workdir / "error.log"} warn;
 events {{ worker_connections 1024; }}
 http {{
@@ -251,15 +290,17 @@ http {{
         location / {{ try_files $uri =404; }}
     }}
 }}
-"""
-    conf_path = workdir / "nginx.conf"
-    conf_path.write_text(conf)
-
-    def command(port: int) -> list[str]:
+""")
         # -e: the compiled-in error log (/var/log/nginx) is opened before the config is read.
         error_log = str(workdir / "error.log")
         return [str(NGINX), "-c", str(conf_path), "-p", str(workdir), "-e", error_log]
 
-    origin = Origin("nginx", root, workdir, log, command, port)
+    origin = Origin("nginx", root, workdir, log, command, free_port(), pid_file=pid_file)
+    for _ in range(4):
+        try:
+            origin.start()
+            return origin
+        except PortInUse:
+            origin.port = free_port()  # a server in another test took it first
     origin.start()
     return origin
