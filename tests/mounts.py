@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.manifest import MANIFEST_NAME, parse_manifest
+from tests.waiting import wait_until as wait_until  # where mount tests have imported it from
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 
@@ -115,12 +115,3 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
         helper.cleanup()
         for path in helper.base.glob("mnt*"):
             force_unmount(path)
-
-
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return True
-        time.sleep(0.05)
-    return False

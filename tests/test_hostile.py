@@ -243,7 +243,7 @@ def test_kill_9_at_any_moment_leaves_a_cache_the_next_mount_uses(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        time.sleep(generator.uniform(0.05, 0.6))
+        time.sleep(generator.uniform(0.05, 0.6))  # the moment to kill at, not a wait
         os.kill(int(pid_file(mountpoint).read_text()), signal.SIGKILL)
         out, _ = reader.communicate(timeout=60)
         # Killed mid-read: the reader fails, or (if it had finished) got the right bytes.

@@ -318,9 +318,10 @@ def test_unmount_with_a_read_in_flight(origin: Origin, mounter: Mounter) -> None
             outcome.append(exc)
 
     thread = threading.Thread(target=reader)
+    black_hole.settimeout(30)
     try:
         thread.start()
-        thread.join(1.0)
+        held, _ = black_hole.accept()  # the read's fetch has reached the silent origin
         assert thread.is_alive(), "the read should be waiting on the silent origin"
         mounter.unmount(mountpoint)
         thread.join(30)
@@ -328,5 +329,6 @@ def test_unmount_with_a_read_in_flight(origin: Origin, mounter: Mounter) -> None
         assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome
         assert outcome[0].errno in (errno.EIO, errno.ENOTCONN, errno.ECONNABORTED)
         assert files["odd.bin"]  # never served
+        held.close()
     finally:
         black_hole.close()
