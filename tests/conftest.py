@@ -45,6 +45,15 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.C
     return report
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A command that falls back on the default cache dir ($XDG_CACHE_HOME/lazyfs) gets one of
+    this test process's own, not one shared with parallel workers and other runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture
 def origin_root(tmp_path: Path) -> Path:
     """The directory the ``origin`` fixture serves; fill it before or after the origin starts."""
