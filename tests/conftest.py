@@ -1,4 +1,11 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the tiers every test belongs to.
+
+A test's tier says the most it needs: ``pure`` (memory only), ``component`` (threads, sockets,
+temp files, HTTP servers; no FUSE mount), ``mount`` (real FUSE mounts or mount daemons). A file
+names its tier with ``pytestmark = pytest.mark.TIER``; a file in tests/pure, tests/component or
+tests/mount gets its folder's. A test with no tier, or two, fails the run: the fast subset
+(``scripts/test --quick``: pure and component) must never lose a test by accident.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,43 @@ from pathlib import Path
 import pytest
 
 from tests.origins import NGINX, Origin, start_lazyfs_origin, start_nginx_origin
+
+TIERS = ("pure", "component", "mount")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+    """A file's tests with no tier, or two, make that file a collection error: the run fails
+    whatever -m, -k or -n say (with xdist, each worker collects, so a check after collection
+    would crash the workers instead of naming the tests)."""
+    report: pytest.CollectReport = yield
+    problems: dict[str, None] = {}  # in order, without repeats
+    for item in report.result if report.passed else []:
+        if not isinstance(item, pytest.Item):
+            continue
+        folder = item.path.parent.name
+        if folder in TIERS:
+            item.add_marker(folder)
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            name = getattr(item, "originalname", item.name)  # once per parametrized test
+            problems[f"{name}: {', '.join(tiers) or 'no tier'}"] = None
+    if problems:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"every test needs exactly one tier of {', '.join(TIERS)} (tests/conftest.py):\n  "
+            + "\n  ".join(problems)
+        )
+    return report
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A command that falls back on the default cache dir ($XDG_CACHE_HOME/lazyfs) gets one of
+    this test process's own, not one shared with parallel workers and other runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 @pytest.fixture

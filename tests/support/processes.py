@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -75,9 +76,29 @@ def read_access_log(path: Path) -> list[AccessRecord]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing is bound to now, for a server that must be told its port in advance.
+
+    Drawn below the kernel's ephemeral range: a port from ``bind(0)`` lies inside it, where any
+    outgoing connection on the machine (tests run in parallel) may take it as its source port
+    before our server binds it. Below the range only servers told their port can collide, and
+    ``start_nginx_origin`` retries on another port if one did."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = _ports.randrange(max(1024, low - 10000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port found below {low}")
+
+
+_ports = random.SystemRandom()  # not the seeded `random` tests use: workers must differ
+
+
+class PortInUse(RuntimeError):
+    """The origin could not listen on its port: another server took it first."""
 
 
 _live: set[Origin] = set()
@@ -102,6 +123,7 @@ class Origin:
         port: int = 0,
         banner: bool = False,
         scheme: str = "http",
+        pid_file: Path | None = None,
     ) -> None:
         self.name = name
         self.root = root
@@ -111,6 +133,7 @@ class Origin:
         self.scheme = scheme
         self._command = command
         self._banner = banner  # the process prints `serving DIR at URL/` once it listens
+        self._pid_file = pid_file  # written with the process's pid once it has bound its port
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -148,7 +171,7 @@ class Origin:
                     self.port = int(match[1])
                     break
                 self._check_alive(deadline, stderr)
-            while not self._accepts():
+            while not (self._bound() and self._accepts()):
                 self._check_alive(deadline, stderr)
             self._check_alive(deadline, stderr, wait=False)  # not someone else on our port
         except BaseException:
@@ -164,9 +187,21 @@ class Origin:
                 log += (self.workdir / "error.log").read_text(errors="replace")
             if self.name == "tinyproxy":
                 log += self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-            raise RuntimeError(f"{self.name} origin {state} on start:\n{log}")
+            error = PortInUse if "Address already in use" in log else RuntimeError
+            raise error(f"{self.name} origin {state} on start:\n{log}")
         if wait:
             time.sleep(0.01)
+
+    def _bound(self) -> bool:
+        # Without this, another server that took the port first would answer for us while
+        # nginx still retries its bind (for seconds) before it gives up.
+        if self._pid_file is None:
+            return True
+        assert self._proc is not None
+        try:
+            return self._pid_file.read_text().strip() == str(self._proc.pid)
+        except FileNotFoundError:
+            return False
 
     def _accepts(self) -> bool:
         try:
@@ -239,11 +274,11 @@ def start_nginx_origin(
     ``access_log=False`` spares a benchmark the write per request. With ``tls``, it speaks only
     https, with that certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port, log = free_port(), workdir / "nginx-access.log"
-    listen = f"127.0.0.1:{port}"
+    log = workdir / "nginx-access.log"
+    tls_lines = ""
     if tls is not None:
-        listen += f" ssl;\n        ssl_certificate {tls.server_cert};"
-        listen += f"\n        ssl_certificate_key {tls.server_key}"
+        tls_lines = f" ssl;\n        ssl_certificate {tls.server_cert};"
+        tls_lines += f"\n        ssl_certificate_key {tls.server_key}"
     temp = "\n".join(
         f"    {kind}_temp_path {workdir / (kind + '_temp')};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -252,13 +287,18 @@ def start_nginx_origin(
     logging = f"access_log {log} lazyfs;" if access_log else "access_log off;"
     # `try_files $uri =404`: a directory is a 404, as with lazyfs (nginx would 301 or 403).
     location = "autoindex on; autoindex_exact_size on;" if listing else "try_files $uri =404;"
-    # `user root`: pytest's tmp dirs are 0700, unreadable to nginx's default worker user.
-    conf = f"""\
+    conf_path = workdir / "nginx.conf"
+    pid_file = workdir / "nginx.pid"  # nginx writes it once its socket is bound
+
+    def command(port: int) -> list[str]:
+        # Written per start: a port another server took first means a new port, a new config.
+        # `user root`: pytest's tmp dirs are 0700, unreadable to nginx's default worker user.
+        conf_path.write_text(f"""\
 daemon off;
 master_process on;
 worker_processes {workers};
 {"user root;" if os.geteuid() == 0 else ""}
-pid {workdir / "nginx.pid"};
+pid {pid_file};
 error_log {workdir / "error.log"} warn;
 events {{ worker_connections 1024; }}
 http {{
@@ -270,22 +310,26 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     server {{
-        listen {listen};
+        listen 127.0.0.1:{port}{tls_lines};
         root {root};
         location / {{ {location} }}
     }}
 }}
-"""
-    conf_path = workdir / "nginx.conf"
-    conf_path.write_text(conf)
-
-    def command(port: int) -> list[str]:
+""")
         # -e: the compiled-in error log (/var/log/nginx) is opened before the config is read.
         error_log = str(workdir / "error.log")
         return [str(NGINX), "-c", str(conf_path), "-p", str(workdir), "-e", error_log]
 
     scheme = "http" if tls is None else "https"
-    origin = Origin("nginx", root, workdir, log, command, port, scheme=scheme)
+    origin = Origin(
+        "nginx", root, workdir, log, command, free_port(), scheme=scheme, pid_file=pid_file
+    )
+    for _ in range(4):
+        try:
+            origin.start()
+            return origin
+        except PortInUse:
+            origin.port = free_port()  # a server in another test took it first
     origin.start()
     return origin
 

@@ -18,7 +18,7 @@ import yaml
 from tests.mounts import force_unmount, is_mounted, publish, wait_until
 from tests.origins import Origin
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "scripts" / "container" / "entrypoint"
 DOCKERFILE = REPO / "scripts" / "container" / "Dockerfile"
 

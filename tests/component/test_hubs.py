@@ -23,8 +23,8 @@ from lazyfs.core.manifest import MANIFEST_NAME, FileCheck, FileEntry, make_manif
 from lazyfs.errors import ManifestError, SourceError, UsageError
 from lazyfs.read.reader import BlockReader
 from lazyfs.read.wholefile import FileIntegrityError, stream_whole_file
+from tests.component.test_reader import FakeSource
 from tests.fakehubs import git_blob_sha1
-from tests.test_reader import FakeSource
 
 BS = 64 * 1024
 COMMIT = "a" * 40

@@ -58,7 +58,7 @@ def test_status_follows_reads_and_wait_returns_when_cached(
     assert wait_until(lambda: cached(status(mountpoint))["weights.bin"] == BLOCK)
     assert status(mountpoint)["blocks_fetched"] == 1
 
-    timed_out = lazyfs("wait", mountpoint, "weights.bin", "--timeout", "1")
+    timed_out = lazyfs("wait", mountpoint, "weights.bin", "--timeout", "0.2")
     assert timed_out.returncode == 1
     assert timed_out.stderr.startswith("lazyfs: error: timed out")
 

@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.origins import (
     start_lazyfs_origin,
     start_nginx_origin,
 )
+from tests.waiting import wait_until
 
 SIZE = 1 << 20
 DATA = random.Random(1).randbytes(SIZE)
@@ -88,10 +88,8 @@ def raw_request(port: int, target: str, method: str = "GET") -> tuple[int, bytes
 
 def records(log: Path, at_least: int) -> list[AccessRecord]:
     # The server logs after the response has left: the client can be first.
-    deadline = time.monotonic() + 5
-    while len(found := read_access_log(log)) < at_least and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return found
+    wait_until(lambda: len(read_access_log(log)) >= at_least)
+    return read_access_log(log)
 
 
 # -- whole files, HEAD, ranges --------------------------------------------------------------

@@ -13,7 +13,7 @@ from lazyfs.cache.store import BlockStore
 from lazyfs.core.rotation import SourceRotation
 from lazyfs.errors import BlockIntegrityError, SourceError
 from lazyfs.read.reader import BlockReader
-from tests.test_reader import BS, DATA, ENTRY, FakeSource
+from tests.component.test_reader import BS, DATA, ENTRY, FakeSource
 
 
 class Clock:

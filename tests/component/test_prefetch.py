@@ -16,7 +16,7 @@ from lazyfs.cache.store import BlockStore
 from lazyfs.errors import OriginUnreachable
 from lazyfs.read.prefetch import Prefetcher
 from lazyfs.read.reader import open_block_reader
-from tests.test_reader import BS, DATA, ENTRY, FakeSource, make_entry, randbytes, run
+from tests.component.test_reader import BS, DATA, ENTRY, FakeSource, make_entry, randbytes, run
 
 OTHER_DATA = randbytes(5 * BS, seed=30)
 OTHER = make_entry("other.bin", OTHER_DATA)

@@ -167,7 +167,7 @@ def test_canonical_form() -> None:
 def test_docs_example_parses_and_is_canonical() -> None:
     from pathlib import Path
 
-    text = (Path(__file__).parent.parent / "docs" / "manifest.md").read_text()
+    text = (Path(__file__).parents[2] / "docs" / "manifest.md").read_text()
     example = text.split("```json\n", 1)[1].split("```", 1)[0].encode()
     manifest = parse_manifest(example)
     assert manifest.to_json() == example

@@ -33,6 +33,7 @@ from lazyfs.errors import (
     SourceError,
 )
 from lazyfs.read.reader import BlockReader, open_block_reader
+from tests.waiting import wait_until_async
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -692,10 +693,14 @@ def test_read_ahead_follows_a_sequential_reader_and_stays_bounded(
 
     async def main() -> None:
         async with open_block_reader(source, store, BS, readahead_bytes=4 * BS) as reader:
+
+            def read_ahead_done() -> bool:  # white-box: no block left that it means to fetch
+                return not reader._scheduled
+
             pattern = ReadPattern()
             for index in range(6):
                 await reader.read(entry, index * BS, BS, pattern)
-            await trio.sleep(0.2)
+            assert await wait_until_async(read_ahead_done)
             fetched = {index for path, index in source.calls if path == entry.path}
             # Blocks 0-5 were read; at most the 4-block window beyond them was fetched.
             assert set(range(6)) <= fetched <= set(range(10))
@@ -705,7 +710,7 @@ def test_read_ahead_follows_a_sequential_reader_and_stays_bounded(
             before = len(source.calls)
             for index in (30, 20, 35, 25):
                 await reader.read(entry, index * BS + 7, 10, random_reader)
-            await trio.sleep(0.2)
+            assert await wait_until_async(read_ahead_done)
             assert len(source.calls) - before == 4, "random reads fetched only their blocks"
 
     trio.run(main)

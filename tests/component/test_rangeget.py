@@ -46,6 +46,7 @@ from lazyfs.sources.rangeget import (
     get_range,
 )
 from lazyfs.sources.transport import MAX_REDIRECTS, Timeouts, Transport, same_origin
+from tests.waiting import wait_until, wait_until_async
 
 T = TypeVar("T")
 
@@ -114,6 +115,7 @@ class Server:
         self.idle_timeout = idle_timeout
         self.requests: list[Request] = []
         self.connections = 0
+        self.closed = 0  # connections the server has closed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._open: set[socket.socket] = set()
@@ -190,6 +192,8 @@ class Server:
                 self._open.discard(conn)
             _shutdown(conn)
             conn.close()
+            with self._lock:
+                self.closed += 1
 
 
 def _parse(head: bytes, connection: int) -> Request:
@@ -558,7 +562,7 @@ def test_sequential_reads_reuse_one_connection(pool: ConnectionPool) -> None:
 def test_idle_connection_closed_by_the_server_is_replaced_silently(pool: ConnectionPool) -> None:
     with Server(then=partial, idle_timeout=0.1) as server:
         assert bytes(get_range(pool, server.url + "/w.bin", 0, 100).data) == DATA[:100]
-        time.sleep(0.4)  # the server closes the idle connection
+        assert wait_until(lambda: server.closed == 1)  # the server closed the idle connection
         assert bytes(get_range(pool, server.url + "/w.bin", 100, 100).data) == DATA[100:200]
     assert server.connections == 2
     assert len(server.requests) == 2
@@ -569,18 +573,19 @@ def test_stale_connection_costs_no_fetch_block_attempt() -> None:
     policy = RetryPolicy(attempts=1, deadline=5.0, connect_timeout=1.0, read_timeout=0.5)
     results: list[bytes] = []
 
-    async def main(url: str) -> None:
-        origin = HttpOrigin(url, shared_client(), policy, transport=TRANSPORT)
+    async def main(server: Server) -> None:
+        origin = HttpOrigin(server.url, shared_client(), policy, transport=TRANSPORT)
         try:
             for start in (0, 500):
                 data, _ = await origin.fetch_block("w.bin", start, 100)
                 results.append(bytes(data))
-                await trio.sleep(0.4)
+                # Until the server has closed the idle connection.
+                assert await wait_until_async(lambda: server.closed == len(results))
         finally:
             origin.close()
 
     with Server(then=partial, idle_timeout=0.1) as server:
-        trio.run(main, server.url)
+        trio.run(main, server)
     assert results == [DATA[0:100], DATA[500:600]]
     assert server.connections == 2
 
@@ -596,7 +601,7 @@ def test_several_stale_idle_connections_are_all_replaced(pool: ConnectionPool) -
         for thread in threads:
             thread.join(5)
         assert server.connections == 2, "setup: two idle connections"
-        time.sleep(0.6)  # the server closes both idle connections
+        assert wait_until(lambda: server.closed == 2)  # the server closed both idle connections
         body = bounded(lambda: get_range(pool, url, 20, 10), 5)
     assert bytes(body.data) == DATA[20:30]
 
