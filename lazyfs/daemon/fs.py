@@ -36,21 +36,23 @@ STATFS_BLOCK = 4096
 
 
 @contextmanager
-def errors_as_errno(what: str) -> Iterator[None]:
+def errors_as_errno(what: str | Callable[[], str]) -> Iterator[None]:
     """Any lazyfs error (origin, integrity, cache) fails the request with EIO, logged.
 
     Anything else is a bug: it is logged with its traceback and also fails only this
-    request, since letting it reach pyfuse3 would end the mount for every reader.
+    request, since letting it reach pyfuse3 would end the mount for every reader. ``what``
+    names the request; a callable is asked only on failure (requests are a hot path).
     """
     try:
         yield
-    except LazyfsError as exc:
-        log.error("%s failed: %s", what, exc)
-        raise FUSEError(errno.EIO) from exc
     except (trio.Cancelled, FUSEError):
         raise
+    except LazyfsError as exc:
+        log.error("%s failed: %s", what if isinstance(what, str) else what(), exc)
+        raise FUSEError(errno.EIO) from exc
     except Exception as exc:
-        log.exception("%s failed on an unexpected error (a lazyfs bug)", what)
+        shown = what if isinstance(what, str) else what()
+        log.exception("%s failed on an unexpected error (a lazyfs bug)", shown)
         raise FUSEError(errno.EIO) from exc
 
 
@@ -67,9 +69,12 @@ def at_the_boundary(handler: Callable[..., Awaitable[T]]) -> Callable[..., Await
 
     @functools.wraps(handler)
     async def guarded(self: object, *args: object, **kwargs: object) -> T:
-        # The inodes, handles, offsets and names the request carries; not its context.
-        shown = ", ".join(repr(arg) for arg in args if isinstance(arg, int | bytes))
-        with errors_as_errno(f"{handler.__name__}({shown})"):
+        def request() -> str:
+            # The inodes, handles, offsets and names the request carries; not its context.
+            shown = ", ".join(repr(arg) for arg in args if isinstance(arg, int | bytes))
+            return f"{handler.__name__}({shown})"
+
+        with errors_as_errno(request):
             return await handler(self, *args, **kwargs)
 
     return guarded
@@ -237,7 +242,7 @@ class LazyFS(ReadOnlyOperations):
             raise FUSEError(errno.EISDIR)
         log.debug("read %s offset %d size %d", entry.path, off, size)
         # Inside the boundary every handler has: the log names the file, not only the handle.
-        with errors_as_errno(f"read of {entry.path} at {off}+{size}"):
+        with errors_as_errno(lambda: f"read of {entry.path} at {off}+{size}"):
             return await self.reader.read(entry, off, size, pattern)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
