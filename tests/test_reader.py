@@ -143,10 +143,7 @@ def read(reader: BlockReader, offset: int, length: int, entry: FileEntry = ENTRY
 async def until_waiting(reader: BlockReader, digest: str, count: int) -> None:
     """Until ``count`` tasks wait on the in-flight fetch of ``digest`` (white-box, to make
     the concurrency tests deterministic)."""
-    while True:
-        pending = reader._pending.get(digest)
-        if pending is not None and pending.done.statistics().tasks_waiting >= count:
-            return
+    while reader.loading.waiting(digest) < count:
         await trio.sleep(0.001)
 
 
@@ -289,7 +286,7 @@ def test_concurrent_reads_of_one_block_fetch_it_once(
     for i, (offset, length) in enumerate(slices):
         assert results[i] == DATA[offset : offset + length]
     assert store.contains(ENTRY.blocks[2])
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
 
 def test_identical_blocks_of_two_files_are_fetched_and_stored_once(store: BlockStore) -> None:
@@ -364,7 +361,7 @@ def test_block_corrupt_always_fails_after_two_fetches(
     assert reader.counters.verification_failures == 2
     assert not store.contains(ENTRY.blocks[2])
     assert store.read_block(ENTRY.blocks[2]) is None
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
     # The other blocks of the file are unaffected.
     assert read(reader, 0, 2 * BS) == DATA[: 2 * BS]
@@ -397,7 +394,7 @@ def test_source_error_propagates(reader: BlockReader, source: FakeSource) -> Non
     with pytest.raises(OriginHTTPError) as info:
         read(reader, 10, 10)
     assert info.value.status == 404
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
     assert reader.counters.blocks_fetched == 0
     del source.errors[key]
     assert read(reader, 10, 10) == DATA[10:20]
@@ -429,7 +426,7 @@ def test_source_error_reaches_every_waiter_without_a_hang(
     assert len(outcomes) == 20
     assert all(isinstance(outcome, OriginUnreachable) for outcome in outcomes)
     assert source.calls == [key]
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
 
 def test_cancelled_fetch_hands_the_block_to_a_waiter(
@@ -465,7 +462,7 @@ def test_cancelled_fetch_hands_the_block_to_a_waiter(
     run(main)
     assert results == [DATA[5:15]]
     assert source.calls == [key, key]
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
 
 def test_slow_block_does_not_delay_another_block(reader: BlockReader, source: FakeSource) -> None:
@@ -508,7 +505,7 @@ def test_cache_write_failure_still_serves_the_data(
     assert read(reader, 100, 1000) == DATA[100:1100]
     assert reader.counters.cache_write_failures == 1
     assert not store.contains(ENTRY.blocks[0])
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
     # Nothing was stored, so a reader without the block in memory fetches it again.
     again = BlockReader(source, store, BS)
     assert read(again, 0, BS) == DATA[:BS]

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import trio
@@ -38,6 +38,7 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
+from lazyfs.read.singleflight import SingleFlight
 from lazyfs.read.wholefile import WholeFiles
 from lazyfs.sources.base import BlockSource
 
@@ -66,12 +67,6 @@ class ReadCounters:
     cache_verification_failures: int = 0
     cache_write_failures: int = 0
     fetches_in_flight: int = 0
-
-
-@dataclass(eq=False)
-class _Pending:
-    done: trio.Event = field(default_factory=trio.Event)
-    error: LazyfsError | None = None
 
 
 def _sha256_hex(data: Buffer) -> str:
@@ -147,7 +142,8 @@ class BlockReader:
         # Room for a full read-ahead window beside the blocks readers are working in.
         floor = (self.max_window + 2) * block_size
         self._recent = RecentBlocks(max(memory_bytes, floor))
-        self._pending: dict[str, _Pending] = {}
+        # The digests being loaded, and who waits for them.
+        self.loading: SingleFlight[str, Buffer] = SingleFlight()
         # Read-ahead started but not yet running, so a burst of reads starts it once.
         self._scheduled: set[str] = set()
         self._background = background
@@ -209,7 +205,7 @@ class BlockReader:
             if index >= last:
                 break
             digest = entry.blocks[index]
-            if digest in self._recent or digest in self._pending or digest in self._scheduled:
+            if digest in self._recent or digest in self.loading or digest in self._scheduled:
                 continue
             self._scheduled.add(digest)
             self.counters.blocks_read_ahead += 1
@@ -230,28 +226,15 @@ class BlockReader:
     async def block(self, entry: FileEntry, index: int) -> Buffer:
         """Block ``index`` of ``entry``, verified; one task loads a digest, others wait."""
         digest = entry.blocks[index]
-        while True:
-            block = self._recent.get(digest)
-            if block is not None:
-                self.counters.memory_hits += 1
-                return block
-            pending = self._pending.get(digest)
-            if pending is None:
-                break
-            await pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-        pending = self._pending[digest] = _Pending()
-        try:
-            block = await self._load(entry, index)
-            self._recent.put(digest, block)
-            return block
-        except LazyfsError as exc:
-            pending.error = exc
-            raise
-        finally:
-            del self._pending[digest]
-            pending.done.set()
+        return await self.loading.run(
+            digest, lambda: self._load(entry, index), lambda: self._from_memory(digest)
+        )
+
+    def _from_memory(self, digest: str) -> Buffer | None:
+        block = self._recent.get(digest)
+        if block is not None:
+            self.counters.memory_hits += 1
+        return block
 
     async def keep_block(self, entry: FileEntry, index: int) -> bool:
         """Make sure the disk store holds block ``index`` of ``entry`` (prefetch): loaded as a
@@ -283,13 +266,14 @@ class BlockReader:
         block = await self._read_cached(digest)
         if block is not None:
             self.counters.cache_hits += 1
-            return block
-        block = await self._fetch_verified(entry, index)
-        await self._reserve_write(digest)
-        if self._background is not None:
-            self._background.start_soon(self._store, digest, block)
         else:
-            await self._store(digest, block)
+            block = await self._fetch_verified(entry, index)
+            await self._reserve_write(digest)
+            if self._background is not None:
+                self._background.start_soon(self._store, digest, block)
+            else:
+                await self._store(digest, block)
+        self._recent.put(digest, block)
         return block
 
     async def _read_cached(self, digest: str) -> Buffer | None:

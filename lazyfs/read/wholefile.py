@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import trio
 from typing_extensions import Buffer
@@ -25,6 +25,7 @@ from lazyfs.core.filehashes import FileHashes
 from lazyfs.core.manifest import FileEntry
 from lazyfs.core.sizes import format_size
 from lazyfs.errors import CacheError, IntegrityError, LazyfsError
+from lazyfs.read.singleflight import SingleFlight
 from lazyfs.sources.base import BlockSource
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,6 @@ async def stream_whole_file(
     return replace(entry, sha256=hashes.digest("sha256"), blocks=tuple(digests), check=None)
 
 
-@dataclass(eq=False)
-class _Verifying:
-    done: trio.Event = field(default_factory=trio.Event)
-    result: FileEntry | None = None
-    error: LazyfsError | None = None
-
-
 class WholeFiles:
     """Verifies files whole for a mount: once per file, however many readers wait on it.
 
@@ -149,36 +143,23 @@ class WholeFiles:
         # Bytes streamed so far of each file being verified (shown by ``lazyfs status``).
         self.streamed: dict[str, int] = {}
         self._verified: dict[str, FileEntry] = {}
-        self._running: dict[str, _Verifying] = {}
+        self._verifying: SingleFlight[str, FileEntry] = SingleFlight()
 
     def known(self, entry: FileEntry) -> FileEntry:
         """``entry`` with its block digests if it has been verified, else as it is."""
         return self._verified.get(entry.path, entry)
 
     async def verified(self, entry: FileEntry) -> FileEntry:
+        """``entry`` with its block digests, streaming and checking the file on first use."""
         if entry.check is None:
             return entry
-        while True:
-            known = self._verified.get(entry.path)
-            if known is not None:
-                return known
-            running = self._running.get(entry.path)
-            if running is None:
-                break
-            await running.done.wait()
-            if running.error is not None:
-                raise running.error
-            # Neither result nor error: the verifying task was cancelled; take over.
-        running = self._running[entry.path] = _Verifying()
-        try:
-            running.result = self._verified[entry.path] = await self._verify(entry)
-            return running.result
-        except LazyfsError as exc:
-            running.error = exc
-            raise
-        finally:
-            del self._running[entry.path]
-            running.done.set()
+        return await self._verifying.run(
+            entry.path, lambda: self._verify_once(entry), lambda: self._verified.get(entry.path)
+        )
+
+    async def _verify_once(self, entry: FileEntry) -> FileEntry:
+        verified = self._verified[entry.path] = await self._verify(entry)
+        return verified
 
     async def _verify(self, entry: FileEntry) -> FileEntry:
         hint = None
