@@ -252,7 +252,7 @@ def test_memory_is_bounded_and_evicted_blocks_come_from_the_store(
     reader = BlockReader(source, store, BS, memory_bytes=2 * BS, readahead_bytes=0)
     for index in range(4):
         assert read(reader, index * BS, BS) == DATA[index * BS : (index + 1) * BS]
-        assert reader._recent.size <= 2 * BS
+        assert reader.cache.recent.size <= 2 * BS
     assert read(reader, 0, 10) == DATA[:10]  # block 0 was pushed out of memory
     assert reader.counters.cache_hits == 1
     assert read(reader, 0, 10) == DATA[:10]  # and is held again

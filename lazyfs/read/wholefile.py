@@ -9,7 +9,6 @@ directory), so later reads, and later mounts, fetch and verify single blocks aga
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,12 +18,12 @@ import trio
 from typing_extensions import Buffer
 
 from lazyfs.cache.blocklists import BlockLists
-from lazyfs.cache.store import BlockStore
 from lazyfs.core.blocks import block_count, block_extent
 from lazyfs.core.filehashes import FileHashes
 from lazyfs.core.manifest import FileEntry
 from lazyfs.core.sizes import format_size
 from lazyfs.errors import CacheError, IntegrityError, LazyfsError
+from lazyfs.read.blockcache import BlockCache
 from lazyfs.read.singleflight import SingleFlight
 from lazyfs.sources.base import BlockSource
 
@@ -45,9 +44,6 @@ class FileIntegrityError(IntegrityError):
 
 # A copy of block ``index`` from somewhere cheaper than the origin, if there is one.
 CachedBlock = Callable[[int], Awaitable[tuple[Buffer, str] | None]]
-# The mount's block cache: a stored block, checked against its digest (or None); and storing one.
-ReadCached = Callable[[str], Awaitable[Buffer | None]]
-KeepBlock = Callable[[str, Buffer], Awaitable[None]]
 
 
 async def stream_whole_file(
@@ -121,22 +117,18 @@ async def stream_whole_file(
 class WholeFiles:
     """Verifies files whole for a mount: once per file, however many readers wait on it.
 
-    Blocks go through the mount's own cache paths (``read_cached``, ``keep``): checked on the
-    way in, stored with the same failure handling as any fetched block."""
+    Blocks go through the mount's block cache: checked on the way in, stored with the same
+    failure handling as any fetched block."""
 
     def __init__(
         self,
         source: BlockSource,
-        store: BlockStore,
+        cache: BlockCache,
         block_size: int,
         lists: BlockLists | None,
-        read_cached: ReadCached,
-        keep: KeepBlock,
     ) -> None:
         self.source = source
-        self.store = store
-        self.read_cached = read_cached
-        self.keep = keep
+        self.cache = cache
         self.block_size = block_size
         self.lists = lists
         self.failures = 0
@@ -208,7 +200,7 @@ class WholeFiles:
             # Stored before the whole file is checked: blocks are kept by their own digest,
             # so one is only ever used where a verified list names it.
             kept.append(digest)
-            await self.keep(digest, block)
+            await self.cache.put_now(digest, block)
 
         cached = None if hint is None else self._from_cache(hint)
         self.streamed[entry.path] = 0
@@ -221,8 +213,7 @@ class WholeFiles:
             if isinstance(exc, FileIntegrityError):
                 # Blocks of a copy that failed are not worth their cache space.
                 for digest in kept:
-                    with contextlib.suppress(CacheError):
-                        await trio.to_thread.run_sync(self.store.discard, digest)
+                    await self.cache.discard(digest)
             raise
         finally:
             del self.streamed[entry.path]
@@ -237,7 +228,7 @@ class WholeFiles:
     def _from_cache(self, hint: FileEntry) -> CachedBlock:
         async def cached(index: int) -> tuple[Buffer, str] | None:
             digest = hint.blocks[index]
-            block = await self.read_cached(digest)
+            block = await self.cache.get(digest)
             return None if block is None else (block, digest)
 
         return cached
