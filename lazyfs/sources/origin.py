@@ -20,10 +20,10 @@ import httpx
 import trio
 from typing_extensions import Buffer
 
+from lazyfs.core.attempts import backoff, is_retryable
 from lazyfs.errors import (
     ManifestError,
     OriginHTTPError,
-    OriginProtocolError,
     OriginUnreachable,
     SourceError,
 )
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Block GETs in flight at once: on two cores, three keep the wire and both hashers busy.
 DEFAULT_FETCH_THREADS = 3
 # A manifest of a terabyte of 4 MiB blocks is about 20 MB; anything far larger is not one.
@@ -58,17 +57,7 @@ class RetryPolicy:
         return Timeouts(self.connect_timeout, self.read_timeout, self.deadline)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff: float = min(self.max_delay, self.first_delay * 2.0 ** (attempt - 1))
-        jittered: float = backoff * random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            return min(self.max_delay * 4, max(jittered, retry_after))
-        return jittered
-
-
-def is_retryable(exc: SourceError) -> bool:
-    if isinstance(exc, OriginHTTPError):
-        return exc.status in RETRYABLE_STATUS
-    return isinstance(exc, OriginUnreachable | OriginProtocolError)
+        return backoff(attempt, self.first_delay, self.max_delay, retry_after, random.random())
 
 
 async def with_retries(
