@@ -72,6 +72,7 @@ class FakeSource:
         self.corrupt_once: set[Key] = set()
         self.corrupt_always: set[Key] = set()
         self.errors: dict[Key, SourceError] = {}
+        self.errors_once: dict[Key, SourceError] = {}
         self.gates: dict[Key, trio.Event] = {}  # a fetch of the block waits for its gate
         self.gate_all: trio.Event | None = None
         self.started: dict[Key, trio.Event] = {}  # set when a fetch of the block begins
@@ -96,6 +97,8 @@ class FakeSource:
             await trio.lowlevel.checkpoint()
         if key in self.errors:
             raise self.errors[key]
+        if key in self.errors_once:
+            raise self.errors_once.pop(key)
         data = self.files[path][start : start + length]
         assert len(data) == length
         if key in self.corrupt_always or key in self.corrupt_once:
@@ -400,6 +403,23 @@ def test_source_error_propagates(reader: BlockReader, source: FakeSource) -> Non
     assert read(reader, 10, 10) == DATA[10:20]
 
 
+def test_fetch_times_retries_and_failures_are_counted(
+    source: FakeSource, store: BlockStore
+) -> None:
+    seconds: list[float] = []
+    reader = BlockReader(source, store, BS, observe_fetch=seconds.append)
+    source.corrupt_once.add((ENTRY.path, 0))
+    source.errors[(ENTRY.path, 1)] = OriginHTTPError("http://origin.test/repo/x: HTTP 404", 404)
+    assert read(reader, 0, 10) == DATA[:10]
+    with pytest.raises(OriginHTTPError):
+        read(reader, BS, 10)
+    # Two transfers completed (the bad copy and the good one): the metrics saw both.
+    assert len(seconds) == 2 and all(elapsed >= 0 for elapsed in seconds)
+    counters = reader.fetcher.counters
+    assert (counters.retries, counters.errors, counters.fetches_in_flight) == (1, 1, 0)
+    assert reader.counters.blocks_fetched == 2
+
+
 def test_source_error_reaches_every_waiter_without_a_hang(
     reader: BlockReader, source: FakeSource
 ) -> None:
@@ -425,7 +445,9 @@ def test_source_error_reaches_every_waiter_without_a_hang(
     run(main)  # fail_after: a waiter left hanging fails the test
     assert len(outcomes) == 20
     assert all(isinstance(outcome, OriginUnreachable) for outcome in outcomes)
-    assert source.calls == [key]
+    # One loader for all twenty readers; a timeout is worth asking again, so its fetch made
+    # both of the reader's attempts (2 by default) before giving up.
+    assert source.calls == [key] * 2
     assert len(reader.loading) == 0
 
 

@@ -232,14 +232,15 @@ class AttemptPolicy:
         self._owes_pause[source] = retryable
         self._failures.append(str(error))
 
-    def no_answer(self, source: int) -> None:
+    def no_answer(self, source: int) -> OriginUnreachable:
         """The attempt used up its time without a complete answer, and was abandoned. Asking
-        the source again costs no pause: it has had its time."""
+        the source again costs no pause: it has had its time. Returns the error it counts as."""
         fetch = self._finish(source)
         error = OriginUnreachable(f"{self.sources[source]}: no answer within {fetch.timeout:.1f}s")
         self._last_error[source] = error
         self._failures.append(str(error))
         self._unanswered = True
+        return error
 
     def _finish(self, source: int) -> Fetch:
         fetch = self._under_way

@@ -1,10 +1,12 @@
 """Reads of manifest files, served only from verified blocks.
 
-A block comes from memory (recently used, verified), else from the disk store (verified again
-on the way in: the cache directory is not trusted), else from the origin, whose bytes are
-hashed as they arrive and checked against the manifest before they are kept or served. One
-task loads a given digest; others that want it wait for that task, so concurrent readers cost
-one GET. No lock is held across a fetch: a slow block stalls only its own readers.
+``BlockReader`` composes the block pipeline: a block comes from the cache (``BlockCache``:
+memory, else the disk store, verified again on the way in because the cache directory is not
+trusted), else from the sources through the ``BlockFetcher``, whose copies are hashed as they
+arrive and checked against the manifest before they are kept or served. One task loads a
+given digest (``SingleFlight``); others that want it wait for that task, so concurrent
+readers cost one GET. No lock is held across a fetch: a slow block stalls only its own
+readers. A new kind of source plugs in by implementing ``sources.base.BlockSource``.
 
 With a nursery (``open_block_reader``), a reader that moves through a file sequentially gets
 the next blocks fetched ahead of it, and fetched blocks are written to disk in the background.
@@ -13,8 +15,6 @@ the next blocks fetched ahead of it, and fetched blocks are written to disk in t
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,17 +25,13 @@ from typing_extensions import Buffer
 
 from lazyfs.cache.blocklists import BlockLists
 from lazyfs.cache.store import BlockStore
+from lazyfs.core.attempts import AttemptLimits
 from lazyfs.core.blocks import BlockSlice, block_count, block_extent, read_plan
 from lazyfs.core.manifest import FileEntry
 from lazyfs.core.readahead import ReadPattern
-from lazyfs.core.rotation import SourceRotation
-from lazyfs.errors import (
-    BlockIntegrityError,
-    LazyfsError,
-    OriginUnreachable,
-    SourceError,
-)
+from lazyfs.errors import LazyfsError
 from lazyfs.read.blockcache import DEFAULT_MEMORY_BYTES, BlockCache
+from lazyfs.read.fetcher import BlockFetcher
 from lazyfs.read.singleflight import SingleFlight
 from lazyfs.read.wholefile import WholeFiles
 from lazyfs.sources.base import BlockSource
@@ -45,6 +41,8 @@ log = logging.getLogger(__name__)
 # Read-ahead never holds more than this many bytes of blocks nobody has asked for yet.
 DEFAULT_READAHEAD_BYTES = 64 * 1024 * 1024
 MAX_READAHEAD_BLOCKS = 64
+# Without limits given: a bad copy is fetched once more, with no deadline.
+DEFAULT_LIMITS = AttemptLimits(attempts=2)
 
 
 @dataclass(frozen=True)
@@ -62,14 +60,6 @@ class ReadCounters:
     fetches_in_flight: int = 0
 
 
-@dataclass
-class FetchCounters:
-    blocks_fetched: int = 0
-    bytes_fetched: int = 0
-    fetches_in_flight: int = 0
-    verification_failures: int = 0
-
-
 class BlockReader:
     def __init__(
         self,
@@ -81,37 +71,31 @@ class BlockReader:
         background: trio.Nursery | None = None,
         block_lists: BlockLists | None = None,
         mirrors: Sequence[BlockSource] = (),
-        fetch_attempts: int = 2,
-        deadline: float = math.inf,
+        limits: AttemptLimits = DEFAULT_LIMITS,
+        observe_fetch: Callable[[float], None] | None = None,
     ) -> None:
-        self.source = source
-        self.rotation = SourceRotation([source, *mirrors])
-        self.fetch_attempts = fetch_attempts
-        # A block fetch (all its attempts, from every source) ends within this many seconds.
-        self.deadline = deadline
+        """``limits``: how hard each block fetch tries (attempts, one deadline, backoff);
+        ``observe_fetch`` is told how long each fetch took (the metrics histogram)."""
         self.store = store
         self.block_size = block_size
-        self.fetch_counters = FetchCounters()
-        self.blocks_read_ahead = 0
+        self.fetcher = BlockFetcher([source, *mirrors], limits, observe_fetch)
         self.max_window = min(MAX_READAHEAD_BLOCKS, readahead_bytes // block_size)
         # Room for a full read-ahead window beside the blocks readers are working in.
         floor = (self.max_window + 2) * block_size
         self.cache = BlockCache(store, block_size, max(memory_bytes, floor), background)
         # The digests being loaded, and who waits for them.
         self.loading: SingleFlight[str, Buffer] = SingleFlight()
+        self.blocks_read_ahead = 0
         # Read-ahead started but not yet running, so a burst of reads starts it once.
         self._scheduled: set[str] = set()
         self._background = background
-        # Hub files without block digests yet are verified whole on first read; their
-        # fetches are counted like any other.
-        counted = _Counted(source, self)
-        self.whole_files = WholeFiles(counted, self.cache, block_size, block_lists)
-        # Told how long each successful block fetch took (the metrics histogram).
-        self.observe_fetch: Callable[[float], None] = lambda seconds: None
+        # Hub files without block digests yet are verified whole on first read, through the
+        # same fetcher and cache as any block.
+        self.whole_files = WholeFiles(self.fetcher, self.cache, block_size, block_lists)
 
     @property
     def counters(self) -> ReadCounters:
-        cache, fetches = self.cache.counters, self.fetch_counters
+        cache, fetches = self.cache.counters, self.fetcher.counters
         return ReadCounters(
             blocks_fetched=fetches.blocks_fetched,
             bytes_fetched=fetches.bytes_fetched,
@@ -207,105 +191,11 @@ class BlockReader:
         digest = entry.blocks[index]
         block = await self.cache.get(digest)
         if block is None:
-            block = await self._fetch_verified(entry, index)
+            start, length = block_extent(index, entry.size, self.block_size)
+            block, _ = await self.fetcher.fetch(entry.path, index, start, length, digest)
             await self.cache.put(digest, block)
         self.cache.hold(digest, block)
         return block
-
-    async def fetch_counted(
-        self, source: BlockSource, path: str, start: int, length: int
-    ) -> tuple[Buffer, str]:
-        """``source.fetch_block``, counted: every fetch from an origin goes through here, so
-        each byte fetched is counted once, whichever path asked for it."""
-        began = time.monotonic()
-        self.fetch_counters.fetches_in_flight += 1
-        try:
-            fetched = await source.fetch_block(path, start, length)
-        finally:
-            self.fetch_counters.fetches_in_flight -= 1
-        self.observe_fetch(time.monotonic() - began)
-        self.fetch_counters.blocks_fetched += 1
-        self.fetch_counters.bytes_fetched += length
-        return fetched
-
-    async def _fetch_verified(self, entry: FileEntry, index: int) -> Buffer:
-        """Fetch block ``index`` of ``entry`` until a copy matches its digest: up to
-        ``fetch_attempts`` fetches (every source at least once), all within ``deadline``. A
-        source that fails or sends a bad copy is skipped for the rest of this block while
-        another remains, and benched for a while."""
-        with trio.move_on_after(self.deadline):
-            return await self._fetch_until_verified(entry, index, time.monotonic() + self.deadline)
-        raise OriginUnreachable(
-            f"block {index} of {entry.path}: no verified copy within {self.deadline:g}s"
-        )
-
-    async def _fetch_until_verified(self, entry: FileEntry, index: int, ends: float) -> Buffer:
-        start, length = block_extent(index, entry.size, self.block_size)
-        expected = entry.blocks[index]
-        order = self.rotation.order()
-        mirrored = len(order) > 1
-        attempts = max(self.fetch_attempts, len(order))
-        failed_here: list[BlockSource] = []
-        bad_copies: list[tuple[str, str]] = []
-        errors: list[str] = []
-        for attempt in range(1, attempts + 1):
-            fresh = [source for source in order if source not in failed_here]
-            source = fresh[0] if fresh else order[attempt % len(order)]
-            url = source.url_for(entry.path)
-            # With mirrors, one hung source must not eat the whole deadline: each attempt
-            # gets its share of what is left.
-            share = (ends - time.monotonic()) / (attempts - attempt + 1) if mirrored else math.inf
-            try:
-                with trio.move_on_after(share) as slot:
-                    block, actual = await self.fetch_counted(source, entry.path, start, length)
-                if slot.cancelled_caught:
-                    raise OriginUnreachable(f"{url}: no answer within {share:.1f}s")
-            except SourceError as exc:
-                if not mirrored:
-                    raise
-                errors.append(str(exc))
-                failed_here.append(source)
-                self.rotation.failed(source)
-                log.warning("block %d of %s: %s; trying another source", index, entry.path, exc)
-                continue
-            if actual == expected:
-                return block
-            self.fetch_counters.verification_failures += 1
-            bad_copies.append((url, actual))
-            failed_here.append(source)
-            if mirrored:
-                self.rotation.failed(source)
-            if attempt < attempts:
-                log.warning(
-                    "block %d of %s from %s does not match its digest (expected %s, got %s); "
-                    "fetching it again",
-                    index,
-                    entry.path,
-                    url,
-                    expected,
-                    actual,
-                )
-        if not bad_copies:
-            raise OriginUnreachable(f"block {index} of {entry.path}: {'; '.join(errors)}")
-        urls = ", ".join(dict.fromkeys(url for url, _ in bad_copies))
-        # Logged once, with the read that failed, where fs.py turns it into EIO.
-        raise BlockIntegrityError(
-            entry.path, index, urls, expected, bad_copies[-1][1], len(bad_copies)
-        )
-
-
-@dataclass(frozen=True)
-class _Counted:
-    """A source whose fetches ``reader`` counts (for the whole-file streams)."""
-
-    source: BlockSource
-    reader: BlockReader
-
-    def url_for(self, path: str) -> str:
-        return self.source.url_for(path)
-
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
-        return await self.reader.fetch_counted(self.source, path, start, length)
 
 
 @asynccontextmanager

@@ -24,8 +24,8 @@ from lazyfs.core.manifest import FileEntry
 from lazyfs.core.sizes import format_size
 from lazyfs.errors import CacheError, IntegrityError, LazyfsError
 from lazyfs.read.blockcache import BlockCache
+from lazyfs.read.fetcher import BlockFetcher
 from lazyfs.read.singleflight import SingleFlight
-from lazyfs.sources.base import BlockSource
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CachedBlock = Callable[[int], Awaitable[tuple[Buffer, str] | None]]
 
 
 async def stream_whole_file(
-    source: BlockSource,
+    fetcher: BlockFetcher,
     entry: FileEntry,
     block_size: int,
     keep: Callable[[str, Buffer], Awaitable[None]] | None = None,
@@ -55,9 +55,10 @@ async def stream_whole_file(
     window: int = STREAM_WINDOW,
     cached: CachedBlock | None = None,
 ) -> FileEntry:
-    """Fetch all of ``entry``, check it against ``entry.check``, and return it with its
-    block digests and sha256. ``keep`` is given each fetched block (in order) before the
-    check; ``cached`` may supply blocks instead of the origin (they are checked the same)."""
+    """Fetch all of ``entry`` through ``fetcher``, check it against ``entry.check``, and
+    return it with its block digests and sha256. ``keep`` is given each fetched block (in
+    order) before the check; ``cached`` may supply blocks instead of the sources (they are
+    checked the same)."""
     assert entry.check is not None
     count = block_count(entry.size, block_size)
     # Created as needed: a huge file must not cost memory per block before its first byte.
@@ -75,7 +76,8 @@ async def stream_whole_file(
             if found is not None:
                 results[index] = (*found, True)
             else:
-                results[index] = (*await source.fetch_block(entry.path, start, length), False)
+                fetched = await fetcher.fetch(entry.path, index, start, length)
+                results[index] = (*fetched, False)
         except LazyfsError as exc:
             failures.append(exc)
             nursery.cancel_scope.cancel()
@@ -109,7 +111,7 @@ async def stream_whole_file(
         hashes.update(b"")
     actual = hashes.digest(entry.check.algorithm)
     if actual != entry.check.digest:
-        url = source.url_for(entry.path)
+        url = fetcher.url_for(entry.path)
         raise FileIntegrityError(entry.path, url, entry.check.algorithm, entry.check.digest, actual)
     return replace(entry, sha256=hashes.digest("sha256"), blocks=tuple(digests), check=None)
 
@@ -122,12 +124,12 @@ class WholeFiles:
 
     def __init__(
         self,
-        source: BlockSource,
+        fetcher: BlockFetcher,
         cache: BlockCache,
         block_size: int,
         lists: BlockLists | None,
     ) -> None:
-        self.source = source
+        self.fetcher = fetcher
         self.cache = cache
         self.block_size = block_size
         self.lists = lists
@@ -206,7 +208,7 @@ class WholeFiles:
         self.streamed[entry.path] = 0
         try:
             verified = await stream_whole_file(
-                self.source, entry, self.block_size, keep, report, cached=cached
+                self.fetcher, entry, self.block_size, keep, report, cached=cached
             )
         except LazyfsError as exc:
             self.failures += 1
