@@ -89,10 +89,14 @@ limits = st.builds(
 
 @dataclass
 class Run:
-    """What the policy asked, step by step, and how the run ended."""
+    """A policy fed a script of outcomes: what it asked, step by step, and how it ended."""
 
-    decisions: list[tuple[float, Decision]]  # (when it was asked, what the policy said)
-    asked: list[int]  # the source of each Fetch, in order
+    sources: int
+    limits: AttemptLimits
+    script: list[Outcome]
+    policy: AttemptPolicy
+    decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (when, what)
+    asked: list[int] = field(default_factory=list)  # the source of each Fetch, in order
     end: str = "still going"  # or "verified", "gave up" (else the outcomes ran out)
     error: BaseException | None = None
     bad_copies: int = 0
@@ -102,27 +106,25 @@ class Run:
     ruled_out: dict[int, int] = field(default_factory=dict)
 
 
-def drive(
-    sources: int, limits: AttemptLimits, script: list[Outcome], draw: float = 0.5
-) -> tuple[AttemptPolicy, Run]:
+def drive(sources: int, limits: AttemptLimits, script: list[Outcome], draw: float = 0.5) -> Run:
     """Feed ``script`` to a policy as the fetcher would, on a clock the script moves."""
     now = 1000.0
     policy = AttemptPolicy(urls(sources), limits, WANTED, now, draw=lambda: draw)
-    run = Run([], [])
+    run = Run(sources, limits, script, policy)
     steps = iter(script)
     for _ in range(10 * len(script) + 10):
         decision = policy.next(now)
         run.decisions.append((now, decision))
         if isinstance(decision, GiveUp):
             run.end, run.error = "gave up", decision.error
-            return policy, run
+            return run
         if isinstance(decision, Wait):
             now += decision.seconds
             continue
         run.asked.append(decision.source)
         outcome = next(steps, None)
         if outcome is None:
-            return policy, run
+            return run
         run.last = outcome
         if isinstance(outcome, NoAnswer):
             now += decision.timeout if math.isfinite(decision.timeout) else 1.0
@@ -132,7 +134,7 @@ def drive(
         if isinstance(outcome, Verified):
             policy.verified(decision.source)
             run.end = "verified"
-            return policy, run
+            return run
         if isinstance(outcome, BadCopy):
             run.bad_copies += 1
             policy.bad_copy(decision.source, "b" * 64)
@@ -151,67 +153,55 @@ def drive(
 
 
 runs = settings(max_examples=400, deadline=None)
+driven = st.builds(
+    drive, st.integers(1, 4), limits, st.lists(outcomes, max_size=20), st.floats(0.0, 1.0)
+)
 
 
 @runs
-@given(st.integers(1, 4), limits, st.lists(outcomes, max_size=20))
-def test_never_more_fetches_than_the_budget(
-    sources: int, limits: AttemptLimits, script: list[Outcome]
-) -> None:
-    policy, run = drive(sources, limits, script)
-    assert len(run.asked) <= max(limits.attempts, sources) == policy.budget
+@given(driven)
+def test_never_more_fetches_than_the_budget(run: Run) -> None:
+    assert len(run.asked) <= max(run.limits.attempts, run.sources) == run.policy.budget
 
 
 @runs
-@given(st.integers(1, 4), limits, st.lists(outcomes, max_size=20))
-def test_nothing_is_asked_after_giving_up(
-    sources: int, limits: AttemptLimits, script: list[Outcome]
-) -> None:
-    policy, run = drive(sources, limits, script)
+@given(driven)
+def test_nothing_is_asked_after_giving_up(run: Run) -> None:
     if run.end == "gave up":
         given_up = run.decisions[-1][1]
         assert given_up == GiveUp(run.error)  # type: ignore[arg-type]
         for later in (0.0, 1e9):
-            assert policy.next(later) == given_up
-        assert policy.done
+            assert run.policy.next(later) == given_up
+        assert run.policy.done
 
 
 @runs
-@given(st.integers(1, 4), limits, st.lists(outcomes, max_size=20))
-def test_every_source_is_asked_before_any_is_asked_again(
-    sources: int, limits: AttemptLimits, script: list[Outcome]
-) -> None:
-    _, run = drive(sources, limits, script)
+@given(driven)
+def test_every_source_is_asked_before_any_is_asked_again(run: Run) -> None:
     for position, source in enumerate(run.asked):
         if source in run.asked[:position]:
-            assert set(run.asked[:position]) == set(range(sources))
+            assert set(run.asked[:position]) == set(range(run.sources))
         # A source ruled out (404) is never asked again.
         assert position < run.ruled_out.get(source, math.inf)
 
 
 @runs
-@given(st.integers(1, 4), limits, st.lists(outcomes, max_size=20))
-def test_the_first_verified_copy_ends_it(
-    sources: int, limits: AttemptLimits, script: list[Outcome]
-) -> None:
-    policy, run = drive(sources, limits, script)
-    verified_at = next((i for i, o in enumerate(script) if isinstance(o, Verified)), None)
+@given(driven)
+def test_the_first_verified_copy_ends_it(run: Run) -> None:
+    verified_at = next((i for i, o in enumerate(run.script) if isinstance(o, Verified)), None)
     if run.end == "verified":
         assert len(run.asked) == verified_at + 1  # type: ignore[operator]
-        assert policy.done
+        assert run.policy.done
         with pytest.raises(RuntimeError):
-            policy.next(0.0)
+            run.policy.next(0.0)
 
 
 @runs
-@given(st.integers(1, 4), limits, st.lists(outcomes, max_size=20), st.floats(0.0, 1.0))
-@example(1, AttemptLimits(2, 1.0, 2.0, 2.0), [Failed(0.5, None, None)], 1.0)  # past the deadline
-@example(2, AttemptLimits(4, 30.0, 0.1, 0.1), [Failed(0.0, 503, 3600.0)] * 3, 0.0)  # Retry-After
-def test_pauses_are_bounded_and_the_deadline_is_one_for_all(
-    sources: int, limits: AttemptLimits, script: list[Outcome], draw: float
-) -> None:
-    policy, run = drive(sources, limits, script, draw)
-    ends = policy.ends
+@given(driven)
+@example(drive(1, AttemptLimits(2, 1.0, 2.0, 2.0), [Failed(0.5, None, None)], 1.0))  # deadline
+@example(drive(2, AttemptLimits(4, 30.0, 0.1, 0.1), [Failed(0.0, 503, 3600.0)] * 3, 0.0))
+def test_pauses_are_bounded_and_the_deadline_is_one_for_all(run: Run) -> None:
+    ends, limits = run.policy.ends, run.limits
     for now, decision in run.decisions:
         if isinstance(decision, Wait):
             assert 0 < decision.seconds <= limits.max_delay * RETRY_AFTER_CAP
@@ -221,11 +211,8 @@ def test_pauses_are_bounded_and_the_deadline_is_one_for_all(
 
 
 @runs
-@given(st.integers(1, 4), limits, st.lists(outcomes, max_size=20))
-def test_the_error_given_up_with_is_the_right_kind(
-    sources: int, limits: AttemptLimits, script: list[Outcome]
-) -> None:
-    _, run = drive(sources, limits, script)
+@given(driven)
+def test_the_error_given_up_with_is_the_right_kind(run: Run) -> None:
     if run.end != "gave up":
         return
     if run.bad_copies:
@@ -234,14 +221,14 @@ def test_the_error_given_up_with_is_the_right_kind(
         assert run.error.expected == EXPECTED and run.error.index == 3
     elif "no verified copy within" in str(run.error):
         assert isinstance(run.error, OriginUnreachable)
-    elif sources == 1:
+    elif run.sources == 1:
         assert isinstance(run.error, SourceError)
         if isinstance(run.last, Failed):
             assert run.error is run.last_source_error
     else:
         assert isinstance(run.error, OriginUnreachable)
         assert str(run.error).startswith(WANTED.label)
-    if len(run.ruled_out) == sources:
+    if len(run.ruled_out) == run.sources:
         # Nothing left worth asking: given up at once, not after a pause or more fetches.
         assert isinstance(run.decisions[-2][1], Fetch)
         assert len(run.asked) == max(run.ruled_out.values())
@@ -253,7 +240,7 @@ def test_with_several_sources_each_attempt_gets_its_share_of_what_is_left(
     sources: int, deadline: float, attempts: int
 ) -> None:
     limits = AttemptLimits(attempts=attempts, deadline=deadline)
-    _, run = drive(sources, limits, [NoAnswer()] * 20)
+    run = drive(sources, limits, [NoAnswer()] * 20)
     fetches = [d for _, d in run.decisions if isinstance(d, Fetch)]
     budget = max(attempts, sources)
     assert len(fetches) == budget

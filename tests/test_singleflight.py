@@ -3,7 +3,7 @@ cancelled loader handing over to a waiter. Component tier: trio only, ordered by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -15,50 +15,39 @@ from lazyfs.read.singleflight import SingleFlight
 TIMEOUT = 10  # seconds: only ever reached by a hang
 
 
+class Loader:
+    """A load that waits for ``gate``; its first call raises ``first`` if given."""
+
+    def __init__(self, first: BaseException | None = None) -> None:
+        self.gate = trio.Event()
+        self.first = first
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        await self.gate.wait()
+        if self.first is not None and self.calls == 1:
+            raise self.first
+        return "value"
+
+
 async def until_waiting(flights: SingleFlight[str, str], key: str, count: int) -> None:
     while flights.waiting(key) < count:
         await trio.sleep(0.001)
 
 
-def test_waiters_get_the_loaders_result_even_when_nothing_kept_it() -> None:
-    flights: SingleFlight[str, str] = SingleFlight()
-    gate = trio.Event()
-    loads: list[str] = []
-    results: list[str] = []
-
-    async def load() -> str:
-        loads.append("k")
-        await gate.wait()
-        return "value"
-
-    async def main() -> None:
-        with trio.fail_after(TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                for _ in range(5):
-                    nursery.start_soon(lambda: _append(results, flights.run("k", load)))
-                await until_waiting(flights, "k", 4)
-                gate.set()
-
-    trio.run(main)
-    assert loads == ["k"] and results == ["value"] * 5
-    assert len(flights) == 0 and "k" not in flights
-
-
-def test_waiters_get_the_loaders_error_and_the_next_call_loads_again() -> None:
-    flights: SingleFlight[str, str] = SingleFlight()
-    gate = trio.Event()
-    calls = 0
+def run_beside(
+    flights: SingleFlight[str, str],
+    load: Loader,
+    first: Callable[[], Awaitable[object]],
+    waiters: int,
+    between: Callable[[], None] = lambda: None,
+) -> list[object]:
+    """``first`` starts loading; then ``waiters`` tasks ask for the same key; once they all
+    wait, ``between()`` runs and the load is let through. What each waiter got, in order."""
     outcomes: list[object] = []
 
-    async def load() -> str:
-        nonlocal calls
-        calls += 1
-        await gate.wait()
-        if calls == 1:
-            raise OriginUnreachable("down")
-        return "value"
-
-    async def one() -> None:
+    async def waiter() -> None:
         try:
             outcomes.append(await flights.run("k", load))
         except LazyfsError as exc:
@@ -67,15 +56,45 @@ def test_waiters_get_the_loaders_error_and_the_next_call_loads_again() -> None:
     async def main() -> None:
         with trio.fail_after(TIMEOUT):
             async with trio.open_nursery() as nursery:
-                for _ in range(3):
-                    nursery.start_soon(one)
-                await until_waiting(flights, "k", 2)
-                gate.set()
-            assert await flights.run("k", load) == "value"
+                nursery.start_soon(first)
+                await trio.testing.wait_all_tasks_blocked()
+                for _ in range(waiters):
+                    nursery.start_soon(waiter)
+                await until_waiting(flights, "k", waiters)
+                between()
+                await trio.testing.wait_all_tasks_blocked()
+                load.gate.set()
 
     trio.run(main)
-    assert [type(outcome) for outcome in outcomes] == [OriginUnreachable] * 3
-    assert calls == 2
+    return outcomes
+
+
+def test_waiters_get_the_loaders_result_even_when_nothing_kept_it() -> None:
+    flights: SingleFlight[str, str] = SingleFlight()
+    load = Loader()
+    results: list[str] = []
+
+    async def first() -> None:
+        results.append(await flights.run("k", load))
+
+    assert run_beside(flights, load, first, 4) == ["value"] * 4
+    assert results == ["value"] and load.calls == 1
+    assert len(flights) == 0 and "k" not in flights
+
+
+def test_waiters_get_the_loaders_error_and_the_next_call_loads_again() -> None:
+    flights: SingleFlight[str, str] = SingleFlight()
+    load = Loader(OriginUnreachable("down"))
+
+    async def first() -> None:
+        with pytest.raises(OriginUnreachable):
+            await flights.run("k", load)
+
+    outcomes = run_beside(flights, load, first, 2)
+    assert [type(outcome) for outcome in outcomes] == [OriginUnreachable] * 2
+    assert load.calls == 1
+    assert trio.run(flights.run, "k", load) == "value"
+    assert load.calls == 2
 
 
 def test_a_known_value_costs_no_load() -> None:
@@ -89,66 +108,24 @@ def test_a_known_value_costs_no_load() -> None:
 
 def test_a_cancelled_loader_hands_over_to_a_waiter() -> None:
     flights: SingleFlight[str, str] = SingleFlight()
-    gate = trio.Event()
-    loaders: list[str] = []
-    results: list[str] = []
+    load = Loader()
+    owner = trio.CancelScope()
 
-    async def load(who: str) -> str:
-        loaders.append(who)
-        await gate.wait()
-        return who
+    async def first() -> None:
+        with owner:
+            await flights.run("k", load)
 
-    async def main() -> None:
-        first = trio.CancelScope()
-
-        async def owner() -> None:
-            with first:
-                await flights.run("k", lambda: load("owner"))
-
-        with trio.fail_after(TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(owner)
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(lambda: _append(results, flights.run("k", lambda: load("w"))))
-                await until_waiting(flights, "k", 1)
-                first.cancel()
-                await trio.testing.wait_all_tasks_blocked()
-                gate.set()
-
-    trio.run(main)
-    assert loaders == ["owner", "w"] and results == ["w"]
+    assert run_beside(flights, load, first, 1, owner.cancel) == ["value"]
+    assert owner.cancelled_caught and load.calls == 2
 
 
 def test_a_bug_in_the_loader_is_not_handed_to_waiters() -> None:
     flights: SingleFlight[str, str] = SingleFlight()
-    gate = trio.Event()
-    calls = 0
-    results: list[str] = []
+    load = Loader(ValueError("a bug"))
 
-    async def load() -> str:
-        nonlocal calls
-        calls += 1
-        await gate.wait()
-        if calls == 1:
-            raise ValueError("a bug")
-        return "value"
-
-    async def buggy_owner() -> None:
+    async def first() -> None:
         with pytest.raises(ValueError, match="a bug"):
             await flights.run("k", load)
 
-    async def main() -> None:
-        with trio.fail_after(TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(buggy_owner)
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(lambda: _append(results, flights.run("k", load)))
-                await until_waiting(flights, "k", 1)
-                gate.set()
-
-    trio.run(main)
-    assert results == ["value"] and calls == 2
-
-
-async def _append(results: list[str], value: Awaitable[str]) -> None:
-    results.append(await value)
+    assert run_beside(flights, load, first, 1) == ["value"]
+    assert load.calls == 2
