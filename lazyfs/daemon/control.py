@@ -55,6 +55,8 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
         "cache_bytes": store.volume,
         "cache_limit": store.limit,
         "whole_file_failures": reader.whole_files.failures,
+        "fetch_retries": reader.fetcher.counters.retries,
+        "fetch_errors": reader.fetcher.counters.errors,
     }
 
 

@@ -34,7 +34,7 @@ from lazyfs.daemon.config import DaemonStart, MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
 from lazyfs.daemon.fs import LazyFS
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
-from lazyfs.daemon.metrics import start_metrics
+from lazyfs.daemon.metrics import MountMetrics
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
 from lazyfs.errors import (
@@ -87,6 +87,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
         block_lists = BlockLists(config.cache_dir / "verified")
+        metrics = None if config.metrics is None else MountMetrics()
         reader = await stack.enter_async_context(
             open_block_reader(
                 origin,
@@ -94,19 +95,18 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 manifest.block_size,
                 block_lists,
                 mirrors,
-                fetch_attempts=policy.attempts,
-                deadline=policy.deadline,
+                limits=policy.limits,
+                observe_fetch=None if metrics is None else metrics.observe_fetch,
             )
         )
-        if config.metrics is not None:
-            stack.callback(start_metrics(config.metrics, reader, [origin, *mirrors]))
+        if metrics is not None and config.metrics is not None:
+            stack.callback(metrics.serve(config.metrics, reader))
         operations = LazyFS(Tree(manifest), reader, mtime)
-        await _run_fuse(operations, [origin, *mirrors], config, on_ready, manifest)
+        await _run_fuse(operations, config, on_ready, manifest)
 
 
 async def _run_fuse(
     operations: LazyFS,
-    origins: list[HttpOrigin],
     config: MountConfig,
     on_ready: Callable[[], None],
     manifest: Manifest,
@@ -131,7 +131,7 @@ async def _run_fuse(
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             nursery.start_soon(_load_cache_index, operations.reader.store)
             prefetcher = Prefetcher(operations.reader, nursery)
-            handler = _control_handler(operations, origins, prefetcher)
+            handler = _control_handler(operations, prefetcher)
             await nursery.start(serve_control, control_path, handler)
             if config.prefetch is not None:
                 chosen, unknown = select_entries(operations.tree.entries(), config.prefetch)
@@ -153,15 +153,11 @@ async def _run_fuse(
         log.info("unmounted %s", config.mountpoint)
 
 
-def _control_handler(
-    operations: LazyFS, origins: list[HttpOrigin], prefetcher: Prefetcher
-) -> Handler:
+def _control_handler(operations: LazyFS, prefetcher: Prefetcher) -> Handler:
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
         if command == "status":
             report = await trio.to_thread.run_sync(mount_status, operations.tree, operations.reader)
-            report["fetch_retries"] = sum(origin.retries for origin in origins)
-            report["fetch_errors"] = sum(origin.errors for origin in origins)
             report["prefetch"] = prefetcher.report()
             return report
         if command == "prefetch":

@@ -1,9 +1,10 @@
 """The Prometheus endpoint of a mount (``--metrics HOST:PORT``): ``lazyfs_`` series, read
-from the mount's own counters at each scrape, plus a histogram of block fetch times."""
+from the mount's own counters at each scrape, plus a histogram of block fetch times (made
+before the reader, whose fetcher is given its ``observe``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -12,18 +13,17 @@ from prometheus_client.registry import Collector
 
 from lazyfs.errors import CacheError, MountError
 from lazyfs.read.reader import BlockReader
-from lazyfs.sources.origin import HttpOrigin
 
 FETCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class MountCollector(Collector):
-    def __init__(self, reader: BlockReader, origins: Sequence[HttpOrigin]) -> None:
+    def __init__(self, reader: BlockReader) -> None:
         self.reader = reader
-        self.origins = origins
 
     def collect(self) -> Iterator[Metric]:
         counters = self.reader.counters
+        fetches = self.reader.fetcher.counters
         totals = {
             "bytes_fetched": ("Bytes fetched from the origin", counters.bytes_fetched),
             "blocks_fetched": ("Blocks fetched from the origin", counters.blocks_fetched),
@@ -39,12 +39,12 @@ class MountCollector(Collector):
             "memory_hits": ("Block reads served from memory", counters.memory_hits),
             "cache_misses": ("Blocks not in the cache, so fetched", counters.blocks_fetched),
             "fetch_retries": (
-                "Block fetches retried (the origin and its mirrors)",
-                sum(origin.retries for origin in self.origins),
+                "Block fetch attempts after a block's first (the origin and its mirrors)",
+                fetches.retries,
             ),
             "fetch_errors": (
                 "Block fetches that failed after retries (the origin and its mirrors)",
-                sum(origin.errors for origin in self.origins),
+                fetches.errors,
             ),
         }
         for name, (documentation, value) in totals.items():
@@ -72,19 +72,26 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start_metrics(
-    address: tuple[str, int], reader: BlockReader, origins: Sequence[HttpOrigin]
-) -> Callable[[], None]:
-    """Serve metrics from a thread; returns the function that stops it."""
-    registry = CollectorRegistry()
-    registry.register(MountCollector(reader, origins))
-    histogram = Histogram(
-        "lazyfs_fetch_seconds",
-        "Time to fetch and hash one block",
-        buckets=FETCH_SECONDS_BUCKETS,
-        registry=registry,
-    )
-    reader.observe_fetch = histogram.observe
+class MountMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.fetch_seconds = Histogram(
+            "lazyfs_fetch_seconds",
+            "Time to fetch and hash one block",
+            buckets=FETCH_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_fetch(self, seconds: float) -> None:
+        self.fetch_seconds.observe(seconds)
+
+    def serve(self, address: tuple[str, int], reader: BlockReader) -> Callable[[], None]:
+        """Serve ``reader``'s metrics from a thread; returns the function that stops it."""
+        self.registry.register(MountCollector(reader))
+        return _serve(address, self.registry)
+
+
+def _serve(address: tuple[str, int], registry: CollectorRegistry) -> Callable[[], None]:
     host, port = address
     try:
         server: Any

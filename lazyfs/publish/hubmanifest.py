@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from lazyfs.core.manifest import MANIFEST_NAME, Manifest, make_manifest
 from lazyfs.core.sizes import format_size
+from lazyfs.read.fetcher import BlockFetcher
 from lazyfs.read.wholefile import stream_whole_file
 from lazyfs.sources.hub import HubOrigin
 
@@ -18,6 +19,7 @@ async def build_hub_manifest(
     """Stream every file of the repository once, check each against the hub's digest, and
     return the block manifest of the resolved commit."""
     snapshot = await origin.resolve()
+    fetcher = BlockFetcher([origin], origin.policy.limits)
     report(f"{snapshot.name}: {len(snapshot.files)} files")
     entries = []
     for file in snapshot.files:
@@ -25,7 +27,7 @@ async def build_hub_manifest(
             continue
         pending = file.pending_entry()
         began = time.monotonic()
-        entries.append(await stream_whole_file(origin, pending, block_size))
+        entries.append(await stream_whole_file(fetcher, pending, block_size))
         elapsed = time.monotonic() - began
         report(f"{file.path}: {format_size(file.size)}, {file.check.algorithm} ok ({elapsed:.1f}s)")
     return make_manifest(block_size, entries)

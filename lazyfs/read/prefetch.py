@@ -88,7 +88,7 @@ class Prefetcher:
         return chosen
 
     async def _run(self, run: PrefetchRun, entries: list[FileEntry]) -> None:
-        counters = self.reader.counters
+        counters = self.reader.cache.counters
         write_failures = counters.cache_write_failures
         work = iter(
             [

@@ -9,23 +9,23 @@ directory), so later reads, and later mounts, fetch and verify single blocks aga
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import trio
 from typing_extensions import Buffer
 
 from lazyfs.cache.blocklists import BlockLists
-from lazyfs.cache.store import BlockStore
 from lazyfs.core.blocks import block_count, block_extent
 from lazyfs.core.filehashes import FileHashes
 from lazyfs.core.manifest import FileEntry
 from lazyfs.core.sizes import format_size
 from lazyfs.errors import CacheError, IntegrityError, LazyfsError
-from lazyfs.sources.base import BlockSource
+from lazyfs.read.blockcache import BlockCache
+from lazyfs.read.fetcher import BlockFetcher
+from lazyfs.read.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,10 @@ class FileIntegrityError(IntegrityError):
 
 # A copy of block ``index`` from somewhere cheaper than the origin, if there is one.
 CachedBlock = Callable[[int], Awaitable[tuple[Buffer, str] | None]]
-# The mount's block cache: a stored block, checked against its digest (or None); and storing one.
-ReadCached = Callable[[str], Awaitable[Buffer | None]]
-KeepBlock = Callable[[str, Buffer], Awaitable[None]]
 
 
 async def stream_whole_file(
-    source: BlockSource,
+    fetcher: BlockFetcher,
     entry: FileEntry,
     block_size: int,
     keep: Callable[[str, Buffer], Awaitable[None]] | None = None,
@@ -58,9 +55,10 @@ async def stream_whole_file(
     window: int = STREAM_WINDOW,
     cached: CachedBlock | None = None,
 ) -> FileEntry:
-    """Fetch all of ``entry``, check it against ``entry.check``, and return it with its
-    block digests and sha256. ``keep`` is given each fetched block (in order) before the
-    check; ``cached`` may supply blocks instead of the origin (they are checked the same)."""
+    """Fetch all of ``entry`` through ``fetcher``, check it against ``entry.check``, and
+    return it with its block digests and sha256. ``keep`` is given each fetched block (in
+    order) before the check; ``cached`` may supply blocks instead of the sources (they are
+    checked the same)."""
     assert entry.check is not None
     count = block_count(entry.size, block_size)
     # Created as needed: a huge file must not cost memory per block before its first byte.
@@ -78,7 +76,8 @@ async def stream_whole_file(
             if found is not None:
                 results[index] = (*found, True)
             else:
-                results[index] = (*await source.fetch_block(entry.path, start, length), False)
+                fetched = await fetcher.fetch(entry.path, index, start, length)
+                results[index] = (*fetched, False)
         except LazyfsError as exc:
             failures.append(exc)
             nursery.cancel_scope.cancel()
@@ -112,73 +111,49 @@ async def stream_whole_file(
         hashes.update(b"")
     actual = hashes.digest(entry.check.algorithm)
     if actual != entry.check.digest:
-        url = source.url_for(entry.path)
+        url = fetcher.url_for(entry.path)
         raise FileIntegrityError(entry.path, url, entry.check.algorithm, entry.check.digest, actual)
     return replace(entry, sha256=hashes.digest("sha256"), blocks=tuple(digests), check=None)
-
-
-@dataclass(eq=False)
-class _Verifying:
-    done: trio.Event = field(default_factory=trio.Event)
-    result: FileEntry | None = None
-    error: LazyfsError | None = None
 
 
 class WholeFiles:
     """Verifies files whole for a mount: once per file, however many readers wait on it.
 
-    Blocks go through the mount's own cache paths (``read_cached``, ``keep``): checked on the
-    way in, stored with the same failure handling as any fetched block."""
+    Blocks go through the mount's block cache: checked on the way in, stored with the same
+    failure handling as any fetched block."""
 
     def __init__(
         self,
-        source: BlockSource,
-        store: BlockStore,
+        fetcher: BlockFetcher,
+        cache: BlockCache,
         block_size: int,
         lists: BlockLists | None,
-        read_cached: ReadCached,
-        keep: KeepBlock,
     ) -> None:
-        self.source = source
-        self.store = store
-        self.read_cached = read_cached
-        self.keep = keep
+        self.fetcher = fetcher
+        self.cache = cache
         self.block_size = block_size
         self.lists = lists
         self.failures = 0
         # Bytes streamed so far of each file being verified (shown by ``lazyfs status``).
         self.streamed: dict[str, int] = {}
         self._verified: dict[str, FileEntry] = {}
-        self._running: dict[str, _Verifying] = {}
+        self._verifying: SingleFlight[str, FileEntry] = SingleFlight()
 
     def known(self, entry: FileEntry) -> FileEntry:
         """``entry`` with its block digests if it has been verified, else as it is."""
         return self._verified.get(entry.path, entry)
 
     async def verified(self, entry: FileEntry) -> FileEntry:
+        """``entry`` with its block digests, streaming and checking the file on first use."""
         if entry.check is None:
             return entry
-        while True:
-            known = self._verified.get(entry.path)
-            if known is not None:
-                return known
-            running = self._running.get(entry.path)
-            if running is None:
-                break
-            await running.done.wait()
-            if running.error is not None:
-                raise running.error
-            # Neither result nor error: the verifying task was cancelled; take over.
-        running = self._running[entry.path] = _Verifying()
-        try:
-            running.result = self._verified[entry.path] = await self._verify(entry)
-            return running.result
-        except LazyfsError as exc:
-            running.error = exc
-            raise
-        finally:
-            del self._running[entry.path]
-            running.done.set()
+        return await self._verifying.run(
+            entry.path, lambda: self._verify_once(entry), lambda: self._verified.get(entry.path)
+        )
+
+    async def _verify_once(self, entry: FileEntry) -> FileEntry:
+        verified = self._verified[entry.path] = await self._verify(entry)
+        return verified
 
     async def _verify(self, entry: FileEntry) -> FileEntry:
         hint = None
@@ -227,21 +202,20 @@ class WholeFiles:
             # Stored before the whole file is checked: blocks are kept by their own digest,
             # so one is only ever used where a verified list names it.
             kept.append(digest)
-            await self.keep(digest, block)
+            await self.cache.put_now(digest, block)
 
         cached = None if hint is None else self._from_cache(hint)
         self.streamed[entry.path] = 0
         try:
             verified = await stream_whole_file(
-                self.source, entry, self.block_size, keep, report, cached=cached
+                self.fetcher, entry, self.block_size, keep, report, cached=cached
             )
         except LazyfsError as exc:
             self.failures += 1
             if isinstance(exc, FileIntegrityError):
                 # Blocks of a copy that failed are not worth their cache space.
                 for digest in kept:
-                    with contextlib.suppress(CacheError):
-                        await trio.to_thread.run_sync(self.store.discard, digest)
+                    await self.cache.discard(digest)
             raise
         finally:
             del self.streamed[entry.path]
@@ -256,7 +230,7 @@ class WholeFiles:
     def _from_cache(self, hint: FileEntry) -> CachedBlock:
         async def cached(index: int) -> tuple[Buffer, str] | None:
             digest = hint.blocks[index]
-            block = await self.read_cached(digest)
+            block = await self.cache.get(digest)
             return None if block is None else (block, digest)
 
         return cached

@@ -1,4 +1,12 @@
-"""What the read path asks of a source of blocks; every origin (HTTP, hub, mirror) provides it."""
+"""What the read path asks of a source of blocks; every origin (HTTP, hub, mirror) provides it,
+and a new kind of source (Xet, S3, OCI) plugs in by providing it too.
+
+A call is one attempt: retries, the deadline, choosing among mirrors and checking digests are
+the read path's (``lazyfs.read.fetcher`` on the policy of ``lazyfs.core.attempts``). A source
+raises the ``SourceError`` tree; the fetcher's time limit for the attempt is the caller's trio
+deadline (``trio.current_effective_deadline()``), which a source that blocks a thread should
+pass on to it.
+"""
 
 from __future__ import annotations
 

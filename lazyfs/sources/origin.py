@@ -1,5 +1,8 @@
-"""An HTTP origin: the manifest through httpx, block bodies through rangeget's threads;
-classified and bounded retries.
+"""An HTTP origin: the manifest through httpx, block bodies through rangeget's threads.
+
+Small documents (manifests, API answers) are retried here (``with_retries``); a block body is
+one attempt (``fetch_block``), retried by the read path's fetcher on the policy of
+``lazyfs.core.attempts``, within the block's one deadline.
 
 Both clients follow one transport policy (lazyfs.sources.transport: proxies, TLS, timeouts,
 redirects, credentials); everything httpx raises is mapped there to the project's SourceError
@@ -20,10 +23,10 @@ import httpx
 import trio
 from typing_extensions import Buffer
 
+from lazyfs.core.attempts import AttemptLimits, backoff, is_retryable
 from lazyfs.errors import (
     ManifestError,
     OriginHTTPError,
-    OriginProtocolError,
     OriginUnreachable,
     SourceError,
 )
@@ -34,7 +37,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Block GETs in flight at once: on two cores, three keep the wire and both hashers busy.
 DEFAULT_FETCH_THREADS = 3
 # A manifest of a terabyte of 4 MiB blocks is about 20 MB; anything far larger is not one.
@@ -57,18 +59,13 @@ class RetryPolicy:
     def timeouts(self) -> Timeouts:
         return Timeouts(self.connect_timeout, self.read_timeout, self.deadline)
 
+    @property
+    def limits(self) -> AttemptLimits:
+        """The same bounds for a block fetch, all its attempts at every source together."""
+        return AttemptLimits(self.attempts, self.deadline, self.first_delay, self.max_delay)
+
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff: float = min(self.max_delay, self.first_delay * 2.0 ** (attempt - 1))
-        jittered: float = backoff * random.uniform(0.5, 1.0)
-        if retry_after is not None:
-            return min(self.max_delay * 4, max(jittered, retry_after))
-        return jittered
-
-
-def is_retryable(exc: SourceError) -> bool:
-    if isinstance(exc, OriginHTTPError):
-        return exc.status in RETRYABLE_STATUS
-    return isinstance(exc, OriginUnreachable | OriginProtocolError)
+        return backoff(attempt, self.first_delay, self.max_delay, retry_after, random.random())
 
 
 async def with_retries(
@@ -136,9 +133,6 @@ class HttpOrigin:
         self.policy = policy or RetryPolicy()
         self.pool = ConnectionPool(self.policy.timeouts, transport)
         self.fetch_threads = trio.CapacityLimiter(fetch_threads)
-        # Block fetches retried, and block fetches that failed for good.
-        self.retries = 0
-        self.errors = 0
         # Sent with every request to the origin itself, never to a host it redirects to.
         self.headers: dict[str, str] = {}
 
@@ -203,33 +197,24 @@ class HttpOrigin:
 
     async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
         """Exactly ``length`` bytes of ``path`` from ``start`` and their sha256: one range GET
-        per attempt, in a worker thread (see rangeget)."""
-        url = self.url_for(path)
-
-        async def attempt() -> tuple[Buffer, str]:
-            body = await trio.to_thread.run_sync(
-                get_range,
-                self.pool,
-                url,
-                start,
-                length,
-                self.headers,
-                # A cancelled read must not wait for the socket: the thread ends on its own
-                # within the pool's timeouts.
-                abandon_on_cancel=True,
-                limiter=self.fetch_threads,
-            )
-            return body.data, body.sha256
-
-        what = f"GET {url} bytes {start}-{start + length - 1}"
-        try:
-            return await with_retries(self.policy, what, attempt, self._count_retry)
-        except SourceError:
-            self.errors += 1
-            raise
-
-    def _count_retry(self) -> None:
-        self.retries += 1
+        in a worker thread (see rangeget), no retries (the caller's policy decides those)."""
+        # The caller's time limit for this attempt also bounds the thread: abandoned when the
+        # limit passes, it must not hold its worker and connection any longer.
+        limit = trio.current_effective_deadline() - trio.current_time()
+        body = await trio.to_thread.run_sync(
+            get_range,
+            self.pool,
+            self.url_for(path),
+            start,
+            length,
+            self.headers,
+            limit,
+            # A cancelled read must not wait for the socket: the thread ends on its own within
+            # the limit or the pool's timeouts.
+            abandon_on_cancel=True,
+            limiter=self.fetch_threads,
+        )
+        return body.data, body.sha256
 
     def _request(
         self, method: str, url: str, headers: dict[str, str] | None

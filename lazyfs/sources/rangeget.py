@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import math
 import re
 import socket
 import sys
@@ -220,9 +221,11 @@ def get_range(
     start: int,
     length: int,
     headers: dict[str, str] | None = None,
+    limit: float = math.inf,
 ) -> RangeBody:
-    """Exactly ``length`` bytes of ``url`` from ``start`` and their sha256 (blocking)."""
-    limit = pool.timeouts.request
+    """Exactly ``length`` bytes of ``url`` from ``start`` and their sha256 (blocking), within
+    ``limit`` seconds or the pool's request timeout, whichever is shorter."""
+    limit = max(0.0, min(limit, pool.timeouts.request))
     with _Watchdog(limit) as watchdog:
         try:
             return _get_range_via_redirects(pool, url, start, length, headers, watchdog)

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+from lazyfs.core.attempts import RETRYABLE_STATUS, is_retryable
 from lazyfs.errors import (
     OriginHTTPError,
     OriginProtocolError,
@@ -27,10 +28,8 @@ from lazyfs.errors import (
     SourceError,
 )
 from lazyfs.sources.origin import (
-    RETRYABLE_STATUS,
     HttpOrigin,
     RetryPolicy,
-    is_retryable,
     join_url,
     make_client,
     with_retries,

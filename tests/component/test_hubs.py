@@ -20,7 +20,8 @@ from lazyfs.cache.store import BlockStore
 from lazyfs.core import hubs as hubs
 from lazyfs.core.hubs import HubFile, HubRepo, Snapshot
 from lazyfs.core.manifest import MANIFEST_NAME, FileCheck, FileEntry, make_manifest
-from lazyfs.errors import ManifestError, SourceError, UsageError
+from lazyfs.errors import ManifestError, OriginUnreachable, SourceError, UsageError
+from lazyfs.read.fetcher import BlockFetcher
 from lazyfs.read.reader import BlockReader
 from lazyfs.read.wholefile import FileIntegrityError, stream_whole_file
 from tests.component.test_reader import FakeSource
@@ -321,7 +322,7 @@ class ShuffledSource(FakeSource):
 @pytest.mark.parametrize("size", [0, 1, BS - 1, BS, 5 * BS + 17])
 def test_streaming_yields_the_block_list_of_a_matching_file(size: int) -> None:
     data = os.urandom(size)
-    source = ShuffledSource({"f": data}, BS)
+    fetcher = BlockFetcher([ShuffledSource({"f": data}, BS)])
     kept: list[str] = []
 
     async def keep(digest: str, block: object) -> None:
@@ -329,7 +330,7 @@ def test_streaming_yields_the_block_list_of_a_matching_file(size: int) -> None:
 
     for check in (FileCheck("sha256", sha(data)), FileCheck("git-sha1", git_blob_sha1(data))):
         kept.clear()
-        entry = trio.run(stream_whole_file, source, pending("f", data, check), BS, keep)
+        entry = trio.run(stream_whole_file, fetcher, pending("f", data, check), BS, keep)
         assert entry.blocks == block_digests(data) and entry.sha256 == sha(data)
         assert entry.check is None and kept == list(block_digests(data))
 
@@ -340,7 +341,7 @@ def test_a_corrupt_byte_fails_the_whole_file() -> None:
     source.corrupt_always.add(("f", 2))
     entry = pending("f", data, FileCheck("sha256", sha(data)))
     with pytest.raises(FileIntegrityError, match="does not match the hub's sha256"):
-        trio.run(stream_whole_file, source, entry, BS)
+        trio.run(stream_whole_file, BlockFetcher([source]), entry, BS)
 
 
 def test_a_failed_fetch_fails_the_stream() -> None:
@@ -349,7 +350,25 @@ def test_a_failed_fetch_fails_the_stream() -> None:
     source.errors[("f", 3)] = SourceError("HTTP 503")
     entry = pending("f", data, FileCheck("sha256", sha(data)))
     with pytest.raises(SourceError, match="HTTP 503"):
-        trio.run(stream_whole_file, source, entry, BS)
+        trio.run(stream_whole_file, BlockFetcher([source]), entry, BS)
+
+
+def test_a_whole_file_read_retries_a_failed_fetch_and_counts_it(tmp_path: Path) -> None:
+    """Whole-file streams go through the reader's fetcher: a transport error is retried like
+    any block's, and the traffic is counted."""
+    data = os.urandom(4 * BS)
+    source = FakeSource({"f": data}, BS)
+    source.errors_once[("f", 2)] = OriginUnreachable("http://origin.test/repo/f: reset")
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    entry = pending("f", data, FileCheck("sha256", sha(data)))
+    reader = BlockReader(source, store, BS)
+    try:
+        assert bytes(trio.run(reader.read, entry, 0, 4 * BS)) == data
+    finally:
+        store.close()
+    assert source.fetches(("f", 2)) == 2
+    assert (reader.counters.blocks_fetched, reader.counters.bytes_fetched) == (4, 4 * BS)
+    assert reader.fetcher.counters.retries == 1
 
 
 def test_block_lists_round_trip_and_damage_is_ignored(tmp_path: Path) -> None:
@@ -357,7 +376,7 @@ def test_block_lists_round_trip_and_damage_is_ignored(tmp_path: Path) -> None:
     entry = pending("f", data, FileCheck("sha256", sha(data)))
     lists = BlockLists(tmp_path / "verified")
     assert lists.load(entry, BS) is None
-    verified = trio.run(stream_whole_file, FakeSource({"f": data}, BS), entry, BS)
+    verified = trio.run(stream_whole_file, BlockFetcher([FakeSource({"f": data}, BS)]), entry, BS)
     lists.store(entry, verified, BS)
     loaded = lists.load(entry, BS)
     assert loaded is not None and loaded.blocks == verified.blocks

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lazyfs.cache.store import BlockStore
+from lazyfs.core.attempts import AttemptLimits
 from lazyfs.core.rotation import SourceRotation
 from lazyfs.errors import BlockIntegrityError, SourceError
 from lazyfs.read.reader import BlockReader
@@ -53,7 +54,8 @@ def test_the_order_keeps_every_source_healthy_ones_first(count: int, failed: set
 
 def reader_with(sources: list[FakeSource], tmp_path: Path, attempts: int) -> BlockReader:
     store = BlockStore(tmp_path / "blocks", 1 << 30)
-    return BlockReader(sources[0], store, BS, mirrors=sources[1:], fetch_attempts=attempts)
+    limits = AttemptLimits(attempts=attempts)
+    return BlockReader(sources[0], store, BS, mirrors=sources[1:], limits=limits)
 
 
 def test_reader_fails_over_on_errors_and_bad_copies(tmp_path: Path) -> None:
@@ -89,7 +91,8 @@ def test_a_hung_source_gets_only_its_share_of_the_deadline(tmp_path: Path) -> No
     hung, good = (FakeSource({ENTRY.path: DATA}) for _ in range(2))
     hung.gate_all = trio.Event()  # never set: accepts, never answers
     store = BlockStore(tmp_path / "blocks", 1 << 30)
-    reader = BlockReader(hung, store, BS, mirrors=[good], fetch_attempts=2, deadline=2.0)
+    limits = AttemptLimits(attempts=2, deadline=2.0)
+    reader = BlockReader(hung, store, BS, mirrors=[good], limits=limits)
 
     async def main() -> bytes:
         with trio.fail_after(10):

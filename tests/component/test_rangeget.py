@@ -1,4 +1,5 @@
-"""rangeget.get_range and HttpOrigin.fetch_block against real HTTP servers on 127.0.0.1.
+"""rangeget.get_range and HttpOrigin.fetch_block (retried by a BlockFetcher, as in a mount)
+against real HTTP servers on 127.0.0.1.
 
 Component tier: no FUSE; no network beyond 127.0.0.1. Each server is a small threaded raw-socket
 HTTP/1.1 server whose behaviour per request comes from a script of responders (a function of
@@ -6,8 +7,9 @@ the request that writes whatever bytes it likes), so the tests can produce the m
 real origins: ignored ranges, wrong Content-Range, bodies cut short, stalls, drips, resets,
 redirects and idle keep-alive connections closed under the client.
 
-``get_range`` is called directly (it is blocking); ``fetch_block`` runs inside its own
-``trio.run`` with a fast RetryPolicy. Calls that could hang on a bug run under ``bounded``.
+``get_range`` is called directly (it is blocking); ``block`` fetches through a BlockFetcher
+over an HttpOrigin inside its own ``trio.run``, with a fast RetryPolicy's limits. Calls that
+could hang on a bug run under ``bounded``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import email.utils
 import functools
 import hashlib
+import math
 import random
 import re
 import socket
@@ -33,11 +36,13 @@ import trio
 
 import lazyfs.sources.origin
 from lazyfs.errors import (
+    BlockIntegrityError,
     OriginHTTPError,
     OriginProtocolError,
     OriginUnreachable,
     SourceError,
 )
+from lazyfs.read.fetcher import BlockFetcher
 from lazyfs.sources.origin import HttpOrigin, RetryPolicy, make_client
 from lazyfs.sources.rangeget import (
     CHUNK,
@@ -460,14 +465,21 @@ def _close_shared_client() -> Iterator[None]:
 
 
 def block(
-    url: str, start: int, length: int, path: str = "w.bin", policy: RetryPolicy = FAST
+    url: str,
+    start: int,
+    length: int,
+    path: str = "w.bin",
+    policy: RetryPolicy = FAST,
+    expected: str | None = None,
 ) -> tuple[bytes, str]:
-    """HttpOrigin(url).fetch_block(path, start, length) in its own trio.run."""
+    """Bytes of ``path`` from HttpOrigin(url), one fetch_block per attempt, retried by a
+    BlockFetcher on ``policy``'s limits (as a mount fetches), in its own trio.run."""
 
     async def main() -> tuple[bytes, str]:
         origin = HttpOrigin(url, shared_client(), policy, transport=TRANSPORT)
         try:
-            data, digest = await origin.fetch_block(path, start, length)
+            fetcher = BlockFetcher([origin], policy.limits)
+            data, digest = await fetcher.fetch(path, 0, start, length, expected)
             return bytes(data), digest
         finally:
             origin.close()
@@ -481,10 +493,15 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
     def counting(
-        pool: ConnectionPool, url: str, start: int, length: int, headers: dict[str, str]
+        pool: ConnectionPool,
+        url: str,
+        start: int,
+        length: int,
+        headers: dict[str, str],
+        limit: float = math.inf,
     ) -> RangeBody:
         calls.append(url)
-        return get_range(pool, url, start, length, headers)
+        return get_range(pool, url, start, length, headers, limit)
 
     monkeypatch.setattr(lazyfs.sources.origin, "get_range", counting)
     return calls
@@ -763,6 +780,66 @@ def test_garbage_responses_are_protocol_errors(pool: ConnectionPool, payload: by
         with pytest.raises(OriginProtocolError):
             block(server.url, 0, 100)
     assert len(server.requests) == 1 + FAST.attempts
+
+
+# -- one attempt per fetch_block, retried by the fetcher --------------------------------------
+
+
+def flipped(server: Server, conn: socket.socket, request: Request) -> bool:
+    """A 206 for the request's Range whose first byte is flipped."""
+    first, last = request.range
+    body = server.data[first : last + 1]
+    send(conn, 206, bytes([body[0] ^ 0xFF]) + body[1:], content_range(server, first, last))
+    return True
+
+
+def test_fetch_block_is_one_attempt() -> None:
+    """Retries of block bodies are the read path's (one policy, one deadline): the origin
+    asks once and says what went wrong."""
+
+    async def main(url: str) -> None:
+        origin = HttpOrigin(url, shared_client(), FAST, transport=TRANSPORT)
+        try:
+            with pytest.raises(OriginHTTPError) as info:
+                await origin.fetch_block("w.bin", 0, 10)
+            assert info.value.status == 503
+        finally:
+            origin.close()
+
+    with Server(status(503), then=partial) as server:
+        trio.run(main, server.url)
+    assert len(server.requests) == 1
+
+
+def test_errors_and_bad_copies_share_one_budget_of_attempts() -> None:
+    """A 503, a bad copy, a 503: the attempts are spent, and the block fails as a bad copy."""
+    with (
+        Server(status(503), flipped, status(503), then=partial) as server,
+        pytest.raises(BlockIntegrityError, match="after 1 fetches"),
+    ):
+        block(server.url, 0, 100, expected=sha(DATA[:100]))
+    assert len(server.requests) == FAST.attempts
+
+
+def test_an_abandoned_fetch_frees_its_thread_at_the_callers_deadline() -> None:
+    """The attempt's time limit reaches the worker thread: it does not wait out the read
+    timeout (30 s here) holding one of the origin's fetch threads."""
+    policy = RetryPolicy(attempts=1, deadline=60.0, connect_timeout=1.0, read_timeout=30.0)
+
+    async def main(url: str) -> None:
+        origin = HttpOrigin(url, shared_client(), policy, transport=TRANSPORT)
+        try:
+            with trio.move_on_after(0.3):
+                await origin.fetch_block("w.bin", 0, 10)
+            with trio.fail_after(10):
+                while origin.fetch_threads.borrowed_tokens:
+                    await trio.sleep(0.02)
+        finally:
+            origin.close()
+
+    with Server(then=hang) as server:
+        trio.run(main, server.url)
+    assert len(server.requests) == 1
 
 
 # -- HTTP status handling ----------------------------------------------------------------------

@@ -73,6 +73,7 @@ class FakeSource:
         self.corrupt_once: set[Key] = set()
         self.corrupt_always: set[Key] = set()
         self.errors: dict[Key, SourceError] = {}
+        self.errors_once: dict[Key, SourceError] = {}
         self.gates: dict[Key, trio.Event] = {}  # a fetch of the block waits for its gate
         self.gate_all: trio.Event | None = None
         self.started: dict[Key, trio.Event] = {}  # set when a fetch of the block begins
@@ -97,6 +98,8 @@ class FakeSource:
             await trio.lowlevel.checkpoint()
         if key in self.errors:
             raise self.errors[key]
+        if key in self.errors_once:
+            raise self.errors_once.pop(key)
         data = self.files[path][start : start + length]
         assert len(data) == length
         if key in self.corrupt_always or key in self.corrupt_once:
@@ -144,10 +147,7 @@ def read(reader: BlockReader, offset: int, length: int, entry: FileEntry = ENTRY
 async def until_waiting(reader: BlockReader, digest: str, count: int) -> None:
     """Until ``count`` tasks wait on the in-flight fetch of ``digest`` (white-box, to make
     the concurrency tests deterministic)."""
-    while True:
-        pending = reader._pending.get(digest)
-        if pending is not None and pending.done.statistics().tasks_waiting >= count:
-            return
+    while reader.loading.waiting(digest) < count:
         await trio.sleep(0.001)
 
 
@@ -256,7 +256,7 @@ def test_memory_is_bounded_and_evicted_blocks_come_from_the_store(
     reader = BlockReader(source, store, BS, memory_bytes=2 * BS, readahead_bytes=0)
     for index in range(4):
         assert read(reader, index * BS, BS) == DATA[index * BS : (index + 1) * BS]
-        assert reader._recent.size <= 2 * BS
+        assert reader.cache.recent.size <= 2 * BS
     assert read(reader, 0, 10) == DATA[:10]  # block 0 was pushed out of memory
     assert reader.counters.cache_hits == 1
     assert read(reader, 0, 10) == DATA[:10]  # and is held again
@@ -290,7 +290,7 @@ def test_concurrent_reads_of_one_block_fetch_it_once(
     for i, (offset, length) in enumerate(slices):
         assert results[i] == DATA[offset : offset + length]
     assert store.contains(ENTRY.blocks[2])
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
 
 def test_identical_blocks_of_two_files_are_fetched_and_stored_once(store: BlockStore) -> None:
@@ -365,7 +365,7 @@ def test_block_corrupt_always_fails_after_two_fetches(
     assert reader.counters.verification_failures == 2
     assert not store.contains(ENTRY.blocks[2])
     assert store.read_block(ENTRY.blocks[2]) is None
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
     # The other blocks of the file are unaffected.
     assert read(reader, 0, 2 * BS) == DATA[: 2 * BS]
@@ -398,10 +398,27 @@ def test_source_error_propagates(reader: BlockReader, source: FakeSource) -> Non
     with pytest.raises(OriginHTTPError) as info:
         read(reader, 10, 10)
     assert info.value.status == 404
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
     assert reader.counters.blocks_fetched == 0
     del source.errors[key]
     assert read(reader, 10, 10) == DATA[10:20]
+
+
+def test_fetch_times_retries_and_failures_are_counted(
+    source: FakeSource, store: BlockStore
+) -> None:
+    seconds: list[float] = []
+    reader = BlockReader(source, store, BS, observe_fetch=seconds.append)
+    source.corrupt_once.add((ENTRY.path, 0))
+    source.errors[(ENTRY.path, 1)] = OriginHTTPError("http://origin.test/repo/x: HTTP 404", 404)
+    assert read(reader, 0, 10) == DATA[:10]
+    with pytest.raises(OriginHTTPError):
+        read(reader, BS, 10)
+    # Two transfers completed (the bad copy and the good one): the metrics saw both.
+    assert len(seconds) == 2 and all(elapsed >= 0 for elapsed in seconds)
+    counters = reader.fetcher.counters
+    assert (counters.retries, counters.errors, counters.fetches_in_flight) == (1, 1, 0)
+    assert reader.counters.blocks_fetched == 2
 
 
 def test_source_error_reaches_every_waiter_without_a_hang(
@@ -429,8 +446,10 @@ def test_source_error_reaches_every_waiter_without_a_hang(
     run(main)  # fail_after: a waiter left hanging fails the test
     assert len(outcomes) == 20
     assert all(isinstance(outcome, OriginUnreachable) for outcome in outcomes)
-    assert source.calls == [key]
-    assert reader._pending == {}
+    # One loader for all twenty readers; a timeout is worth asking again, so its fetch made
+    # both of the reader's attempts (2 by default) before giving up.
+    assert source.calls == [key] * 2
+    assert len(reader.loading) == 0
 
 
 def test_cancelled_fetch_hands_the_block_to_a_waiter(
@@ -466,7 +485,7 @@ def test_cancelled_fetch_hands_the_block_to_a_waiter(
     run(main)
     assert results == [DATA[5:15]]
     assert source.calls == [key, key]
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
 
 
 def test_slow_block_does_not_delay_another_block(reader: BlockReader, source: FakeSource) -> None:
@@ -509,7 +528,7 @@ def test_cache_write_failure_still_serves_the_data(
     assert read(reader, 100, 1000) == DATA[100:1100]
     assert reader.counters.cache_write_failures == 1
     assert not store.contains(ENTRY.blocks[0])
-    assert reader._pending == {}
+    assert len(reader.loading) == 0
     # Nothing was stored, so a reader without the block in memory fetches it again.
     again = BlockReader(source, store, BS)
     assert read(again, 0, BS) == DATA[:BS]

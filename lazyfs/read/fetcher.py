@@ -1,0 +1,163 @@
+"""Fetching a block from the mount's sources (the origin and its mirrors) until a copy matches
+its digest, within one deadline.
+
+``core.attempts`` decides which source to ask, for how long, when to pause and when to give
+up; the fetcher carries that out. Each attempt is one ``fetch_block`` of a ``BlockSource``,
+run under the time the policy gave it; sources that fail are benched in the rotation, so the
+next block asks a good one first. Every fetch from a source goes through here, whoever wants
+the block (a read, read-ahead, prefetch, a file verified whole), so each byte fetched is
+counted once, and the metrics observer (given at construction) is told how long each took.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+from typing_extensions import Buffer
+
+from lazyfs.core.attempts import (
+    AttemptLimits,
+    AttemptPolicy,
+    Decision,
+    Fetch,
+    GiveUp,
+    Wait,
+    Wanted,
+    is_retryable,
+    requested_pause,
+)
+from lazyfs.core.rotation import SourceRotation
+from lazyfs.errors import SourceError
+from lazyfs.sources.base import BlockSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchCounters:
+    blocks_fetched: int = 0
+    bytes_fetched: int = 0
+    fetches_in_flight: int = 0
+    verification_failures: int = 0
+    # Attempts after a block's first (after an error or a bad copy), and blocks given up on.
+    retries: int = 0
+    errors: int = 0
+
+
+class BlockFetcher:
+    def __init__(
+        self,
+        sources: Sequence[BlockSource],
+        limits: AttemptLimits | None = None,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
+        """``sources``: the primary first, then its mirrors. ``observe`` is told the seconds
+        each completed transfer took (the metrics histogram)."""
+        self.rotation = SourceRotation(list(sources))
+        self.limits = limits or AttemptLimits()
+        self.counters = FetchCounters()
+        self._observe = observe
+
+    def url_for(self, path: str) -> str:
+        """The primary source's URL of ``path``: the one errors about a whole file name."""
+        return self.rotation.sources[0].url_for(path)
+
+    async def fetch(
+        self, path: str, index: int, start: int, length: int, expected: str | None = None
+    ) -> tuple[Buffer, str]:
+        """Bytes ``[start, start + length)`` of ``path`` (block ``index``) and their sha256:
+        a copy whose digest is ``expected``, or, without one, the first complete copy."""
+        order = self.rotation.order()
+        wanted = Wanted(f"block {index} of {path}", path, index, expected)
+        urls = [source.url_for(path) for source in order]
+        policy = AttemptPolicy(urls, self.limits, wanted, trio.current_time())
+        problem: _Problem | None = None
+        while True:
+            decision = policy.next(trio.current_time())
+            if problem is not None:
+                problem.log(wanted.label, decision, policy.attempts)
+                problem = None
+            if isinstance(decision, GiveUp):
+                self.counters.errors += 1
+                raise decision.error
+            if isinstance(decision, Wait):
+                await trio.sleep(decision.seconds)
+                continue
+            if policy.attempts > 1:
+                self.counters.retries += 1
+            source = order[decision.source]
+            outcome = await self._attempt(policy, decision, source, path, start, length)
+            if not isinstance(outcome, _Problem):
+                return outcome
+            problem = outcome
+            if len(order) > 1:
+                self.rotation.failed(source)
+
+    async def _attempt(
+        self,
+        policy: AttemptPolicy,
+        decision: Fetch,
+        source: BlockSource,
+        path: str,
+        start: int,
+        length: int,
+    ) -> tuple[Buffer, str] | _Problem:
+        """One fetch as ``decision`` says; its outcome is reported to ``policy``."""
+        asked = decision.source
+        try:
+            with trio.move_on_after(decision.timeout) as slot:
+                block, actual = await self._transfer(source, path, start, length)
+        except SourceError as exc:
+            policy.source_error(asked, exc, is_retryable(exc), requested_pause(exc))
+            return _Problem(asked, f": {exc}")
+        if slot.cancelled_caught:
+            return _Problem(asked, f": {policy.no_answer(asked)}")
+        expected = policy.wanted.expected
+        if expected is None or actual == expected:
+            policy.verified(asked)
+            return block, actual
+        self.counters.verification_failures += 1
+        policy.bad_copy(asked, actual)
+        return _Problem(
+            asked,
+            f" from {policy.sources[asked]} does not match its digest "
+            f"(expected {expected}, got {actual})",
+        )
+
+    async def _transfer(
+        self, source: BlockSource, path: str, start: int, length: int
+    ) -> tuple[Buffer, str]:
+        began = time.monotonic()
+        self.counters.fetches_in_flight += 1
+        try:
+            fetched = await source.fetch_block(path, start, length)
+        finally:
+            self.counters.fetches_in_flight -= 1
+        if self._observe is not None:
+            self._observe(time.monotonic() - began)
+        self.counters.blocks_fetched += 1
+        self.counters.bytes_fetched += length
+        return fetched
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """How the last attempt failed, logged once the policy has said what comes next."""
+
+    source: int
+    what: str
+
+    def log(self, label: str, decision: Decision, attempts: int) -> None:
+        if isinstance(decision, GiveUp):
+            return  # the read that fails logs the error
+        if isinstance(decision, Wait):
+            level = logging.INFO if attempts == 1 else logging.WARNING
+            log.log(level, "%s%s; retry %d in %.2fs", label, self.what, attempts, decision.seconds)
+        elif isinstance(decision, Fetch) and decision.source != self.source:
+            log.warning("%s%s; trying another source", label, self.what)
+        else:
+            log.warning("%s%s; fetching it again", label, self.what)
