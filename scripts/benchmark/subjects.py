@@ -126,7 +126,7 @@ class LazyfsMount(Mount):
 
     @classmethod
     def daemons(cls, stage: Stage) -> list[int]:
-        return processes_with(str(stage.mountpoint(cls.name)), "--foreground")
+        return processes_with(str(stage.mountpoint(cls.name)), "--daemon")
 
     @classmethod
     def clean_up(cls, stage: Stage) -> None:
