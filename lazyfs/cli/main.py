@@ -360,8 +360,9 @@ def _log_name(mountpoint: Path) -> str:
     type=click.IntRange(1, 100),
     default=4,
     show_default=True,
-    help="Attempts per request (transport errors, 408/429/5xx) and fetches per block of a "
-    "copy that fails verification.",
+    help="Fetches per block in all (transport errors, 408/429/5xx and copies that fail "
+    "verification share them; every mirror is tried once), and attempts per manifest or API "
+    "request.",
 )
 @click.option(
     "--timeout",
