@@ -35,7 +35,8 @@ cache_dir_option = click.option(
 
 
 def _open_store(cache_dir: Path | None) -> tuple[Path, BlockStore]:
-    from lazyfs.cache.store import BlockStore, file_in_the_way
+    from lazyfs.cache.directory import file_in_the_way
+    from lazyfs.cache.store import BlockStore
 
     directory = (cache_dir or default_cache_dir()).absolute()
     blocks = directory / "blocks"

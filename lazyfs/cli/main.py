@@ -136,9 +136,11 @@ def _build_hub_manifest(
 ) -> Manifest:
     import trio
 
+    from lazyfs.core.attempts import RetryPolicy
     from lazyfs.publish.hubmanifest import build_hub_manifest
-    from lazyfs.sources.hub import HubOrigin, hub_settings
-    from lazyfs.sources.origin import RetryPolicy, make_client
+    from lazyfs.sources.hub import HubOrigin
+    from lazyfs.sources.hubsettings import hub_settings
+    from lazyfs.sources.origin import make_client
     from lazyfs.sources.transport import Transport
 
     settings = hub_settings(source, token_file)
@@ -280,11 +282,16 @@ def prefetch(mountpoint: Path, paths: tuple[str, ...], cancel: bool) -> None:
     click.echo(f"done: {count} files, {format_size(total)} verified and cached")
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--metrics wants HOST:PORT, such as 127.0.0.1:9400, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
     if text is None:
         return None
-    from lazyfs.daemon.metrics import parse_address
-
     try:
         return parse_address(text)
     except ValueError as exc:
@@ -294,7 +301,7 @@ def _metrics_address(text: str | None) -> tuple[str, int] | None:
 def normalize_source(source: str, token_file: Path | None = None) -> str:
     """A hub source, checked along with its endpoint and token, or a normalized URL."""
     from lazyfs.core.hubs import is_hub_source
-    from lazyfs.sources.hub import hub_settings
+    from lazyfs.sources.hubsettings import hub_settings
 
     if not is_hub_source(source):
         return normalize_url(source)
@@ -439,15 +446,18 @@ def mount(
       lazyfs mount http://127.0.0.1:8000 /mnt/models/demo --cache-size 20G
       lazyfs mount hf://Qwen/Qwen2.5-0.5B /mnt/models/qwen
     """
-    from lazyfs.cache.store import prepare_cache_dir
+    from lazyfs.cache.directory import prepare_cache_dir
+    from lazyfs.core.attempts import RetryPolicy
     from lazyfs.core.hubs import is_hub_source
+    from lazyfs.daemon.background import start_background
     from lazyfs.daemon.config import DaemonStart, MountConfig
-    from lazyfs.daemon.lifecycle import run_foreground, start_background
-    from lazyfs.sources.origin import RetryPolicy
 
     # Everything this mount writes (cache, block lists, logs) is for its user alone.
     os.umask(0o077)
+    # Only the process that serves the mount loads FUSE, HTTP and the event loop.
     if daemon:
+        from lazyfs.daemon.lifecycle import run_foreground
+
         start = DaemonStart.decode(sys.stdin.buffer.read())
         configure_logging(start.log_level, start.log_file)
         run_foreground(start.config, ready_fd)
@@ -479,6 +489,8 @@ def mount(
         ca_file=ca_file.absolute() if ca_file else None,
     )
     if foreground:
+        from lazyfs.daemon.lifecycle import run_foreground
+
         configure_logging(log_level, log_file)
         run_foreground(config, ready_fd)
         return

@@ -287,3 +287,23 @@ class AttemptPolicy:
             f"{self.wanted.label}: no verified copy within {self.limits.deadline:g}s; "
             f"gave up: {why}"
         )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one fetch tries before its read fails with EIO."""
+
+    attempts: int = 4
+    first_delay: float = 0.25
+    max_delay: float = 4.0
+    deadline: float = 60.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+
+    @property
+    def limits(self) -> AttemptLimits:
+        """The same bounds for a block fetch, all its attempts at every source together."""
+        return AttemptLimits(self.attempts, self.deadline, self.first_delay, self.max_delay)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        return backoff(attempt, self.first_delay, self.max_delay, retry_after, random.random())

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazyfs.sources.origin import RetryPolicy
+from lazyfs.core.attempts import RetryPolicy
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import select
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +21,13 @@ import pyfuse3
 import trio
 
 from lazyfs.cache.blocklists import BlockLists
-from lazyfs.cache.store import BlockStore, prepare_cache_dir
+from lazyfs.cache.directory import prepare_cache_dir
+from lazyfs.cache.store import BlockStore
 from lazyfs.core.hubs import is_hub_source
 from lazyfs.core.manifest import Manifest
 from lazyfs.core.namespace import Tree
 from lazyfs.core.selection import select_entries
-from lazyfs.daemon.config import DaemonStart, MountConfig
+from lazyfs.daemon.config import MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
 from lazyfs.daemon.fs import LazyFS
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
@@ -44,13 +41,13 @@ from lazyfs.errors import (
 )
 from lazyfs.read.prefetch import Prefetcher
 from lazyfs.read.reader import open_block_reader
-from lazyfs.sources.hub import HubOrigin, hub_settings, open_hub_manifest
+from lazyfs.sources.hub import HubOrigin, open_hub_manifest
+from lazyfs.sources.hubsettings import hub_settings
 from lazyfs.sources.origin import HttpOrigin, make_client
 from lazyfs.sources.transport import Transport
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 180.0
 TERMINATE_GRACE = 2.0
 KERNEL_READAHEAD_KB = 1024
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -281,81 +278,3 @@ def _lazyfs_error_in(group: BaseExceptionGroup[BaseException]) -> LazyfsError | 
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
     return leaf if isinstance(leaf, LazyfsError) else None
-
-
-def start_background(config: MountConfig, log_file: Path, log_level: str) -> None:
-    """Start the mount daemon and return once the mount is live; raise if it failed.
-
-    The daemon gets ``config`` whole on its stdin (see ``DaemonStart``), not as re-spelled
-    command-line flags: what the parent parsed is exactly what the daemon mounts."""
-    check_mountpoint(config.mountpoint)
-    prepare_cache_dir(config.cache_dir)
-    read_end, write_end = os.pipe()
-    # Isolated from the caller's working directory: `python -m` would otherwise import
-    # lazyfs from there first (a directory named lazyfs, such as the default cache dir in
-    # ~/.cache, breaks the mount; a lazyfs.py would run as the mounting user). -P keeps it
-    # off sys.path; cwd "/" keeps the daemon from holding the directory busy. Every path in
-    # the command is absolute.
-    command = [
-        sys.executable,
-        "-P",
-        "-m",
-        "lazyfs",
-        "mount",
-        config.url,
-        str(config.mountpoint),
-        "--daemon",
-        "--ready-fd",
-        str(write_end),
-    ]
-    start = DaemonStart(config, log_file, log_level)
-    with open(log_file, "ab") as log_handle:
-        daemon = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=log_handle,
-            stderr=log_handle,
-            pass_fds=(write_end,),
-            start_new_session=True,
-            cwd="/",
-        )
-    os.close(write_end)
-    assert daemon.stdin is not None
-    try:
-        with daemon.stdin:
-            daemon.stdin.write(start.encode())
-    except BrokenPipeError:
-        pass  # the daemon is already gone; _read_status says how it ended
-    try:
-        message = _read_status(read_end, daemon)
-    finally:
-        os.close(read_end)
-    if message == "ready":
-        return
-    if message.startswith("error "):
-        _, code, text = message.split(" ", 2)
-        daemon.wait(timeout=30)
-        error = MountError(text)
-        error.exit_code = int(code)
-        raise error
-    daemon.kill()
-    daemon.wait()
-    raise MountError(f"{message}; see {log_file}")
-
-
-def _read_status(read_end: int, daemon: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + READY_TIMEOUT
-    received = b""
-    while b"\n" not in received:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return f"the mount daemon did not become ready in {READY_TIMEOUT:.0f}s"
-        readable, _, _ = select.select([read_end], [], [], remaining)
-        if not readable:
-            continue
-        chunk = os.read(read_end, 4096)
-        if not chunk:
-            code = daemon.wait(timeout=30)
-            return f"the mount daemon exited with status {code} before the mount was ready"
-        received += chunk
-    return received.split(b"\n", 1)[0].decode(errors="replace")

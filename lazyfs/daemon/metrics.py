@@ -65,13 +65,6 @@ class MountCollector(Collector):
         )
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--metrics wants HOST:PORT, such as 127.0.0.1:9400, not {text!r}")
-    return host.strip("[]"), int(port)
-
-
 class MountMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

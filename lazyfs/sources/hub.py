@@ -8,13 +8,12 @@ one transport policy (proxies, CAs) of lazyfs.sources.transport.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 
 import httpx
 
 from lazyfs.core import hubs as hubs
+from lazyfs.core.attempts import RetryPolicy
 from lazyfs.core.filehashes import FileHashes
 from lazyfs.core.hubs import HubFile, HubRepo, Snapshot
 from lazyfs.core.manifest import (
@@ -30,49 +29,14 @@ from lazyfs.errors import (
     OriginHTTPError,
     OriginUnreachable,
     SourceError,
-    UsageError,
 )
-from lazyfs.sources.origin import HttpOrigin, RetryPolicy
+from lazyfs.sources.origin import HttpOrigin
 from lazyfs.sources.transport import Transport, parse_retry_after, same_origin
 
 log = logging.getLogger(__name__)
 
 # The tree API pages at 1,000 entries; this bounds a listing at ten million files.
 MAX_LISTING_PAGES = 10_000
-
-
-def hub_endpoint(hub: str) -> str:
-    variable = hubs.ENDPOINT_VARIABLES[hub]
-    return hubs.check_endpoint(hub, os.environ.get(variable) or hubs.DEFAULT_ENDPOINTS[hub])
-
-
-def hub_settings(source: str, token_file: Path | None) -> tuple[HubRepo, str, str | None]:
-    """A hub source checked, with its endpoint and token: what ``HubOrigin`` takes."""
-    repo = hubs.parse_hub_source(source)
-    return repo, hub_endpoint(repo.hub), hub_token(repo.hub, token_file)
-
-
-def hub_token(hub: str, token_file: Path | None) -> str | None:
-    """The token from ``--token-file``, else from the hub's environment variable."""
-    if token_file is None:
-        variable = hubs.TOKEN_VARIABLES[hub]
-        token = os.environ.get(variable) or None
-        where = f"${variable}"
-    else:
-        try:
-            token = token_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not text"
-            raise UsageError(f"cannot read --token-file {token_file}: {reason}") from None
-        where = f"--token-file {token_file}"
-    # It goes into an HTTP header: printable ASCII without spaces, or a clear refusal.
-    if token is not None and (
-        not token
-        or not token.isascii()
-        or not all(ch.isprintable() and not ch.isspace() for ch in token)
-    ):
-        raise UsageError(f"{where} does not hold one token (printable ASCII, no spaces)")
-    return token
 
 
 class HubOrigin(HttpOrigin):

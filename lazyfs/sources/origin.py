@@ -12,10 +12,8 @@ tree, so callers never see an httpx exception.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote
 
@@ -23,7 +21,7 @@ import httpx
 import trio
 from typing_extensions import Buffer
 
-from lazyfs.core.attempts import AttemptLimits, backoff, is_retryable
+from lazyfs.core.attempts import RetryPolicy, is_retryable
 from lazyfs.errors import (
     ManifestError,
     OriginHTTPError,
@@ -42,30 +40,6 @@ DEFAULT_FETCH_THREADS = 3
 # A manifest of a terabyte of 4 MiB blocks is about 20 MB; anything far larger is not one.
 MAX_SMALL_FILE = 256 * 1024 * 1024
 ERROR_BODY_LIMIT = 64 * 1024
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard one fetch tries before its read fails with EIO."""
-
-    attempts: int = 4
-    first_delay: float = 0.25
-    max_delay: float = 4.0
-    deadline: float = 60.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 20.0
-
-    @property
-    def timeouts(self) -> Timeouts:
-        return Timeouts(self.connect_timeout, self.read_timeout, self.deadline)
-
-    @property
-    def limits(self) -> AttemptLimits:
-        """The same bounds for a block fetch, all its attempts at every source together."""
-        return AttemptLimits(self.attempts, self.deadline, self.first_delay, self.max_delay)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        return backoff(attempt, self.first_delay, self.max_delay, retry_after, random.random())
 
 
 async def with_retries(
@@ -131,7 +105,7 @@ class HttpOrigin:
         self.client = client
         self.transport = transport
         self.policy = policy or RetryPolicy()
-        self.pool = ConnectionPool(self.policy.timeouts, transport)
+        self.pool = ConnectionPool(Timeouts.of(self.policy), transport)
         self.fetch_threads = trio.CapacityLimiter(fetch_threads)
         # Sent with every request to the origin itself, never to a host it redirects to.
         self.headers: dict[str, str] = {}
@@ -241,4 +215,4 @@ def make_client(
     policy: RetryPolicy, transport: Transport, max_connections: int = 32
 ) -> httpx.AsyncClient:
     """The httpx client for manifests and API calls, on ``transport``'s policy."""
-    return transport.open_client(policy.timeouts, max_connections)
+    return transport.open_client(Timeouts.of(policy), max_connections)

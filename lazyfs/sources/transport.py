@@ -36,6 +36,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
+from lazyfs.core.attempts import RetryPolicy
 from lazyfs.errors import (
     OriginCertificateError,
     OriginHTTPError,
@@ -71,6 +72,11 @@ class Timeouts:
     read: float = 20.0
     # A body that trickles in under the read timeout must still end some time.
     request: float = 60.0
+
+    @classmethod
+    def of(cls, policy: RetryPolicy) -> Timeouts:
+        """A mount's limits: its connect and stall timeouts, and its deadline for the whole."""
+        return cls(policy.connect_timeout, policy.read_timeout, policy.deadline)
 
     def for_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(

@@ -20,21 +20,15 @@ import pytest
 import trio
 import trio.testing
 
-from lazyfs.core.attempts import RETRYABLE_STATUS, is_retryable
+from lazyfs.core.attempts import RETRYABLE_STATUS, RetryPolicy, is_retryable
 from lazyfs.errors import (
     OriginHTTPError,
     OriginProtocolError,
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.sources.origin import (
-    HttpOrigin,
-    RetryPolicy,
-    join_url,
-    make_client,
-    with_retries,
-)
-from lazyfs.sources.transport import Transport
+from lazyfs.sources.origin import HttpOrigin, join_url, make_client, with_retries
+from lazyfs.sources.transport import Timeouts, Transport
 
 T = TypeVar("T")
 
@@ -62,7 +56,7 @@ def mock_client(handler: Handler, policy: RetryPolicy = FAST) -> httpx.AsyncClie
     return httpx.AsyncClient(
         # MockTransport awaits what a handler returns when it is not a Response.
         transport=httpx.MockTransport(cast(Callable[[httpx.Request], httpx.Response], handler)),
-        timeout=policy.timeouts.for_httpx(),
+        timeout=Timeouts.of(policy).for_httpx(),
         trust_env=False,
         follow_redirects=False,
     )

@@ -35,6 +35,7 @@ import pytest
 import trio
 
 import lazyfs.sources.origin
+from lazyfs.core.attempts import RetryPolicy
 from lazyfs.errors import (
     BlockIntegrityError,
     OriginHTTPError,
@@ -43,7 +44,7 @@ from lazyfs.errors import (
     SourceError,
 )
 from lazyfs.read.fetcher import BlockFetcher
-from lazyfs.sources.origin import HttpOrigin, RetryPolicy, make_client
+from lazyfs.sources.origin import HttpOrigin, make_client
 from lazyfs.sources.rangeget import (
     CHUNK,
     ConnectionPool,

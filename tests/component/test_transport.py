@@ -18,6 +18,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from lazyfs.core.attempts import is_retryable
 from lazyfs.errors import (
     OriginCertificateError,
     OriginHTTPError,
@@ -25,7 +26,6 @@ from lazyfs.errors import (
     OriginUnreachable,
     UsageError,
 )
-from lazyfs.sources.origin import is_retryable
 from lazyfs.sources.transport import (
     MAX_REDIRECTS,
     Proxy,

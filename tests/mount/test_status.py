@@ -343,6 +343,7 @@ atexit.register(lambda: print("heavy:", [m for m in heavy if m in sys.modules], 
 sys.argv = ["lazyfs", *sys.argv[1:]]
 main()
 """
+LIGHT_MOUNT = [sys.executable, "-c", LIGHT_CLIENT, "mount"]
 
 
 def test_client_commands_load_no_fuse_store_http_or_event_loop(
@@ -361,3 +362,18 @@ def test_client_commands_load_no_fuse_store_http_or_event_loop(
         )
         assert result.returncode == 0, result.stderr
         assert result.stderr.strip().splitlines()[-1] == "heavy: []", command
+
+
+def test_the_parent_of_a_background_mount_loads_no_fuse_http_or_event_loop(
+    origin: Origin, mounter: Mounter
+) -> None:
+    """Only the daemon serves the mount; the command that starts it stays light (and fast)."""
+    (origin.root / "a.bin").write_bytes(b"a" * BLOCK)
+    publish(origin.root)
+    target = mounter.new_mountpoint()
+    command = [*LIGHT_MOUNT, origin.url, str(target), "--cache-dir", str(mounter.cache_dir())]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    mounter.mounted.append(target)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "heavy: []"
+    assert (target / "a.bin").read_bytes() == b"a" * BLOCK

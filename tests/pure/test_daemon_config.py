@@ -8,8 +8,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lazyfs.core.attempts import RetryPolicy
 from lazyfs.daemon.config import DaemonStart, MountConfig
-from lazyfs.sources.origin import RetryPolicy
 
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 paths = st.builds(lambda name: Path("/") / name, st.text("abc/ é.-", min_size=1, max_size=12))
