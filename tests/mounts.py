@@ -15,7 +15,6 @@ from lazyfs.core.manifest import MANIFEST_NAME, parse_manifest
 from lazyfs.daemon.mountpoint import unmount as unmount_daemon
 from lazyfs.errors import LazyfsError
 from tests.support.processes import force_unmount, is_mounted
-from tests.waiting import wait_until as wait_until  # where mount tests have imported it from
 
 LAZYFS = [sys.executable, "-m", "lazyfs"]
 # The installed console script, as users run it: unlike `python -m`, it does not import from

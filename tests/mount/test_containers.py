@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.mounts import force_unmount, is_mounted, publish, wait_until
+from tests.mounts import force_unmount, is_mounted, publish
 from tests.origins import Origin
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "scripts" / "container" / "entrypoint"

@@ -21,8 +21,9 @@ from lazyfs.core.namespace import ROOT_INODE, Tree
 from lazyfs.daemon.fs import FUSE_HANDLERS, LazyFS, errors_as_errno
 from lazyfs.errors import BlockIntegrityError, OriginUnreachable
 from lazyfs.read.reader import BlockReader
-from tests.mounts import Mounter, is_mounted, publish, wait_until
+from tests.mounts import Mounter, is_mounted, publish
 from tests.origins import Origin
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize(

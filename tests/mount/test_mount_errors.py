@@ -15,8 +15,9 @@ import pytest
 from lazyfs.core.manifest import MANIFEST_NAME, manifest_digest
 from lazyfs.daemon.runtime import pid_file
 from tests.faultproxy import Faults, fault_proxy
-from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish, wait_until
+from tests.mounts import LAZYFS, Mounter, is_mounted, lazyfs, publish
 from tests.origins import Origin
+from tests.waiting import wait_until
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:

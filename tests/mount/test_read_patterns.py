@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from lazyfs.daemon.runtime import pid_file
-from tests.mounts import Mounter, lazyfs, publish, wait_until
+from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import Origin, start_nginx_origin
+from tests.waiting import wait_until
 
 MIB = 1024 * 1024
 BLOCK = 4 * MIB

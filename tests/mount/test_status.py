@@ -14,8 +14,9 @@ from lazyfs.cache.store import BlockStore
 from lazyfs.core.blocks import held_bytes
 from lazyfs.core.manifest import MANIFEST_NAME, parse_manifest
 from tests.faultproxy import FaultProxy, fault_proxy
-from tests.mounts import LAZYFS, Mounter, lazyfs, publish, wait_until
+from tests.mounts import LAZYFS, Mounter, lazyfs, publish
 from tests.origins import Origin
+from tests.waiting import wait_until
 
 BLOCK = 64 * 1024
 
