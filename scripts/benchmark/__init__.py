@@ -1,12 +1,16 @@
-"""The benchmark behind scripts/bench: lazyfs against curl, download-then-read, rclone mount
-and the local disk, on one machine, with nginx on 127.0.0.1 as the origin for everyone.
+"""The benchmark behind scripts/bench: lazyfs against curl, download-then-read, rclone mount,
+the local disk and a minimal pyfuse3 passthrough, on one machine, with nginx on 127.0.0.1 as the
+origin for everyone.
 
 - ``subjects``: what is read from (a lazyfs mount, an rclone mount, curl, a download, the local
-  disk), each a context manager that gives a path or a URL and stops what it started;
+  disk, the passthrough of ``passthrough``), each a context manager that gives a path or a URL
+  and stops what it started;
 - ``workloads``: how it is read (sequential cold/hot/warm, time to first tensor, first MiB,
-  random preads, hashing), each declaring the metrics it records, their units and table rows;
+  random preads, hashing, many readers, startup), each declaring the metrics it records, their
+  units and table rows;
+- ``goals``: issue 11's goals, each a metric, a reference and a threshold;
 - ``harness``: runs every workload on each of its subjects --runs times, into ``Results``;
-- ``render``: results (JSON) to the table and to docs/performance.md.
+- ``render``: results (JSON) to the tables and to docs/performance.md.
 
 Measuring and publishing are separate: a run saves its results as JSON keyed by commit, and the
 doc is rendered from JSON only when that commit's tree was clean (``scripts/bench --render``).

@@ -42,6 +42,7 @@ def benchmark(stage: Stage, runs: int, command: str) -> Results:
                 model=stage.model_size,
                 tensor=stage.tensor,
                 first_mib_offset=stage.first_mib.offsets[0] if stage.first_mib else 0,
+                shard=size_label(stage.shard_size),
             ),
         )
         for number in range(1, runs + 1):

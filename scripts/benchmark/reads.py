@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -94,6 +95,40 @@ def dd(path: Path, timeout: float) -> float:
     """GB/s of dd reading ``path`` to /dev/null in 1 MiB requests."""
     size = path.stat().st_size
     return size / timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"], timeout) / 1e9
+
+
+def dd_at_once(paths: list[Path], timeout: float) -> float:
+    """Seconds from starting one dd per path (1 MiB requests, to /dev/null) all at once to the
+    last one's exit; every dd must succeed."""
+    started = time.perf_counter()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for path in paths:
+            command = ["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"]
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        deadline = started + timeout
+        for proc in procs:
+            try:
+                _, err = proc.communicate(timeout=max(0.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                raise StepError(f"{len(paths)} dd at once: not done after {timeout:.0f}s") from None
+            if proc.returncode != 0:
+                lines = err.decode(errors="replace").strip().splitlines()
+                reason = lines[-1] if lines else "no output"
+                raise StepError(f"dd exited {proc.returncode}: {reason}"[:200])
+        return time.perf_counter() - started
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def hash_with_threads(path: Path, threads: int) -> float:

@@ -10,13 +10,23 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from scripts.benchmark.goals import goals_table
 from scripts.benchmark.metrics import Metric, Series, Unit
 from scripts.benchmark.results import Results, ResultsError
-from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_1M, RANDOM_4K
-from scripts.benchmark.workloads import THROUGH_LAZYFS, TTFT, TTFT_MOUNT, WORKLOADS, Workload
+from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_1M, RANDOM_4K, SHARDS
+from scripts.benchmark.workloads import (
+    STARTS,
+    THROUGH_LAZYFS,
+    TTFT,
+    TTFT_MOUNT,
+    WORKLOADS,
+    Workload,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "performance.md"
 DOC_RESULTS = DOC.with_suffix(".json")  # what DOC was rendered from, committed beside it
+# What bounds each goal, written by hand after a full run; included below the goals table.
+BOUNDS = DOC.with_name("performance-bounds.md")
 
 
 def table_metrics(workloads: Sequence[Workload] = WORKLOADS) -> list[Metric]:
@@ -58,6 +68,8 @@ def table(results: Results, metrics: Sequence[Metric] | None = None) -> str:
     parameters = asdict(results.parameters)
     for metric in table_metrics() if metrics is None else metrics:
         mine = cell(results, metric.key(metric.series[0]), metric.unit)
+        if len(metric.series) == 1:  # lazyfs alone: nothing to compare with
+            lines.append(f"| {metric.heading(parameters)} | {mine} | - | - | - |")
         for other in metric.series[1:]:
             lines.append(
                 f"| {metric.heading(parameters)} | {mine} | {other.label} "
@@ -106,7 +118,7 @@ def machine(results: Results) -> list[str]:
 
 def summary(results: Results) -> str:
     """What a run prints on stdout."""
-    lines = ["", header(results), table(results), "", *machine(results)]
+    lines = ["", header(results), table(results), "", goals_table(results), "", *machine(results)]
     lines += [f"note: {note}" for note in notes(results)]
     if not results.committed:
         lines.append("MEASURED WITH UNCOMMITTED CHANGES: " + "; ".join(results.changes[:5]))
@@ -118,10 +130,17 @@ def methods(results: Results) -> str:
     return f"""\
 - Everything runs on this one machine: nginx serves the files on 127.0.0.1, so the network
   is loopback and the origin is never the bottleneck the way a real one can be.
-- "cold": a fresh cache directory (lazyfs or rclone), a new mount and
-  `echo 3 > /proc/sys/vm/drop_caches` first (nginx then reads from disk too). "warm": the
-  blocks are on the mount's disk cache from a full read, new mount, page cache dropped.
-  "hot": the second read on the same mount (kernel page cache).
+- "cold" means the reader's side is cold, not the origin's disk: a fresh cache directory
+  (lazyfs or rclone) and a new mount, then `echo 3 > /proc/sys/vm/drop_caches`, then the
+  served files read once (to /dev/null), so nginx serves them from memory, as an origin on
+  another machine would, and this machine's disk bounds no cold figure. "warm": the blocks
+  are on the mount's disk cache from a full read, new mount, page cache dropped. "hot": the
+  second read on the same mount (kernel page cache). The local disk and the passthrough read
+  the file itself: for them only the page cache is dropped.
+- "pyfuse3 passthrough (Python-FUSE limit)": scripts/benchmark/passthrough.py, a minimal
+  pyfuse3 read-only filesystem in a process of its own that answers each read with `os.pread`
+  on the local file, mounted with lazyfs's FUSE options and `read_ahead_kb` raised to 1024
+  (1 MiB kernel reads, as lazyfs does): what a Python FUSE daemon can do at best here.
 - 1: `dd if=MNT/file of=/dev/null bs=1M` on a {p.big} random file; `curl -s URL | openssl dgst
   -sha256`; `curl -o` to local disk then `openssl dgst -sha256`; `rclone mount :http:
   --vfs-cache-mode full --read-only` then the same dd.
@@ -140,6 +159,17 @@ at 4 KiB-aligned offsets
   CPU is the daemon's utime + stime over that read, per 10^9 bytes read.
 - 6: the file in the page cache; `lazyfs manifest build` computes block digests and the
   whole-file digest (end to end, including the CLI's start); hashlib reads 4 MiB at a time.
+- 7: a sharded model, {SHARDS} files of {p.shard} random bytes with their manifest
+  ({BLOCK_SIZE[:-1]} MiB blocks), served by the same nginx. On a cold mount one `dd bs=1M` of
+  one shard; on a new cold mount {SHARDS} dd at once, one per shard: aggregate is all shards'
+  bytes over the wall time to the last dd's exit. nginx logs every request with its Range
+  header and the bytes it sent; "already fetched" counts GETs of a shard whose (path, Range)
+  an earlier GET of the same run asked for, and "bytes sent" is the sum over those GETs
+  divided by the shards' total size.
+  RSS is the daemon's VmHWM after the {SHARDS} readers, in 10^6 bytes.
+- 8: wall time of `lazyfs mount URL MNT` (the {p.model} model's directory, a new cache dir and
+  mount each time) until it returns with the mount live, and of `lazyfs status MNT` on it;
+  the median of {STARTS} each per run, page cache not dropped.
 - The bytes of every pread (first MiB, random reads) are checked against the original file."""
 
 
@@ -167,6 +197,13 @@ def document(results: Results) -> str:
             f"Command: `{results.command}` on commit {results.commit[:7]} "
             f"({results.date}, {results.minutes:.0f} min)",
             "",
+            "## Goals",
+            "",
+            "Issue 11's goals, each held against this run's figures (scripts/benchmark/goals.py).",
+            "",
+            goals_table(results),
+            "",
+            *bounds(),
             "## Machine",
             "",
             *machine(results),
@@ -184,6 +221,15 @@ def document(results: Results) -> str:
             "",
         ]
     )
+
+
+def bounds(path: Path = BOUNDS) -> list[str]:
+    """The hand-written analysis of what bounds each goal, if there is one, and a blank line."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return []
+    return [text, ""] if text else []
 
 
 def publish(results: Results, doc: Path = DOC, doc_results: Path = DOC_RESULTS) -> None:

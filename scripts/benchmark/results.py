@@ -34,6 +34,7 @@ class Parameters:
     model: str  # size of the sample model, "1G"
     tensor: str = ""  # the tensor time-to-first-tensor loads
     first_mib_offset: int = 0
+    shard: str = ""  # size label of each shard the many readers read, "128M"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The stage every measurement runs on: the work directory, the files nginx serves on
-127.0.0.1 (a big random file, a sample model, each with its manifest), the offsets read and the
-bytes they must return, and the page cache."""
+127.0.0.1 (a big random file, a sample model, a sharded model, each with its manifest), the
+offsets read and the bytes they must return, the origin's access log, and the page cache."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class Pattern:
 RANDOM_4K = Pattern("4k", "4 KiB", 1000, 4 * KIB)
 RANDOM_1M = Pattern("1m", "1 MiB", 100, MIB)
 RANDOM_PATTERNS = (RANDOM_4K, RANDOM_1M)
+SHARDS = 8  # files of random bytes, each read by its own reader at once
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class Served:
     def url(self) -> str:
         return f"{self.dir_url}{self.name}"
 
+    @property
+    def neighbours(self) -> list[Path]:
+        """Every file of its directory (itself, its manifest, the other shards)."""
+        return sorted(path for path in self.path.parent.iterdir() if path.is_file())
+
 
 @dataclass
 class Stage:
@@ -80,6 +86,9 @@ class Stage:
         self.www = self.work / "www"
         self.big_file = self.www / f"big-{size_label(self.big_size)}" / "file.bin"
         self.model_file = self.www / f"model-{self.model_size}" / "model.safetensors"
+        self.shard_size = 32 * MIB if self.quick else 128 * MIB
+        shards_dir = self.www / f"shards-{SHARDS}x{size_label(self.shard_size)}"
+        self.shard_files = [shards_dir / f"shard-{n:02d}.bin" for n in range(SHARDS)]
         self.hash_dir = self.work / "hash"  # a hard link of the big file, for manifest build
         self.scratch = self.work / "scratch"  # caches and downloads, emptied after each step
         self.logs = self.work / "logs"
@@ -89,9 +98,13 @@ class Stage:
     # -- what is served --
     @property
     def base_url(self) -> str:
+        return self.running_origin.url
+
+    @property
+    def running_origin(self) -> Origin:
         if self.origin is None:
             raise StepError("nginx is not running")
-        return self.origin.url
+        return self.origin
 
     @property
     def big(self) -> Served:
@@ -100,6 +113,10 @@ class Stage:
     @property
     def model(self) -> Served:
         return Served(self.model_file, self.base_url)
+
+    @property
+    def shards(self) -> list[Served]:
+        return [Served(path, self.base_url) for path in self.shard_files]
 
     @property
     def io_timeout(self) -> float:
@@ -127,18 +144,15 @@ class Stage:
 
     def write_served_files(self) -> None:
         big = self.big_file
-        big.parent.mkdir(exist_ok=True)
-        if self.fresh or not (big.exists() and big.stat().st_size == self.big_size):
-            progress(f"writing {size_label(self.big_size)} of random bytes to {big}")
-            with open(big, "wb") as handle:
-                for _ in range(self.big_size // (16 * MIB)):
-                    handle.write(os.urandom(16 * MIB))
+        write_random(big, self.big_size, self.fresh)
+        for shard in self.shard_files:
+            write_random(shard, self.shard_size, self.fresh)
         model_dir = self.model_file.parent
         if self.fresh or not self.model_file.exists():
             progress(f"writing a {self.model_size} sample model to {model_dir}")
             shutil.rmtree(model_dir, ignore_errors=True)
             run([*LAZYFS, "sample", str(model_dir), "--size", self.model_size], 600, what="sample")
-        for directory in (big.parent, model_dir):
+        for directory in (big.parent, model_dir, self.shard_files[0].parent):
             progress(f"lazyfs manifest build {directory}")
             build = [*LAZYFS, "manifest", "build", str(directory), "--block-size", BLOCK_SIZE]
             run(build, 600, what="lazyfs manifest build")
@@ -161,9 +175,9 @@ class Stage:
     def start_nginx(self) -> None:
         for attempt in range(1, NGINX_ATTEMPTS + 1):
             try:
-                self.origin = start_nginx_origin(
-                    self.www, self.nginx_dir, workers=2, listing=True, access_log=False
-                )
+                # The access log (a line per request, each lazyfs request a whole block) is how the
+                # many-readers workload counts what was fetched twice.
+                self.origin = start_nginx_origin(self.www, self.nginx_dir, workers=2, listing=True)
             except (RuntimeError, OSError) as exc:
                 progress(f"nginx did not start (attempt {attempt}): {one_line(exc)}")
                 continue
@@ -200,6 +214,17 @@ class Stage:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
 
+    def cold(self, served: Served) -> None:
+        """The reader's side cold, the origin's warm: drop the page cache, then read the served
+        file's directory once, so nginx serves it from memory as a real origin (another
+        machine) would, and this machine's disk does not bound a cold figure."""
+        self.drop_caches()
+        buffer = bytearray(16 * MIB)
+        for path in served.neighbours:
+            with open(path, "rb", buffering=0) as handle:
+                while handle.readinto(buffer):
+                    pass
+
     def drop_caches(self) -> None:
         os.sync()
         try:
@@ -215,3 +240,14 @@ class Stage:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+
+def write_random(path: Path, size: int, fresh: bool) -> None:
+    """``size`` random bytes at ``path``, unless it holds that many already (and not ``fresh``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not fresh and path.exists() and path.stat().st_size == size:
+        return
+    progress(f"writing {size_label(size)} of random bytes to {path}")
+    with open(path, "wb") as handle:
+        for _ in range(size // (16 * MIB)):
+            handle.write(os.urandom(16 * MIB))

@@ -1,4 +1,5 @@
-"""What the workloads read from: a lazyfs mount, an rclone mount, curl, a download, the local disk.
+"""What the workloads read from: a lazyfs mount, an rclone mount, curl, a download, the local disk,
+and a minimal pyfuse3 passthrough of the local file (the Python-FUSE limit).
 
 Each subject's ``open`` is a context manager that gives a ``Target`` (a path or a URL to read)
 and stops whatever it started on every way out, killing only its own processes (found by its
@@ -13,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ class Target:
     path: Path | None = None  # a file to read ...
     url: str | None = None  # ... or a URL
     pid: int | None = None  # the process that serves the reads (a mount's daemon)
-    opened_in: float = 0.0  # seconds `open` took: mounting, or the whole download
+    opened_in: float = 0.0  # seconds `open` took: `lazyfs mount`, or the whole download
 
     @property
     def file(self) -> Path:
@@ -60,6 +62,7 @@ class Target:
 class Subject(ABC):
     name: ClassVar[str]  # the key of its series in the results
     fetches_on_open: ClassVar[bool] = False  # a download does; a mount fetches when read
+    from_origin: ClassVar[bool] = True  # reads come over HTTP (not the local file itself)
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
@@ -67,15 +70,23 @@ class Subject(ABC):
     @contextlib.contextmanager
     def open(self, served: Served, state: Path, *, drop_page_cache: bool) -> Iterator[Target]:
         """``drop_page_cache``: drop it right before the subject fetches the file's bytes (once
-        a mount is up, before a download starts), so they come from the origin's disk."""
+        a mount is up, before a download starts). For a subject that reads from the origin,
+        the origin's files are then read once: only the subject's side is cold (``Stage.cold``);
+        one that reads the local file reads it from the disk."""
         if drop_page_cache and self.fetches_on_open:
-            self.stage.drop_caches()
+            self.make_cold(served)
         started = time.perf_counter()
         with self.opened(served, state) as target:
-            opened_in = time.perf_counter() - started
+            opened_in = target.opened_in or time.perf_counter() - started
             if drop_page_cache and not self.fetches_on_open:
-                self.stage.drop_caches()
+                self.make_cold(served)
             yield dataclasses.replace(target, opened_in=opened_in)
+
+    def make_cold(self, served: Served) -> None:
+        if self.from_origin:
+            self.stage.cold(served)
+        else:
+            self.stage.drop_caches()
 
     @abstractmethod
     def opened(self, served: Served, state: Path) -> contextlib.AbstractContextManager[Target]:
@@ -111,15 +122,19 @@ class LazyfsMount(Mount):
         mountpoint.mkdir(exist_ok=True)
         mount = [*LAZYFS, "mount", served.dir_url, str(mountpoint)]
         try:
+            started = time.perf_counter()
             run(
                 [*mount, "--cache-dir", str(state), "--cache-size", "50G"],
                 MOUNT_TIMEOUT,
                 what="lazyfs mount",
             )
+            mounted_in = time.perf_counter() - started
+            if not is_mounted(mountpoint):
+                raise StepError("`lazyfs mount` returned, but nothing is mounted")
             pids = self.daemons(self.stage)
             if not pids:
                 raise StepError("lazyfs mounted, but its daemon process was not found")
-            yield Target(path=mountpoint / served.name, pid=pids[0])
+            yield Target(path=mountpoint / served.name, pid=pids[0], opened_in=mounted_in)
         finally:
             self.clean_up(self.stage)
             self.keep_logs(state)
@@ -256,10 +271,97 @@ class LocalDisk(Subject):
     """The file itself, on the local disk (nginx serves the same file)."""
 
     name = "local"
+    from_origin = False
 
     @contextlib.contextmanager
     def opened(self, served: Served, state: Path) -> Iterator[Target]:
         yield Target(path=served.path)
 
 
-SUBJECTS: tuple[type[Subject], ...] = (LazyfsMount, RcloneMount, Curl, Download, LocalDisk)
+PASSTHROUGH = Path(__file__).with_name("passthrough.py")
+PASSTHROUGH_READY_TIMEOUT = 30.0
+PASSTHROUGH_EXIT_TIMEOUT = 15.0
+KERNEL_READAHEAD_KB = "1024"  # what lazyfs and the passthrough ask for
+
+
+class Passthrough(Subject):
+    """scripts/benchmark/passthrough.py: pyfuse3 with ``os.pread`` on the local file behind each
+    read, in a process of its own; live once mounted with 1 MiB kernel read-ahead. Not a
+    ``Mount``: it fetches nothing and keeps no cache."""
+
+    name = "passthrough"
+    from_origin = False
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        mountpoint = self.stage.mountpoint(self.name)
+        mountpoint.mkdir(exist_ok=True)
+        log = self.stage.logs / "passthrough.log"
+        command = [sys.executable, str(PASSTHROUGH), str(served.path), str(mountpoint)]
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with open(log, "ab") as err:
+                try:
+                    proc = subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    raise StepError(f"passthrough: {exc.strerror}") from None
+            deadline = time.monotonic() + PASSTHROUGH_READY_TIMEOUT
+            while not (is_mounted(mountpoint) and readahead_kb(mountpoint) == KERNEL_READAHEAD_KB):
+                if proc.poll() is not None:
+                    raise StepError(f"passthrough exited {proc.returncode} (see {log})")
+                if time.monotonic() > deadline:
+                    raise StepError(
+                        f"passthrough not live with {KERNEL_READAHEAD_KB} KiB read-ahead after "
+                        f"{PASSTHROUGH_READY_TIMEOUT:.0f}s (see {log})"
+                    )
+                time.sleep(0.02)
+            yield Target(path=mountpoint / served.name, pid=proc.pid)
+        finally:
+            self.stop(proc, mountpoint)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes] | None, mountpoint: Path) -> None:
+        if is_mounted(mountpoint):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                unmount = ["fusermount3", "-u", str(mountpoint)]
+                subprocess.run(unmount, capture_output=True, timeout=30, check=False)
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.wait(PASSTHROUGH_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        force_unmount(mountpoint)
+
+    @classmethod
+    def clean_up(cls, stage: Stage) -> None:
+        mountpoint = stage.mountpoint(cls.name)
+        cls.stop(None, mountpoint)
+        for pid in processes_with(str(mountpoint), str(PASSTHROUGH)):
+            kill_pid(pid, str(mountpoint))
+
+
+def readahead_kb(mountpoint: Path) -> str:
+    """The kernel's read-ahead for the filesystem mounted at ``mountpoint`` ("" if unknown)."""
+    try:
+        device = os.stat(mountpoint).st_dev
+        setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        return setting.read_text().strip()
+    except OSError:
+        return ""
+
+
+SUBJECTS: tuple[type[Subject], ...] = (
+    LazyfsMount,
+    RcloneMount,
+    Curl,
+    Download,
+    LocalDisk,
+    Passthrough,
+)

@@ -7,18 +7,23 @@ A workload declares its metrics (name, unit, table row, which subjects) and reco
 from __future__ import annotations
 
 import shlex
+import statistics
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
 from scripts.benchmark.commands import LAZYFS, StepError, timed
 from scripts.benchmark.metrics import (
+    COUNT,
     CPU_PER_GB,
     GB_PER_S,
     MEBIBYTES,
+    MEGABYTES,
     MILLISECONDS,
     SECONDS,
+    TIMES,
     Metric,
     Series,
 )
@@ -26,6 +31,7 @@ from scripts.benchmark.reads import (
     MIB,
     cpu_seconds,
     dd,
+    dd_at_once,
     hash_with_threads,
     load_tensor,
     peak_rss_mib,
@@ -33,13 +39,14 @@ from scripts.benchmark.reads import (
     preads,
 )
 from scripts.benchmark.results import StepRecorder
-from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_PATTERNS, Pattern, Stage
+from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_PATTERNS, SHARDS, Pattern, Stage
 from scripts.benchmark.subjects import (
     Curl,
     Download,
     LazyfsMount,
     LocalDisk,
     Mount,
+    Passthrough,
     RcloneMount,
     Subject,
 )
@@ -65,6 +72,7 @@ def unexpected(workload: Workload, subject: Subject) -> StepError:
 
 THROUGH_LAZYFS = Series(LazyfsMount)
 THROUGH_RCLONE = Series(RcloneMount, "rclone mount")
+THROUGH_PASSTHROUGH = Series(Passthrough, "pyfuse3 passthrough (Python-FUSE limit)")
 
 SEQ_COLD = Metric(
     "seq_cold",
@@ -83,14 +91,24 @@ SEQ_WARM = Metric(
     3,
     "warm sequential read (disk cache, new mount, no page cache), {big}",
     GB_PER_S,
-    (THROUGH_LAZYFS, Series(LocalDisk, "local disk dd, cold page cache"), THROUGH_RCLONE),
+    (
+        THROUGH_LAZYFS,
+        THROUGH_PASSTHROUGH,
+        Series(LocalDisk, "local disk dd, cold page cache"),
+        THROUGH_RCLONE,
+    ),
 )
 SEQ_HOT = Metric(
     "seq_hot",
     3,
     "hot sequential read (second read, same mount: page cache), {big}",
     GB_PER_S,
-    (THROUGH_LAZYFS, Series(LocalDisk, "local disk dd, hot page cache"), THROUGH_RCLONE),
+    (
+        THROUGH_LAZYFS,
+        Series(LocalDisk, "local disk dd, hot page cache"),
+        THROUGH_PASSTHROUGH,
+        THROUGH_RCLONE,
+    ),
 )
 PEAK_RSS = Metric(
     "rss",
@@ -109,8 +127,9 @@ CPU = Metric(
 
 
 class Sequential(Workload):
-    """The whole big file with dd: cold (fresh cache, page cache dropped), hot (again, same
-    mount) and warm (a new mount on the filled cache, page cache dropped)."""
+    """The whole big file with dd: cold (fresh cache, new mount, page cache dropped, the
+    origin's file read once), hot (again, same mount) and warm (a new mount on the filled
+    cache, page cache dropped); the local disk and the passthrough read the file itself."""
 
     title = "sequential read"
     metrics = (SEQ_COLD, SEQ_WARM, SEQ_HOT, PEAK_RSS, CPU)
@@ -134,7 +153,7 @@ class Sequential(Workload):
                 )
             with subject.open(big, state, drop_page_cache=True) as target:
                 record(SEQ_WARM, dd(target.file, timeout))
-        elif isinstance(subject, LocalDisk):
+        elif isinstance(subject, (LocalDisk, Passthrough)):
             with subject.open(big, state, drop_page_cache=True) as target:
                 record(SEQ_WARM, dd(target.file, timeout))
                 record(SEQ_HOT, dd(target.file, timeout))
@@ -179,7 +198,7 @@ class TimeToFirstTensor(Workload):
 
     def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None:
         state = stage.fresh_dir(subject.name)
-        stage.drop_caches()
+        stage.cold(stage.model)
         started = time.perf_counter()
         with subject.open(stage.model, state, drop_page_cache=False) as target:
             if isinstance(subject, LazyfsMount):
@@ -221,7 +240,8 @@ QUANTILES = {"p50": 0.5, "p99": 0.99}
 def latency_metric(state: str, pattern: Pattern, quantile: str) -> Metric:
     title = f"random {pattern.count} x {pattern.label} preads, {state}, {quantile}"
     name = f"rand_{pattern.name}_{state}_{quantile}"
-    return Metric(name, 4, title, MILLISECONDS, (THROUGH_LAZYFS, THROUGH_RCLONE))
+    others = (THROUGH_RCLONE, THROUGH_PASSTHROUGH) if state == "warm" else (THROUGH_RCLONE,)
+    return Metric(name, 4, title, MILLISECONDS, (THROUGH_LAZYFS, *others))
 
 
 LATENCY = {
@@ -244,12 +264,18 @@ FETCHED = {
 
 class RandomReads(Workload):
     """Preads at random offsets with posix_fadvise(RANDOM), each pattern on a new mount: cold (a
-    fresh cache, then what it fetched) and warm (a cache filled by a full read)."""
+    fresh cache, then what it fetched) and warm (a cache filled by a full read); the passthrough
+    warm only (the local file, page cache dropped)."""
 
     title = "random preads, cold and warm"
     metrics = (*LATENCY.values(), *FETCHED.values())
 
     def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None:
+        if isinstance(subject, Passthrough):
+            for pattern in RANDOM_PATTERNS:
+                with subject.open(stage.big, stage.scratch, drop_page_cache=True) as target:
+                    self.preads(target.file, stage, pattern, "warm", record)
+            return
         if not isinstance(subject, Mount):
             raise unexpected(self, subject)
         big, timeout = stage.big, stage.io_timeout
@@ -307,12 +333,113 @@ class Hashing(Workload):
                 record(HASHING, big.size / hash_with_threads(target.file, threads) / 1e9, series)
 
 
+ONE_READER = Series(LazyfsMount, "lazyfs, one reader alone (one shard)", tag="lazyfs_one_reader")
+READERS = Metric(
+    "readers",
+    7,
+    f"{SHARDS} readers at once, one {{shard}} shard each, cold (aggregate)",
+    GB_PER_S,
+    (THROUGH_LAZYFS, ONE_READER),
+)
+READERS_RSS = Metric(
+    "readers_rss",
+    7,
+    f"daemon peak RSS (VmHWM) after the {SHARDS} readers",
+    MEGABYTES,
+    (THROUGH_LAZYFS,),
+)
+READERS_DUPLICATES = Metric(
+    "readers_duplicates",
+    7,
+    f"requests for a (file, range) already fetched, {SHARDS} readers (origin's log)",
+    COUNT,
+    (THROUGH_LAZYFS,),
+)
+READERS_SENT = Metric(
+    "readers_sent",
+    7,
+    f"bytes the origin sent over the shards' size, {SHARDS} readers",
+    TIMES,
+    (THROUGH_LAZYFS,),
+)
+
+
+class ManyReaders(Workload):
+    """A sharded model (SHARDS files of random bytes): one dd of one shard on a cold mount, then
+    on a new cold mount one dd per shard, all at once; what the origin's log says was fetched."""
+
+    title = "many readers"
+    metrics = (READERS, READERS_RSS, READERS_DUPLICATES, READERS_SENT)
+
+    def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None:
+        if not isinstance(subject, LazyfsMount):
+            raise unexpected(self, subject)
+        shards, timeout = stage.shards, stage.io_timeout
+        first = shards[0]
+        with subject.open(first, stage.fresh_dir(subject.name), drop_page_cache=True) as target:
+            record(READERS, dd(target.file, timeout), ONE_READER)
+        origin = stage.running_origin
+        total = sum(shard.size for shard in shards)
+        with subject.open(first, stage.fresh_dir(subject.name), drop_page_cache=True) as target:
+            origin.clear_log()  # what the mount fetched to start is not the readers'
+            paths = [target.file.parent / shard.name for shard in shards]
+            seconds = dd_at_once(paths, timeout)
+            record(READERS, total / seconds / 1e9, THROUGH_LAZYFS)
+            record(READERS_RSS, peak_rss_mib(target.daemon) * MIB / 1e6)
+        # After the unmount: nothing of this mount is still in flight.
+        names = {f"/{first.path.parent.name}/{shard.name}" for shard in shards}
+        fetches = [r for r in origin.requests() if r.method == "GET" and r.path in names]
+        requested = Counter((r.path, r.range) for r in fetches)
+        record(READERS_DUPLICATES, sum(count - 1 for count in requested.values()))
+        record(READERS_SENT, sum(r.bytes_sent for r in fetches) / total)
+
+
+STARTS = 5  # mounts (and status calls) per run, of which the median is recorded
+STARTUP_MOUNT = Metric(
+    "startup_mount",
+    8,
+    f"`lazyfs mount URL MNT` until it returns a live mount ({{model}} model, median of {STARTS})",
+    SECONDS,
+    (THROUGH_LAZYFS,),
+)
+STARTUP_STATUS = Metric(
+    "startup_status",
+    8,
+    f"`lazyfs status MNT` (median of {STARTS})",
+    SECONDS,
+    (THROUGH_LAZYFS,),
+)
+
+
+class Startup(Workload):
+    """Wall time of the CLI: `lazyfs mount` (a new mount and cache each time) until it returns
+    with the mount live, and `lazyfs status` on a live mount."""
+
+    title = "startup"
+    metrics = (STARTUP_MOUNT, STARTUP_STATUS)
+
+    def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None:
+        if not isinstance(subject, LazyfsMount):
+            raise unexpected(self, subject)
+        mounts, statuses = [], []
+        for _ in range(STARTS):
+            state = stage.fresh_dir(subject.name)
+            with subject.open(stage.model, state, drop_page_cache=False) as target:
+                mounts.append(target.opened_in)
+                status = [*LAZYFS, "status", str(target.file.parent)]
+                statuses.append(timed(status, 60, what="lazyfs status"))
+        record(STARTUP_MOUNT, statistics.median(mounts))
+        record(STARTUP_STATUS, statistics.median(statuses))
+
+
 WORKLOADS: tuple[Workload, ...] = (
     Sequential(),
     TimeToFirstTensor(),
     FirstMiB(),
     RandomReads(),
     Hashing(),
+    ManyReaders(),
+    Startup(),
 )
 
 

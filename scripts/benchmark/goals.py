@@ -1,0 +1,116 @@
+"""Issue 11's goals, each declared once: a metric, what it is held against (another series of
+the metric, as a ratio, or a fixed threshold in the metric's unit), and the threshold. The
+goals table in the summary and in docs/performance.md is rendered from these and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scripts.benchmark.metrics import Metric, Series
+from scripts.benchmark.results import Results
+from scripts.benchmark.stage import RANDOM_4K, SHARDS
+from scripts.benchmark.workloads import (
+    HASHING,
+    HASHLIB,
+    LATENCY,
+    MANIFEST_BUILD,
+    ONE_READER,
+    READERS,
+    READERS_DUPLICATES,
+    READERS_RSS,
+    SEQ_COLD,
+    SEQ_HOT,
+    SEQ_WARM,
+    STARTUP_MOUNT,
+    STARTUP_STATUS,
+    THROUGH_PASSTHROUGH,
+    THROUGH_RCLONE,
+)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """Reached when the ratio against ``reference`` (>1: lazyfs better, as in the table) is at
+    least ``threshold``; without a reference, when the value itself is on the good side of
+    ``threshold`` (``strict``: never equal to it)."""
+
+    what: str
+    metric: Metric
+    threshold: float
+    reference: Series | None = None
+    strict: bool = False
+    series: Series | None = None  # the side measured; the metric's first series if None
+
+    @property
+    def measured(self) -> Series:
+        return self.series or self.metric.series[0]
+
+    @property
+    def text(self) -> str:
+        unit = self.metric.unit
+        if self.reference is not None:
+            if unit.higher_is_better:
+                return f"{self.what} ≥ {self.threshold:g}x {self.reference.label}"
+            scale = "" if self.threshold == 1 else f" / {self.threshold:g}"
+            return f"{self.what} ≤ {self.reference.label}'s{scale}"
+        if self.threshold == 0 and not unit.higher_is_better:
+            return f"{self.what} = 0"
+        if unit.higher_is_better:
+            sign = ">" if self.strict else "≥"
+        else:
+            sign = "<" if self.strict else "≤"
+        return f"{self.what} {sign} {self.threshold:g} {unit.symbol}"
+
+    def judge(self, results: Results) -> tuple[str, bool | None]:
+        """What was measured, in words, and whether the goal is reached (None: not measured)."""
+        unit = self.metric.unit
+        value = results.median(self.metric.key(self.measured))
+        if value is None:
+            return "not measured", None
+        shown = f"{unit.format(value)} {unit.symbol}"
+        if self.reference is None:
+            if unit.higher_is_better:
+                reached = value > self.threshold if self.strict else value >= self.threshold
+            else:
+                reached = value < self.threshold if self.strict else value <= self.threshold
+            return shown, reached
+        other = results.median(self.metric.key(self.reference))
+        if other is None or other <= 0 or value <= 0:
+            return f"{shown}; {self.reference.label}: not measured", None
+        ratio = value / other if unit.higher_is_better else other / value
+        against = f"{unit.format(other)} {unit.symbol}"
+        return f"{ratio:.2f}x ({shown} against {against})", ratio >= self.threshold
+
+
+RANDOM_4K_WARM_P50 = LATENCY["warm", RANDOM_4K, "p50"]
+RANDOM_4K_WARM_P99 = LATENCY["warm", RANDOM_4K, "p99"]
+RANDOM_4K_COLD_P50 = LATENCY["cold", RANDOM_4K, "p50"]
+CURL_OPENSSL = SEQ_COLD.series[1]
+LOCAL_HOT = SEQ_HOT.series[1]
+
+GOALS: tuple[Goal, ...] = (
+    Goal("cold sequential read", SEQ_COLD, 0.8, CURL_OPENSSL),
+    Goal("cold sequential read", SEQ_COLD, 1.5, THROUGH_RCLONE),
+    Goal("warm sequential read", SEQ_WARM, 0.7, THROUGH_PASSTHROUGH),
+    Goal("hot sequential read", SEQ_HOT, 0.7, LOCAL_HOT),
+    Goal("warm random 4 KiB pread p50", RANDOM_4K_WARM_P50, 1.0),
+    Goal("warm random 4 KiB pread p99", RANDOM_4K_WARM_P99, 5.0),
+    Goal("cold random 4 KiB pread p50", RANDOM_4K_COLD_P50, 1.0, THROUGH_RCLONE),
+    Goal(f"{SHARDS} readers at once, aggregate", READERS, 1.0, ONE_READER),
+    Goal(f"{SHARDS} readers: requests for a range fetched before", READERS_DUPLICATES, 0),
+    Goal(f"{SHARDS} readers: daemon peak RSS", READERS_RSS, 400, strict=True),
+    Goal("`lazyfs mount` until live", STARTUP_MOUNT, 0.4),
+    Goal("`lazyfs status`", STARTUP_STATUS, 0.2),
+    Goal("`lazyfs manifest build`", HASHING, 0.9, HASHLIB[1], series=MANIFEST_BUILD),
+)
+
+
+def goals_table(results: Results) -> str:
+    """Labels are written for tables already (curl \\| openssl)."""
+    lines = ["| goal | measured | reached |", "|---|---|---|"]
+    for goal in GOALS:
+        measured, reached = goal.judge(results)
+        verdict = {True: "yes", False: "no", None: "-"}[reached]
+        lines.append(f"| {goal.text} | {measured} | {verdict} |")
+    return "\n".join(lines)
