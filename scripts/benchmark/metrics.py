@@ -32,7 +32,7 @@ MILLISECONDS = Unit("ms", higher_is_better=False, digits="")
 MEBIBYTES = Unit("MiB", higher_is_better=False, digits=".0f")
 CPU_PER_GB = Unit("CPU s per GB", higher_is_better=False, digits=".2f")
 MEGABYTES = Unit("MB", higher_is_better=False, digits=".0f")  # 10^6 bytes: the goal's unit
-COUNT = Unit("count", higher_is_better=False, digits=".0f")
+REQUESTS = Unit("requests", higher_is_better=False, digits=".0f")
 TIMES = Unit("x", higher_is_better=False, digits=".2f")  # one size over another
 
 

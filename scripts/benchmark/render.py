@@ -223,10 +223,10 @@ def document(results: Results) -> str:
     )
 
 
-def bounds(path: Path = BOUNDS) -> list[str]:
+def bounds() -> list[str]:
     """The hand-written analysis of what bounds each goal, if there is one, and a blank line."""
     try:
-        text = path.read_text().strip()
+        text = BOUNDS.read_text().strip()
     except FileNotFoundError:
         return []
     return [text, ""] if text else []

@@ -16,12 +16,12 @@ from typing import ClassVar
 
 from scripts.benchmark.commands import LAZYFS, StepError, timed
 from scripts.benchmark.metrics import (
-    COUNT,
     CPU_PER_GB,
     GB_PER_S,
     MEBIBYTES,
     MEGABYTES,
     MILLISECONDS,
+    REQUESTS,
     SECONDS,
     TIMES,
     Metric,
@@ -39,7 +39,7 @@ from scripts.benchmark.reads import (
     preads,
 )
 from scripts.benchmark.results import StepRecorder
-from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_PATTERNS, SHARDS, Pattern, Stage
+from scripts.benchmark.stage import BLOCK_SIZE, RANDOM_PATTERNS, SHARDS, Pattern, Served, Stage
 from scripts.benchmark.subjects import (
     Curl,
     Download,
@@ -50,6 +50,7 @@ from scripts.benchmark.subjects import (
     RcloneMount,
     Subject,
 )
+from tests.support.processes import AccessRecord
 
 
 class Workload(ABC):
@@ -333,7 +334,7 @@ class Hashing(Workload):
                 record(HASHING, big.size / hash_with_threads(target.file, threads) / 1e9, series)
 
 
-ONE_READER = Series(LazyfsMount, "lazyfs, one reader alone (one shard)", tag="lazyfs_one_reader")
+ONE_READER = Series(LazyfsMount, "lazyfs, one reader alone", tag="lazyfs_one_reader")
 READERS = Metric(
     "readers",
     7,
@@ -351,8 +352,8 @@ READERS_RSS = Metric(
 READERS_DUPLICATES = Metric(
     "readers_duplicates",
     7,
-    f"requests for a (file, range) already fetched, {SHARDS} readers (origin's log)",
-    COUNT,
+    f"repeated requests for a (file, range), {SHARDS} readers (origin's log)",
+    REQUESTS,
     (THROUGH_LAZYFS,),
 )
 READERS_SENT = Metric(
@@ -387,11 +388,18 @@ class ManyReaders(Workload):
             record(READERS, total / seconds / 1e9, THROUGH_LAZYFS)
             record(READERS_RSS, peak_rss_mib(target.daemon) * MIB / 1e6)
         # After the unmount: nothing of this mount is still in flight.
-        names = {f"/{first.path.parent.name}/{shard.name}" for shard in shards}
-        fetches = [r for r in origin.requests() if r.method == "GET" and r.path in names]
-        requested = Counter((r.path, r.range) for r in fetches)
-        record(READERS_DUPLICATES, sum(count - 1 for count in requested.values()))
-        record(READERS_SENT, sum(r.bytes_sent for r in fetches) / total)
+        repeated, sent = fetched(origin.requests(), shards)
+        record(READERS_DUPLICATES, repeated)
+        record(READERS_SENT, sent / total)
+
+
+def fetched(log: list[AccessRecord], files: list[Served]) -> tuple[int, int]:
+    """From an origin's access log, the GETs of ``files``: how many asked for a (path, range)
+    an earlier one had asked for, and the bytes they were sent."""
+    paths = {f"/{served.path.parent.name}/{served.name}" for served in files}
+    gets = [record for record in log if record.method == "GET" and record.path in paths]
+    requested = Counter((record.path, record.range) for record in gets)
+    return sum(count - 1 for count in requested.values()), sum(r.bytes_sent for r in gets)
 
 
 STARTS = 5  # mounts (and status calls) per run, of which the median is recorded

@@ -4,6 +4,8 @@ JSON, and the table and docs/performance.md rendered from them."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from scripts.benchmark.__main__ import main
 from scripts.benchmark.commands import StepError
+from scripts.benchmark.goals import GOALS, Goal, goals_table
 from scripts.benchmark.harness import step
 from scripts.benchmark.metrics import Metric
 from scripts.benchmark.render import document, publish, summary, table, table_metrics
@@ -23,7 +26,7 @@ from scripts.benchmark.results import (
     StepRecorder,
     UndeclaredMetric,
 )
-from scripts.benchmark.stage import Stage
+from scripts.benchmark.stage import Served, Stage
 from scripts.benchmark.subjects import SUBJECTS, LazyfsMount, LocalDisk, Subject
 from scripts.benchmark.workloads import (
     FETCHED,
@@ -31,18 +34,25 @@ from scripts.benchmark.workloads import (
     HASHLIB,
     LATENCY,
     MANIFEST_BUILD,
+    ONE_READER,
+    READERS,
+    READERS_DUPLICATES,
+    READERS_RSS,
     SEQ_COLD,
     SEQ_HOT,
     SEQ_WARM,
     STARTUP_STATUS,
     THROUGH_LAZYFS,
+    THROUGH_PASSTHROUGH,
     THROUGH_RCLONE,
     TTFT,
     TTFT_MOUNT,
     WORKLOADS,
     Workload,
     all_metrics,
+    fetched,
 )
+from tests.support.processes import AccessRecord
 
 PARAMETERS = Parameters(big="2G", model="1G", tensor="layers.3.weight", first_mib_offset=123)
 COMMIT = "c6b90e8" + "0" * 33
@@ -240,3 +250,120 @@ def test_render_command_refuses_bad_results_in_one_line(
     results().save(clean)
     assert main(["--render", str(clean)]) == 0
     assert "on commit c6b90e8" in doc.read_text()
+
+
+# ---- goals ---------------------------------------------------------------------------------
+
+
+def test_goals_judge_ratios_and_thresholds_and_say_when_not_measured() -> None:
+    run = results()
+    run.values = {
+        SEQ_WARM.key(THROUGH_LAZYFS): [0.6],
+        SEQ_WARM.key(THROUGH_PASSTHROUGH): [1.0],
+        READERS.key(THROUGH_LAZYFS): [0.4],
+        READERS.key(ONE_READER): [0.4],
+        READERS_RSS.key(THROUGH_LAZYFS): [400.0],
+        READERS_DUPLICATES.key(THROUGH_LAZYFS): [0.0],
+    }
+    warm = Goal("warm", SEQ_WARM, 0.7, THROUGH_PASSTHROUGH)
+    assert warm.judge(run) == ("0.60x (0.60 GB/s against 1.00 GB/s)", False)
+    assert Goal("warm", SEQ_WARM, 0.6, THROUGH_PASSTHROUGH).judge(run)[1] is True
+    assert Goal("readers", READERS, 1.0, ONE_READER).judge(run)[1] is True  # equal is enough
+    assert Goal("rss", READERS_RSS, 400, strict=True).judge(run) == ("400 MB", False)
+    assert Goal("rss", READERS_RSS, 400).judge(run)[1] is True
+    assert Goal("dup", READERS_DUPLICATES, 0).text == "dup = 0"
+    assert Goal("dup", READERS_DUPLICATES, 0).judge(run) == ("0 requests", True)
+    cold = Goal("cold", SEQ_COLD, 1.5, THROUGH_RCLONE)
+    assert cold.judge(run) == ("not measured", None)
+    run.values[SEQ_COLD.key(THROUGH_LAZYFS)] = [0.3]
+    assert cold.judge(run) == ("0.30 GB/s; rclone mount: not measured", None)
+    latency = LATENCY["cold", next(iter(FETCHED)), "p50"]
+    run.values[latency.key(THROUGH_LAZYFS)] = [2.0]
+    run.values[latency.key(THROUGH_RCLONE)] = [1.0]
+    rclone_p50 = Goal("p50", latency, 1.0, THROUGH_RCLONE)
+    assert rclone_p50.text == "p50 ≤ rclone mount's"
+    assert rclone_p50.judge(run) == ("0.50x (2 ms against 1 ms)", False)  # lower is better
+
+
+def test_every_goal_is_in_the_goals_table_once() -> None:
+    lines = goals_table(results()).splitlines()
+    assert lines[:2] == ["| goal | measured | reached |", "|---|---|---|"]
+    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {goal.text}" for goal in GOALS]
+    assert all(line.endswith("| not measured | - |") for line in lines[2:])
+    assert len({goal.text for goal in GOALS}) == len(GOALS)
+    assert "| cold sequential read ≥ 0.8x curl \\| openssl dgst -sha256 |" in lines[2]
+
+
+def test_the_doc_has_the_goals_table_then_the_bounds_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = results()
+    run.values = {STARTUP_STATUS.key(THROUGH_LAZYFS): [0.15]}
+    bounds = tmp_path / "performance-bounds.md"
+    monkeypatch.setattr("scripts.benchmark.render.BOUNDS", bounds)
+    without = document(run)
+    assert "| `lazyfs status` ≤ 0.2 s | 0.15 s | yes |" in without
+    assert without.index("## Goals") < without.index("## Machine")
+    bounds.write_text("Cold reads are bound by the hashing thread.\n")
+    text = document(run)
+    goals, machine = text.index("| `lazyfs manifest build`"), text.index("## Machine")
+    assert goals < text.index("Cold reads are bound by the hashing thread.") < machine
+    assert "| 8. `lazyfs status MNT` (median of 5) (s) | 0.15 | - | - | - |" in text
+
+
+# ---- many readers: what the origin's log says --------------------------------------------------
+
+
+def test_repeated_requests_and_bytes_sent_come_from_the_origins_log(tmp_path: Path) -> None:
+    shards = [Served(tmp_path / "shards" / f"shard-0{n}.bin", "http://o") for n in range(2)]
+
+    def get(path: str, rng: str | None, sent: int, method: str = "GET") -> AccessRecord:
+        return AccessRecord(method, path, 206 if rng else 200, sent, rng)
+
+    log = [
+        get("/shards/manifest.json", None, 100),  # not a shard
+        get("/shards/shard-00.bin", "bytes=0-3", 4),
+        get("/shards/shard-01.bin", "bytes=0-3", 4),  # the same range of another file
+        get("/shards/shard-00.bin", "bytes=4-7", 4),
+        get("/shards/shard-00.bin", "bytes=0-3", 2),  # again, cut short
+        get("/shards/shard-00.bin", "bytes=0-3", 4),  # and again
+        get("/shards/shard-00.bin", "bytes=0-3", 0, method="HEAD"),
+        get("/other/shard-00.bin", "bytes=0-3", 4),  # another directory
+    ]
+    assert fetched(log, shards) == (2, 18)
+    assert fetched(log[:4], shards) == (0, 12)
+
+
+# ---- cold: the reader's side only -----------------------------------------------------------
+
+
+def resident(path: Path) -> int:
+    """Bytes of ``path`` in the page cache, as fincore(1) counts them."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def test_cold_drops_the_page_cache_then_reads_the_origins_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served_dir = tmp_path / "www" / "big"
+    served_dir.mkdir(parents=True)
+    files = [served_dir / "file.bin", served_dir / "manifest.json"]
+    for path in files:
+        path.write_bytes(os.urandom(1 << 20))
+        os.sync()
+        with open(path, "rb") as handle:  # out of the page cache, as a drop would leave it
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert [resident(path) for path in files] == [0, 0]
+    stage = Stage(tmp_path / "work", quick=True)
+    order: list[str] = []
+    # Not the machine's page cache: other tests share it.
+    monkeypatch.setattr(stage, "drop_caches", lambda: order.append("drop"))
+    stage.cold(Served(files[0], "http://o"))
+    assert order == ["drop"]
+    assert [resident(path) for path in files] == [1 << 20, 1 << 20]
