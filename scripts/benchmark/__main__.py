@@ -31,7 +31,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", default="/tmp/lazyfs-bench", help="work directory")
     parser.add_argument("--runs", type=int, help="runs per measurement (default 3; 1 --quick)")
     parser.add_argument(
-        "--quick", action="store_true", help="one run, a 512 MiB file and a 256M model: a smoke run"
+        "--quick",
+        action="store_true",
+        help="one run, a 512 MiB file, a 256M model and 8 x 32 MiB shards: a smoke run",
     )
     parser.add_argument(
         "--fresh",
