@@ -190,7 +190,7 @@ def document(results: Results) -> str:
             "",
             "What lazyfs costs and gains against the obvious alternatives, measured on one "
             "machine with nginx on loopback as the origin. Reproduce with `scripts/bench` "
-            "(about 10 minutes; `scripts/bench --quick` for a smoke run); it prints the same "
+            "(about 13 minutes; `scripts/bench --quick` for a smoke run); it prints the same "
             "table. This page is rendered from `docs/performance.json` "
             "(`scripts/bench --render docs/performance.json`).",
             "",
