@@ -91,9 +91,11 @@ class BlockReader:
         self.block_size = block_size
         self.fetcher = BlockFetcher([source, *mirrors], limits, observe_fetch)
         self.max_window = min(MAX_READAHEAD_BLOCKS, readahead_bytes // block_size)
-        # Read-ahead holds its blocks itself: the cache needs room for the blocks readers are
-        # working in only.
-        self.cache = BlockCache(store, block_size, max(memory_bytes, 2 * block_size), background)
+        # ``memory_bytes`` bounds the blocks in memory, read-ahead's included; read-ahead holds
+        # its own (up to its budget), the cache the rest: at least the block a reader is in
+        # and the next.
+        recent = max(memory_bytes - readahead_bytes, 2 * block_size)
+        self.cache = BlockCache(store, block_size, recent, background)
         # The digests being loaded, and who waits for them.
         self.loading: SingleFlight[str, Buffer] = SingleFlight()
         self.ahead: ReadAhead | None = None
