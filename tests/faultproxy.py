@@ -14,6 +14,10 @@ fault is drawn per request from ``Faults`` (rates are fractions of requests):
                   the client's read timeout, the whole far beyond its deadline)
 
 Draws come from one seeded generator, so a run's faults are reproducible in kind and rate.
+
+Apart from the drawn faults, ``hold(predicate)`` stalls every request whose path and Range
+header the predicate picks until ``release_held()`` (then it is forwarded as usual); ``held``
+counts the requests stalled now.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +76,9 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.held = 0
+        self._hold: Callable[[str, str | None], bool] | None = None
+        self._released = threading.Event()
         self.server = _QuietServer(("127.0.0.1", 0), _ProxyHandler)
         self.server.daemon_threads = True
         self.server.proxy = self  # type: ignore[attr-defined]
@@ -91,7 +98,30 @@ class FaultProxy:
                 self.injected[fault] += 1
             return fault, self.generator.random()
 
+    def hold(self, predicate: Callable[[str, str | None], bool]) -> None:
+        """Stall the requests ``predicate(path, range_header)`` picks until ``release_held``."""
+        self._released.clear()
+        self._hold = predicate
+
+    def release_held(self) -> None:
+        self._hold = None
+        self._released.set()
+
+    def wait_if_held(self, path: str, range_header: str | None) -> None:
+        hold = self._hold
+        if hold is None or not hold(path, range_header):
+            return
+        with self.lock:
+            self.held += 1
+        try:
+            # Bounded: a test that forgets to release must not leave a thread behind forever.
+            self._released.wait(120)
+        finally:
+            with self.lock:
+                self.held -= 1
+
     def close(self) -> None:
+        self.release_held()
         self.server.shutdown()
         self.server.server_close()
 
@@ -123,6 +153,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         proxy = self.proxy
+        proxy.wait_if_held(self.path, self.headers.get("Range"))
         fault, where = proxy.next_fault()
         if fault in ("status_503", "status_429"):
             status = 503 if fault == "status_503" else 429

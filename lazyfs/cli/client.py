@@ -61,6 +61,13 @@ def describe_status(report: dict[str, Any]) -> list[str]:
         f"ahead, {count('fetches_in_flight')} fetches in flight"
     )
     lines.append(
+        f"read-ahead: {format_size(count('read_ahead_bytes'))} of "
+        f"{format_size(count('read_ahead_budget'))} in use "
+        f"(at most {format_size(count('read_ahead_peak_bytes'))}), "
+        f"{count('read_ahead_dropped')} blocks dropped unread, "
+        f"{count('read_ahead_refused')} times out of budget"
+    )
+    lines.append(
         f"failures: {count('verification_failures')} fetched blocks did not verify, "
         f"{count('cache_verification_failures')} cached blocks were corrupt, "
         f"{count('cache_write_failures')} cache writes failed, "
@@ -86,6 +93,11 @@ _DESCRIBED = {
     "memory_hits",
     "blocks_read_ahead",
     "fetches_in_flight",
+    "read_ahead_budget",
+    "read_ahead_bytes",
+    "read_ahead_peak_bytes",
+    "read_ahead_dropped",
+    "read_ahead_refused",
     "verification_failures",
     "cache_verification_failures",
     "cache_write_failures",

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from lazyfs.core.manifest import Manifest
 
 DEFAULT_CACHE_SIZE = "50G"
+# The reader's DEFAULT_READAHEAD_BYTES, spelled here so the CLI need not import the read path.
+DEFAULT_READ_AHEAD = "64M"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -344,6 +346,13 @@ def _log_name(mountpoint: Path) -> str:
     show_default=True,
     help="Cache bound; least recently used blocks are evicted beyond it.",
 )
+@click.option(
+    "--read-ahead",
+    default=DEFAULT_READ_AHEAD,
+    show_default=True,
+    help="Bytes of blocks fetched ahead of sequential readers and not yet read, for all open "
+    "files together (0: no read-ahead).",
+)
 @click.option("--manifest-sha256", help="Refuse to mount unless the manifest has this sha256.")
 @click.option(
     "--manifest",
@@ -416,6 +425,7 @@ def mount(
     mountpoint: Path,
     cache_dir: Path | None,
     cache_size: str,
+    read_ahead: str,
     manifest_sha256: str | None,
     manifest_source: str | None,
     token_file: Path | None,
@@ -478,6 +488,7 @@ def mount(
         mountpoint=mountpoint.absolute(),
         cache_dir=(cache_dir or default_cache_dir()).absolute(),
         cache_size=parse_size(cache_size),
+        read_ahead=parse_size(read_ahead),
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
         prefetch=prefetch_path if prefetch_path else (() if prefetch else None),

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(eq=False)
 class ReadPattern:
-    """The read history of one open file."""
+    """The read history of one open file; it stands for that open file (hashed by identity)
+    where read-ahead counts what each holds."""
 
     last_block: int = -1
     window: int = 0

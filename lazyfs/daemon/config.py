@@ -20,6 +20,8 @@ class MountConfig:
     mountpoint: Path
     cache_dir: Path
     cache_size: int
+    # --read-ahead: the mount-wide read-ahead budget, in bytes.
+    read_ahead: int = 64 * 1024 * 1024
     manifest_sha256: str | None = None
     allow_other: bool = False
     # Paths to fetch into the cache once mounted (empty: everything); None: nothing.

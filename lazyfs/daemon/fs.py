@@ -246,7 +246,9 @@ class LazyFS(ReadOnlyOperations):
             return await self.reader.read(entry, off, size, pattern)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        self._handles.pop(fh, None)
+        opened = self._handles.pop(fh, None)
+        if opened is not None:
+            self.reader.closed(opened[1])
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         return None

@@ -93,6 +93,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 block_lists,
                 mirrors,
                 limits=policy.limits,
+                readahead_bytes=config.read_ahead,
                 observe_fetch=None if metrics is None else metrics.observe_fetch,
             )
         )

@@ -46,12 +46,34 @@ class MountCollector(Collector):
                 "Block fetches that failed after retries (the origin and its mirrors)",
                 fetches.errors,
             ),
+            "blocks_read_ahead": ("Blocks read ahead of readers", counters.blocks_read_ahead),
+            "read_ahead_dropped": (
+                "Blocks read ahead and dropped unread (their reader moved on or left)",
+                counters.read_ahead_dropped,
+            ),
+            "read_ahead_refused": (
+                "Times read-ahead was not started for want of budget",
+                counters.read_ahead_refused,
+            ),
         }
         for name, (documentation, value) in totals.items():
             yield CounterMetricFamily(f"lazyfs_{name}", documentation, value=value)
         yield GaugeMetricFamily(
             "lazyfs_fetches_in_flight", "Block fetches under way", value=counters.fetches_in_flight
         )
+        gauges = {
+            "read_ahead_bytes": (
+                "Bytes of the read-ahead budget in use (fetching, or fetched and not yet read)",
+                counters.read_ahead_bytes,
+            ),
+            "read_ahead_limit_bytes": ("The read-ahead budget", counters.read_ahead_budget),
+            "read_ahead_peak_bytes": (
+                "The most of the read-ahead budget ever in use at once",
+                counters.read_ahead_peak_bytes,
+            ),
+        }
+        for name, (documentation, value) in gauges.items():
+            yield GaugeMetricFamily(f"lazyfs_{name}", documentation, value=value)
         try:
             stats = self.reader.store.statistics()
         except CacheError:

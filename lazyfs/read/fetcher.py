@@ -7,6 +7,8 @@ run under the time the policy gave it; sources that fail are benched in the rota
 next block asks a good one first. Every fetch from a source goes through here, whoever wants
 the block (a read, read-ahead, prefetch, a file verified whole), so each byte fetched is
 counted once, and the metrics observer (given at construction) is told how long each took.
+Each attempt holds a transfer slot (``TransferGate``), where a read's fetch goes before any
+read-ahead's; waiting for the slot is not part of the attempt's time.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ from lazyfs.core.attempts import (
 )
 from lazyfs.core.rotation import SourceRotation
 from lazyfs.errors import SourceError
+from lazyfs.read.transfers import DEMAND, Ticket, TransferGate
 from lazyfs.sources.base import BlockSource
 
 log = logging.getLogger(__name__)
+
+# Transfers at once when the primary source does not say (``max_transfers``).
+DEFAULT_TRANSFERS = 3
 
 
 @dataclass
@@ -61,16 +67,27 @@ class BlockFetcher:
         self.limits = limits or AttemptLimits()
         self.counters = FetchCounters()
         self._observe = observe
+        # The primary serves nearly every fetch (mirrors are for when it fails): its limit
+        # is the mount's.
+        self.gate = TransferGate(getattr(sources[0], "max_transfers", DEFAULT_TRANSFERS))
 
     def url_for(self, path: str) -> str:
         """The primary source's URL of ``path``: the one errors about a whole file name."""
         return self.rotation.sources[0].url_for(path)
 
     async def fetch(
-        self, path: str, index: int, start: int, length: int, expected: str | None = None
+        self,
+        path: str,
+        index: int,
+        start: int,
+        length: int,
+        expected: str | None = None,
+        ticket: Ticket = DEMAND,
     ) -> tuple[Buffer, str]:
         """Bytes ``[start, start + length)`` of ``path`` (block ``index``) and their sha256:
-        a copy whose digest is ``expected``, or, without one, the first complete copy."""
+        a copy whose digest is ``expected``, or, without one, the first complete copy.
+        ``ticket``: the fetch's place in the queue for transfer slots (read-ahead's, or a
+        read's)."""
         order = self.rotation.order()
         wanted = Wanted(f"block {index} of {path}", path, index, expected)
         urls = [source.url_for(path) for source in order]
@@ -90,7 +107,8 @@ class BlockFetcher:
             if policy.attempts > 1:
                 self.counters.retries += 1
             source = order[decision.source]
-            outcome = await self._attempt(policy, decision, source, path, start, length)
+            async with self.gate.slot(ticket):
+                outcome = await self._attempt(policy, decision, source, path, start, length)
             if not isinstance(outcome, _Problem):
                 return outcome
             problem = outcome

@@ -9,13 +9,14 @@ readers cost one GET. No lock is held across a fetch: a slow block stalls only i
 readers. A new kind of source plugs in by implementing ``sources.base.BlockSource``.
 
 With a nursery (``open_block_reader``), a reader that moves through a file sequentially gets
-the next blocks fetched ahead of it, and fetched blocks are written to disk in the background.
+the next blocks fetched ahead of it, within one mount-wide budget (``read.readahead``), and
+fetched blocks are written to disk in the background.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,19 +27,22 @@ from typing_extensions import Buffer
 from lazyfs.cache.blocklists import BlockLists
 from lazyfs.cache.store import BlockStore
 from lazyfs.core.attempts import AttemptLimits
-from lazyfs.core.blocks import BlockSlice, block_count, block_extent, read_plan
+from lazyfs.core.blocks import BlockSlice, block_extent, read_plan
 from lazyfs.core.manifest import FileEntry
 from lazyfs.core.readahead import ReadPattern
 from lazyfs.errors import LazyfsError
 from lazyfs.read.blockcache import DEFAULT_MEMORY_BYTES, BlockCache
 from lazyfs.read.fetcher import BlockFetcher
+from lazyfs.read.readahead import ReadAhead, ReadAheadCounters
 from lazyfs.read.singleflight import SingleFlight
+from lazyfs.read.transfers import DEMAND, Ticket
 from lazyfs.read.wholefile import WholeFiles
 from lazyfs.sources.base import BlockSource
 
 log = logging.getLogger(__name__)
 
-# Read-ahead never holds more than this many bytes of blocks nobody has asked for yet.
+# Read-ahead never holds more than this many bytes of blocks nobody has asked for yet, in
+# all the mount's files together.
 DEFAULT_READAHEAD_BYTES = 64 * 1024 * 1024
 MAX_READAHEAD_BLOCKS = 64
 # Without limits given: a bad copy is fetched once more, with no deadline.
@@ -58,6 +62,13 @@ class ReadCounters:
     cache_verification_failures: int = 0
     cache_write_failures: int = 0
     fetches_in_flight: int = 0
+    # The read-ahead budget: its size, what is held now, the most ever held at once; blocks
+    # dropped unread and blocks not read ahead for want of budget.
+    read_ahead_budget: int = 0
+    read_ahead_bytes: int = 0
+    read_ahead_peak_bytes: int = 0
+    read_ahead_dropped: int = 0
+    read_ahead_refused: int = 0
 
 
 class BlockReader:
@@ -80,15 +91,25 @@ class BlockReader:
         self.block_size = block_size
         self.fetcher = BlockFetcher([source, *mirrors], limits, observe_fetch)
         self.max_window = min(MAX_READAHEAD_BLOCKS, readahead_bytes // block_size)
-        # Room for a full read-ahead window beside the blocks readers are working in.
-        floor = (self.max_window + 2) * block_size
-        self.cache = BlockCache(store, block_size, max(memory_bytes, floor), background)
+        # ``memory_bytes`` bounds the blocks in memory, read-ahead's included; read-ahead holds
+        # its own (up to its budget), the cache the rest: at least the block a reader is in
+        # and the next.
+        recent = max(memory_bytes - readahead_bytes, 2 * block_size)
+        self.cache = BlockCache(store, block_size, recent, background)
         # The digests being loaded, and who waits for them.
         self.loading: SingleFlight[str, Buffer] = SingleFlight()
-        self.blocks_read_ahead = 0
-        # Read-ahead started but not yet running, so a burst of reads starts it once.
-        self._scheduled: set[str] = set()
-        self._background = background
+        self.ahead: ReadAhead | None = None
+        if background is not None:
+            self.ahead = ReadAhead(
+                readahead_bytes,
+                block_size,
+                self.max_window,
+                self.cache,
+                self.loading,
+                self.fetcher.gate,
+                self.load,
+                background,
+            )
         # Hub files without block digests yet are verified whole on first read, through the
         # same fetcher and cache as any block.
         self.whole_files = WholeFiles(self.fetcher, self.cache, block_size, block_lists)
@@ -96,16 +117,22 @@ class BlockReader:
     @property
     def counters(self) -> ReadCounters:
         cache, fetches = self.cache.counters, self.fetcher.counters
+        ahead = ReadAheadCounters() if self.ahead is None else self.ahead.counters
         return ReadCounters(
             blocks_fetched=fetches.blocks_fetched,
             bytes_fetched=fetches.bytes_fetched,
             cache_hits=cache.cache_hits,
             memory_hits=cache.memory_hits,
-            blocks_read_ahead=self.blocks_read_ahead,
+            blocks_read_ahead=ahead.blocks_started,
             verification_failures=fetches.verification_failures,
             cache_verification_failures=cache.cache_verification_failures,
             cache_write_failures=cache.cache_write_failures,
             fetches_in_flight=fetches.fetches_in_flight,
+            read_ahead_budget=ahead.budget_bytes,
+            read_ahead_bytes=ahead.bytes_held,
+            read_ahead_peak_bytes=ahead.peak_bytes,
+            read_ahead_dropped=ahead.blocks_dropped,
+            read_ahead_refused=ahead.blocks_refused,
         )
 
     async def read(
@@ -119,9 +146,10 @@ class BlockReader:
         plan = read_plan(offset, length, entry.size, self.block_size)
         if not plan:
             return b""
-        if pattern is not None and self._background is not None:
-            ahead = pattern.record(plan[0].index, plan[-1].index, self.max_window)
-            self._read_ahead(entry, ahead)
+        if pattern is not None and self.ahead is not None:
+            first, last = plan[0].index, plan[-1].index
+            ahead = pattern.record(first, last, self.max_window)
+            self.ahead.follow(pattern, entry, first, last, ahead)
         if len(plan) == 1:
             return await self.read_slice(entry, plan[0])
         parts: list[Buffer] = [b""] * len(plan)
@@ -146,37 +174,24 @@ class BlockReader:
         # A view, not a copy: serving 128 KiB must not cost copying the block.
         return memoryview(block)[piece.start : piece.end]
 
-    def _read_ahead(self, entry: FileEntry, indices: range) -> None:
-        assert self._background is not None
-        last = block_count(entry.size, self.block_size)
-        for index in indices:
-            if index >= last:
-                break
-            digest = entry.blocks[index]
-            if self.cache.in_memory(digest) or digest in self.loading or digest in self._scheduled:
-                continue
-            self._scheduled.add(digest)
-            self.blocks_read_ahead += 1
-            self._background.start_soon(self._prefetch, entry, index)
-
-    async def _prefetch(self, entry: FileEntry, index: int) -> None:
-        try:
-            await self.block(entry, index)
-        except LazyfsError as exc:
-            # The reader that needs this block will fetch it again and see the error.
-            log.debug("read-ahead of block %d of %s failed: %s", index, entry.path, exc)
-        except Exception:
-            # A bug must not end the reader's nursery, and with it the mount.
-            log.exception("read-ahead of block %d of %s failed", index, entry.path)
-        finally:
-            self._scheduled.discard(entry.blocks[index])
+    def closed(self, pattern: Hashable) -> None:
+        """The open file whose history is ``pattern`` was closed: nothing is read ahead for it
+        any more."""
+        if self.ahead is not None:
+            self.ahead.forget(pattern)
 
     async def block(self, entry: FileEntry, index: int) -> Buffer:
         """Block ``index`` of ``entry``, verified; one task loads a digest, others wait."""
         digest = entry.blocks[index]
+        if self.ahead is not None:
+            self.ahead.wanted(digest)
         return await self.loading.run(
-            digest, lambda: self._load(entry, index), lambda: self.cache.from_memory(digest)
+            digest, lambda: self._load_and_hold(entry, index), lambda: self._known(digest)
         )
+
+    def _known(self, digest: str) -> Buffer | None:
+        found = None if self.ahead is None else self.ahead.take(digest)
+        return self.cache.from_memory(digest) if found is None else found
 
     async def keep_block(self, entry: FileEntry, index: int) -> bool:
         """Make sure the disk store holds block ``index`` of ``entry`` (prefetch): loaded as a
@@ -187,14 +202,20 @@ class BlockReader:
             return True
         return await self.cache.keep(digest, await self.block(entry, index))
 
-    async def _load(self, entry: FileEntry, index: int) -> Buffer:
+    async def _load_and_hold(self, entry: FileEntry, index: int) -> Buffer:
+        block = await self.load(entry, index)
+        self.cache.hold(entry.blocks[index], block)
+        return block
+
+    async def load(self, entry: FileEntry, index: int, ticket: Ticket = DEMAND) -> Buffer:
+        """Block ``index`` of ``entry`` from the disk cache, else fetched (at ``ticket``'s
+        place in the queue for transfers) and written to the disk cache; not kept in memory."""
         digest = entry.blocks[index]
         block = await self.cache.get(digest)
         if block is None:
             start, length = block_extent(index, entry.size, self.block_size)
-            block, _ = await self.fetcher.fetch(entry.path, index, start, length, digest)
+            block, _ = await self.fetcher.fetch(entry.path, index, start, length, digest, ticket)
             await self.cache.put(digest, block)
-        self.cache.hold(digest, block)
         return block
 
 

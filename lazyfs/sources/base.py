@@ -5,7 +5,9 @@ A call is one attempt: retries, the deadline, choosing among mirrors and checkin
 the read path's (``lazyfs.read.fetcher`` on the policy of ``lazyfs.core.attempts``). A source
 raises the ``SourceError`` tree; the fetcher's time limit for the attempt is the caller's trio
 deadline (``trio.current_effective_deadline()``), which a source that blocks a thread should
-pass on to it.
+pass on to it. A source that can carry only so many transfers at once says how many in a
+``max_transfers`` attribute (the fetcher assumes 3 otherwise), so that reads always find one
+free beside read-ahead.
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ class HttpOrigin:
         self.policy = policy or RetryPolicy()
         self.pool = ConnectionPool(Timeouts.of(self.policy), transport)
         self.fetch_threads = trio.CapacityLimiter(fetch_threads)
+        # The read path keeps one of these for reads: read-ahead gets the others.
+        self.max_transfers = fetch_threads
         # Sent with every request to the origin itself, never to a host it redirects to.
         self.headers: dict[str, str] = {}
 

@@ -714,7 +714,8 @@ def test_read_ahead_follows_a_sequential_reader_and_stays_bounded(
         async with open_block_reader(source, store, BS, readahead_bytes=4 * BS) as reader:
 
             def read_ahead_done() -> bool:  # white-box: no block left that it means to fetch
-                return not reader._scheduled
+                assert reader.ahead is not None
+                return reader.ahead.under_way == 0
 
             pattern = ReadPattern()
             for index in range(6):

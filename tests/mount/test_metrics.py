@@ -34,6 +34,8 @@ def test_metrics_move_with_reads(origin: Origin, mounter: Mounter) -> None:
     assert before["lazyfs_fetch_seconds_count"] == 0
     assert before["lazyfs_fetches_in_flight"] == 0
     assert before["lazyfs_cache_limit_bytes"] > 0
+    assert before["lazyfs_read_ahead_limit_bytes"] == 64 * 1024 * 1024
+    assert before["lazyfs_read_ahead_peak_bytes"] == 0
 
     assert (mountpoint / "w.bin").read_bytes() == data
     after = scrape(port)
@@ -44,6 +46,10 @@ def test_metrics_move_with_reads(origin: Origin, mounter: Mounter) -> None:
     assert after["lazyfs_fetch_seconds_count"] == 6
     assert after['lazyfs_fetch_seconds_bucket{le="+Inf"}'] == 6
     assert after["lazyfs_cache_misses_total"] == 6
+    # The kernel asks for the whole small file at once: nothing is left to read ahead.
+    assert after["lazyfs_blocks_read_ahead_total"] == 0
+    assert after["lazyfs_read_ahead_peak_bytes"] == after["lazyfs_read_ahead_bytes"] == 0
+    assert after["lazyfs_read_ahead_dropped_total"] == after["lazyfs_read_ahead_refused_total"] == 0
 
     mounter.unmount(mountpoint)  # the endpoint goes with the mount
     mountpoint, _ = mounter.mount(origin.url, "--metrics", f"127.0.0.1:{port}")

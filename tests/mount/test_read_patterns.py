@@ -7,13 +7,16 @@ import json
 import os
 import random
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from lazyfs.daemon.runtime import pid_file
+from tests.faultproxy import fault_proxy
 from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import Origin, start_nginx_origin
 from tests.waiting import wait_until
@@ -64,6 +67,13 @@ def read_ahead_settled(mountpoint: Path) -> Callable[[], bool]:
         return len(seen) >= 2 and seen[-1] is not None and seen[-1] == seen[-2]
 
     return settled
+
+
+def status_report(mountpoint: Path) -> dict[str, Any]:
+    result = lazyfs("status", mountpoint, "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def daemon_peak_rss(mountpoint: Path) -> int:
@@ -185,3 +195,77 @@ def test_daemon_memory_stays_bounded_whatever_the_pattern(
     peak = daemon_peak_rss(mountpoint)
     print(f"daemon peak RSS {peak / MIB:.0f} MiB")
     assert peak < 300 * MIB
+
+
+def test_eight_readers_at_once_share_one_read_ahead_budget_and_a_ninth_is_not_queued(
+    nginx_origin: Origin, mounter: Mounter
+) -> None:
+    """8 files read sequentially at once: exact bytes, each block fetched once, the budget never
+    exceeded; and while read-ahead holds every transfer it may, a read of another file gets
+    one (the origin stalls read-ahead's ranges, so this is behaviour, not timing)."""
+    block, budget = MIB, 8 * MIB
+    shards = {
+        f"shard-{n}.bin": random_file(nginx_origin.root, f"shard-{n}.bin", 8 * MIB, seed=20 + n)
+        for n in range(8)
+    }
+    other = random_file(nginx_origin.root, "other.bin", 2 * MIB, seed=30)
+    publish(nginx_origin.root, block_size="1M")
+
+    def past_the_first_block_of_a_shard(path: str, range_header: str | None) -> bool:
+        start = int(range_header.split("=")[1].split("-")[0]) if range_header else 0
+        return "/shard-" in path and start >= block
+
+    with fault_proxy(nginx_origin.url) as proxy:
+        mountpoint, _ = mounter.mount(proxy.url, "--read-ahead", "8M")
+        nginx_origin.clear_log()
+        proxy.hold(past_the_first_block_of_a_shard)
+        descriptors = [os.open(mountpoint / name, os.O_RDONLY) for name in shards]
+        try:
+            for descriptor, data in zip(descriptors, shards.values(), strict=True):
+                # No kernel read-ahead: the first block is read, lazyfs reads ahead the second.
+                os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+                assert os.pread(descriptor, block, 0) == data[:block]
+            # Read-ahead of block 1 of the eight shards, stalled: it holds every slot it may.
+            assert wait_until(lambda: proxy.held >= 2, 30)
+            got: list[bytes] = []
+            ninth = threading.Thread(
+                target=lambda: got.append((mountpoint / "other.bin").read_bytes()), daemon=True
+            )
+            ninth.start()
+            assert wait_until(lambda: not ninth.is_alive(), 30), (
+                f"a read of another file waited behind read-ahead ({proxy.held} held)"
+            )
+            assert got == [other]
+            assert proxy.held == 2, "read-ahead used more transfers than it may"
+        finally:
+            proxy.release_held()
+            for descriptor in descriptors:
+                os.close(descriptor)
+
+        failures: list[str] = []
+
+        def stream(name: str) -> None:
+            with open(mountpoint / name, "rb") as handle:
+                if handle.read() != shards[name]:
+                    failures.append(name)
+
+        readers = [threading.Thread(target=stream, args=(name,)) for name in shards]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(120)
+        assert not failures and not any(reader.is_alive() for reader in readers), failures
+        assert wait_until(read_ahead_settled(mountpoint), 60)
+        report = status_report(mountpoint)
+        assert report["read_ahead_budget"] == budget
+        assert 0 < report["read_ahead_peak_bytes"] <= budget
+        # Every file is closed: nothing read ahead for them holds budget any more.
+        assert wait_until(lambda: status_report(mountpoint)["read_ahead_bytes"] == 0)
+
+    fetched = Counter(
+        (r.path, int(r.range.split("=")[1].split("-")[0]) // block)
+        for r in nginx_origin.requests()
+        if r.range and r.path.startswith("/shard-")
+    )
+    assert set(fetched) == {(f"/{name}", index) for name in shards for index in range(8)}
+    assert set(fetched.values()) == {1}, "every block fetched exactly once"
