@@ -15,6 +15,7 @@ the next blocks fetched ahead of it, and fetched blocks are written to disk in t
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class ReadCounters:
     verification_failures: int = 0
     cache_verification_failures: int = 0
     cache_write_failures: int = 0
+    cache_writes_skipped: int = 0
     fetches_in_flight: int = 0
 
 
@@ -88,6 +90,8 @@ class BlockReader:
         self.blocks_read_ahead = 0
         # Read-ahead started but not yet running, so a burst of reads starts it once.
         self._scheduled: set[str] = set()
+        # Stored blocks lately asked into the page cache ahead of a reader (asked once).
+        self._loaded_soon: OrderedDict[str, None] = OrderedDict()
         self._background = background
         # Hub files without block digests yet are verified whole on first read, through the
         # same fetcher and cache as any block.
@@ -105,6 +109,7 @@ class BlockReader:
             verification_failures=fetches.verification_failures,
             cache_verification_failures=cache.cache_verification_failures,
             cache_write_failures=cache.cache_write_failures,
+            cache_writes_skipped=cache.cache_writes_skipped,
             fetches_in_flight=fetches.fetches_in_flight,
         )
 
@@ -142,6 +147,16 @@ class BlockReader:
         return b"".join(parts)
 
     async def read_slice(self, entry: FileEntry, piece: BlockSlice) -> Buffer:
+        digest = entry.blocks[piece.index]
+        if (
+            not self.cache.in_memory(digest)
+            and digest not in self.loading
+            and self.cache.on_disk(digest)
+        ):
+            # Warm: read and check only the pieces asked for, not the whole block.
+            part = await self.cache.read_stored(digest, piece.start, piece.end)
+            if part is not None:
+                return part
         block = await self.block(entry, piece.index)
         # A view, not a copy: serving 128 KiB must not cost copying the block.
         return memoryview(block)[piece.start : piece.end]
@@ -154,6 +169,14 @@ class BlockReader:
                 break
             digest = entry.blocks[index]
             if self.cache.in_memory(digest) or digest in self.loading or digest in self._scheduled:
+                continue
+            if self.cache.on_disk(digest):
+                # Read from disk piece by piece when asked; until then, into the page cache.
+                if digest not in self._loaded_soon:
+                    self._loaded_soon[digest] = None
+                    if len(self._loaded_soon) > 4 * MAX_READAHEAD_BLOCKS:
+                        self._loaded_soon.popitem(last=False)
+                    self._background.start_soon(self.cache.load_soon, digest)
                 continue
             self._scheduled.add(digest)
             self.blocks_read_ahead += 1
