@@ -11,7 +11,9 @@ All methods here block; callers on the event loop run them in ``trio.to_thread``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from typing_extensions import Buffer
 from lazyfs.cache.atomic import write_atomically
 from lazyfs.cache.index import DigestIndex
 from lazyfs.core.manifest import MAX_BLOCK_SIZE
+from lazyfs.core.pieces import PieceSums
 from lazyfs.errors import CacheError
 
 
@@ -40,6 +43,38 @@ class _BufferReader:
         chunk = self._view[self._position : end]
         self._position += len(chunk)
         return chunk
+
+
+class StoredBlock:
+    """A stored block's open file and the piece checksums recorded when it was verified
+    (None for a block stored before there were any). Its bytes are unverified: the reader
+    checks what it reads. Reads are ``pread``s, so several threads may read it at once."""
+
+    def __init__(self, digest: str, handle: BinaryIO, sums: PieceSums | None) -> None:
+        self.digest = digest
+        self.handle = handle
+        self.sums = sums
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the stored file (fewer if the file is shorter)."""
+        try:
+            return os.pread(self.handle.fileno(), end - start, start)
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read a cached block: {exc}") from None
+
+    def load_soon(self) -> None:
+        """Ask the kernel to start reading the file into the page cache (a hint, for a
+        reader who will want it next; failing is harmless)."""
+        with contextlib.suppress(OSError, ValueError):
+            os.posix_fadvise(self.handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+
+    def read_all(self) -> bytes:
+        """The whole file, though never more than one byte past the largest block: the
+        cache directory may hold a planted huge file."""
+        return self.read(0, MAX_BLOCK_SIZE + 1)
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 @dataclass(frozen=True)
@@ -74,34 +109,37 @@ class BlockStore:
     def close(self) -> None:
         self._cache.close()
 
-    def open_block(self, digest: str) -> BinaryIO | None:
-        """The stored block's file, opened, or None if it is not cached. This is the part
-        that touches the index (and marks the block used); reading it is not."""
+    def open_block(self, digest: str) -> StoredBlock | None:
+        """The stored block, opened, or None if it is not cached. This is the part that
+        touches the index (and marks the block used); reading it is not."""
         try:
-            handle: BinaryIO | None = self._cache.get(digest, default=None, read=True, retry=True)
+            found = self._cache.get(digest, default=None, read=True, tag=True, retry=True)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"block cache read failed: {exc}") from None
+        handle, record = found if isinstance(found, tuple) else (None, None)
         if handle is None:
             self.held.discard(digest)
-        else:
-            self.held.add(digest)
-        return handle
+            return None
+        self.held.add(digest)
+        return StoredBlock(digest, handle, PieceSums.decode(record))
 
     def read_block(self, digest: str) -> bytes | None:
         """The whole stored block with ``digest``, or None if it is not cached. Unverified:
-        the caller checks it, since anything may have written into the cache directory (so a
-        planted huge file is read only up to one byte past the largest block)."""
-        handle = self.open_block(digest)
-        if handle is None:
+        the caller checks it, since anything may have written into the cache directory."""
+        stored = self.open_block(digest)
+        if stored is None:
             return None
-        with handle:
-            data: bytes = handle.read(MAX_BLOCK_SIZE + 1)
-        return data
+        try:
+            return stored.read_all()
+        finally:
+            stored.close()
 
     def put(self, digest: str, block: Buffer) -> None:
+        """Store a block verified against ``digest``, with the checksums of its pieces."""
         try:
+            sums = PieceSums.of(block).encode()
             # A file-like value is written in large chunks; bytes would be written line by line.
-            self._cache.set(digest, _BufferReader(block), read=True, retry=True)
+            self._cache.set(digest, _BufferReader(block), read=True, tag=sums, retry=True)
             self.held.add(digest)
             self._evict_to_limit()
         except (OSError, sqlite3.Error) as exc:

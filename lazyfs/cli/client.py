@@ -71,6 +71,7 @@ def describe_status(report: dict[str, Any]) -> list[str]:
         f"failures: {count('verification_failures')} fetched blocks did not verify, "
         f"{count('cache_verification_failures')} cached blocks were corrupt, "
         f"{count('cache_write_failures')} cache writes failed, "
+        f"{count('cache_writes_skipped')} skipped (slow disk), "
         f"{count('whole_file_failures')} whole-file checks failed; "
         f"{count('fetch_retries')} fetch retries, {count('fetch_errors')} fetch errors"
     )
@@ -101,6 +102,7 @@ _DESCRIBED = {
     "verification_failures",
     "cache_verification_failures",
     "cache_write_failures",
+    "cache_writes_skipped",
     "whole_file_failures",
     "fetch_retries",
     "fetch_errors",

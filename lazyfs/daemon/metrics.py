@@ -38,6 +38,10 @@ class MountCollector(Collector):
             "cache_hits": ("Blocks read from the disk cache", counters.cache_hits),
             "memory_hits": ("Block reads served from memory", counters.memory_hits),
             "cache_misses": ("Blocks not in the cache, so fetched", counters.blocks_fetched),
+            "cache_writes_skipped": (
+                "Fetched blocks served without being cached: the cache disk was too slow",
+                counters.cache_writes_skipped,
+            ),
             "fetch_retries": (
                 "Block fetch attempts after a block's first (the origin and its mirrors)",
                 fetches.retries,

@@ -1,11 +1,18 @@
 """The mount's block cache: verified blocks in memory (RecentBlocks) in front of the disk store
 (BlockStore), with the disk writes in the background.
 
-The disk is not trusted: a block read back from it is hashed again and dropped if it does not
-match its digest. Writes of fetched blocks run in the background, at most
-``MAX_PENDING_STORES`` at a time; past that, whoever fetches waits for the disk. A failing
-disk (full, read-only) never fails a read: the block is served uncached, and the warning comes
-once a minute, not once per block.
+The disk is not trusted: what is read back from it is checked before it is served, and a
+block that fails is dropped (and fetched again by the caller). A read of part of a stored
+block (``read_stored``) reads and checks only the 64 KiB pieces it serves, against the
+checksums recorded when the block was verified (``core.pieces``); a whole block read back
+(``get``) checks all of its pieces; a block stored without checksums is hashed with sha256.
+Stored blocks stay open (a bounded number), so a warm read costs a ``pread``, not a query.
+
+Writes of fetched blocks run in one background writer, in order, at most
+``MAX_PENDING_STORES`` waiting; past that, whoever fetches waits for the disk, but not for
+longer than ``STORE_WAIT_SECONDS``: a disk that slow is skipped and the block served
+uncached. A failing disk (full, read-only) never fails a read either. Either way the warning
+comes once a minute, not once per block.
 """
 
 from __future__ import annotations
@@ -16,21 +23,27 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import trio
 from typing_extensions import Buffer
 
-from lazyfs.cache.store import BlockStore
+from lazyfs.cache.store import BlockStore, StoredBlock
 from lazyfs.errors import CacheError
+from lazyfs.read.threads import run_in_thread
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BYTES = 128 * 1024 * 1024
 # Fetched blocks waiting for their disk write; past this, fetching waits for the disk.
 MAX_PENDING_STORES = 8
+# How long a fetched block waits for room among the pending writes before it is served
+# without being stored: a cache disk this slow must not slow every read to its pace.
+STORE_WAIT_SECONDS = 1.0
 STORE_DRAIN_SECONDS = 10.0
 CACHE_WARNING_SECONDS = 60.0
+# Stored blocks kept open for warm reads, and threads reading them at once.
+OPEN_BLOCKS = 256
+DISK_READ_THREADS = 4
 
 
 @dataclass
@@ -39,16 +52,32 @@ class CacheCounters:
     memory_hits: int = 0
     cache_verification_failures: int = 0
     cache_write_failures: int = 0
+    # Fetched blocks served without being stored: the write backlog stayed full too long.
+    cache_writes_skipped: int = 0
 
 
-def _read_and_hash(handle: BinaryIO, block_size: int) -> tuple[bytes, str]:
-    try:
-        with handle:
-            # The cache directory is not trusted: a planted huge file must not be read whole.
-            block = handle.read(block_size + 1)
-    except OSError as exc:
-        raise CacheError(f"cannot read a cached block: {exc.strerror}") from None
-    return block, hashlib.sha256(block).hexdigest()
+class CorruptBlock(Exception):
+    """A stored block that fails its check (internal: the cache drops it and says so)."""
+
+
+def _read_checked(stored: StoredBlock, start: int, end: int) -> bytes | memoryview:
+    """Bytes ``[start, end)`` of a stored block, each piece they touch checked."""
+    sums = stored.sums
+    assert sums is not None
+    window = sums.window(start, end)
+    data = stored.read(*window)
+    bad = sums.first_bad_piece(data, window)
+    if bad is not None:
+        raise CorruptBlock(f"piece {bad} does not match its checksum")
+    if window == (start, end):
+        return data
+    return memoryview(data)[start - window[0] : end - window[0]]
+
+
+def _check_whole(stored: StoredBlock, block: bytes) -> None:
+    actual = hashlib.sha256(block).hexdigest()
+    if actual != stored.digest:
+        raise CorruptBlock(f"its sha256 is {actual}")
 
 
 class RecentBlocks:
@@ -102,9 +131,18 @@ class BlockCache:
         self._store_slots = trio.Semaphore(MAX_PENDING_STORES)
         # Blocks whose disk write is under way: keep() waits for it instead of writing twice.
         self._writing: dict[str, trio.Event] = {}
+        self._write_queue: tuple[
+            trio.MemorySendChannel[tuple[str, Buffer]],
+            trio.MemoryReceiveChannel[tuple[str, Buffer]],
+        ] = trio.open_memory_channel(MAX_PENDING_STORES)
+        self._writer_started = False
         # One thread at a time in the index: concurrent lookups (each one marks the block
         # used, a write) would queue on SQLite's lock with sleeps in between.
         self._index_thread = trio.CapacityLimiter(1)
+        self._disk_threads = trio.CapacityLimiter(DISK_READ_THREADS)
+        self._opened: OrderedDict[str, StoredBlock] = OrderedDict()
+        # Opened blocks that served a read: each counts once as a cache hit while open.
+        self._served: set[str] = set()
         self._warned_at = -math.inf
 
     def in_memory(self, digest: str) -> bool:
@@ -120,49 +158,129 @@ class BlockCache:
         """Keep a verified block in memory (the least recently used make room)."""
         self.recent.put(digest, block)
 
+    def on_disk(self, digest: str) -> bool:
+        """Whether the disk store is known to hold ``digest`` (the in-memory index; unchecked:
+        reading it checks it)."""
+        return digest in self._opened or digest in self.store.held
+
     async def get(self, digest: str) -> Buffer | None:
-        """The block from the disk store if it is there and still matches its digest."""
+        """The whole block from the disk store if it is there and still matches its digest."""
+        stored = await self._open(digest)
+        if stored is None:
+            return None
         try:
-            handle = await trio.to_thread.run_sync(
-                self.store.open_block, digest, limiter=self._index_thread
-            )
-            if handle is None:
+            block = await run_in_thread(_read_whole, stored, limiter=self._disk_threads)
+        except CorruptBlock as exc:
+            await self._drop_corrupt(digest, exc)
+            return None
+        except CacheError as exc:
+            log.warning("%s; fetching the block instead", exc)
+            self._close(digest)
+            return None
+        self._hit(digest)
+        return block
+
+    async def read_stored(self, digest: str, start: int, end: int) -> Buffer | None:
+        """Bytes ``[start, end)`` of the stored block, or None if the store does not hold it
+        or it failed its check (then it is dropped, and the caller fetches it)."""
+        stored = await self._open(digest)
+        if stored is None:
+            return None
+        if stored.sums is None:
+            # Stored before blocks had checksums: checked whole once, then held in memory.
+            block = await self.get(digest)
+            if block is None:
                 return None
+            self.hold(digest, block)
+            return memoryview(block)[start:end]
+        try:
+            part = await run_in_thread(
+                _read_checked, stored, start, end, limiter=self._disk_threads
+            )
+        except CorruptBlock as exc:
+            await self._drop_corrupt(digest, exc)
+        except CacheError as exc:
+            log.warning("%s; fetching the block instead", exc)
+            self._close(digest)
+        else:
+            self._hit(digest)
+            return part
+        return None
+
+    async def load_soon(self, digest: str) -> None:
+        """Have the kernel read a stored block into the page cache ahead of its reader (a
+        warm sequential read's read-ahead: the disk works while earlier blocks are served)."""
+        stored = await self._open(digest)
+        if stored is not None:
+            # Only a hint: nothing it raises may end the nursery it runs in.
             try:
-                block, actual = await trio.to_thread.run_sync(
-                    _read_and_hash, handle, self.block_size
-                )
-            finally:
-                handle.close()  # already closed unless cancelled before the read started
+                await run_in_thread(stored.load_soon, limiter=self._disk_threads)
+            except Exception:
+                log.exception("reading cached block %s ahead failed", digest)
+
+    async def _open(self, digest: str) -> StoredBlock | None:
+        stored = self._opened.get(digest)
+        if stored is not None:
+            self._opened.move_to_end(digest)
+            return stored
+        try:
+            stored = await run_in_thread(self.store.open_block, digest, limiter=self._index_thread)
         except CacheError as exc:
             log.warning("%s; fetching the block instead", exc)
             return None
-        if actual == digest:
+        if stored is None:
+            return None
+        if digest in self._opened:  # opened meanwhile by another reader
+            stored.close()
+            return self._opened[digest]
+        self._opened[digest] = stored
+        while len(self._opened) > OPEN_BLOCKS:
+            self._close(next(iter(self._opened)))
+        return stored
+
+    def _hit(self, digest: str) -> None:
+        if digest not in self._served:
+            self._served.add(digest)
             self.counters.cache_hits += 1
-            return block
+
+    def _close(self, digest: str) -> None:
+        self._served.discard(digest)
+        stored = self._opened.pop(digest, None)
+        if stored is not None:
+            stored.close()
+
+    async def _drop_corrupt(self, digest: str, problem: CorruptBlock) -> None:
         self.counters.cache_verification_failures += 1
-        log.warning("cached block %s is corrupt (sha256 %s); dropping it", digest, actual)
+        log.warning("cached block %s is corrupt (%s); dropping it", digest, problem)
+        self._close(digest)
         await self.discard(digest)
-        return None
 
     async def contains(self, digest: str) -> bool:
         """Whether the disk store holds ``digest`` (not checked: reading it would check)."""
         try:
-            return await trio.to_thread.run_sync(
-                self.store.contains, digest, limiter=self._index_thread
-            )
+            return await run_in_thread(self.store.contains, digest, limiter=self._index_thread)
         except CacheError as exc:
             log.warning("%s", exc)
             return False
 
     async def put(self, digest: str, block: Buffer) -> None:
         """Store a verified block on disk, in the background if there is one; waits only for
-        room in the bounded backlog of writes."""
-        await self._reserve_write(digest)
-        if self._background is not None:
-            self._background.start_soon(self._write, digest, block)
-        else:
-            await self._write(digest, block)
+        room in the bounded backlog of writes, and not for long (see STORE_WAIT_SECONDS)."""
+        if self._background is None:
+            await self.put_now(digest, block)
+            return
+        with trio.move_on_after(STORE_WAIT_SECONDS):
+            await self._reserve_write(digest)
+            if not self._writer_started:
+                self._writer_started = True
+                self._background.start_soon(self._writer)
+            self._write_queue[0].send_nowait((digest, block))
+            return
+        self.counters.cache_writes_skipped += 1
+        self._warn(
+            f"the cache disk is slow (a block waited {STORE_WAIT_SECONDS:g}s for a write)",
+            "serving blocks without caching them",
+        )
 
     async def put_now(self, digest: str, block: Buffer) -> None:
         """Store a block on disk and return once it is written (or the write failed)."""
@@ -181,8 +299,9 @@ class BlockCache:
         return digest in self.store.held
 
     async def discard(self, digest: str) -> None:
+        self._close(digest)
         try:
-            await trio.to_thread.run_sync(self.store.discard, digest)
+            await run_in_thread(self.store.discard, digest, limiter=self._index_thread)
         except CacheError as exc:
             log.warning("%s", exc)
 
@@ -192,27 +311,51 @@ class BlockCache:
         with trio.CancelScope(shield=True), trio.move_on_after(STORE_DRAIN_SECONDS):
             for _ in range(MAX_PENDING_STORES):
                 await self._store_slots.acquire()
+        for digest in list(self._opened):
+            self._close(digest)
 
     async def _reserve_write(self, digest: str) -> None:
         await self._store_slots.acquire()
         self._writing.setdefault(digest, trio.Event())
 
+    async def _writer(self) -> None:
+        """The one background writer: blocks are written one after another, so the store's
+        SQLite write lock is never contended by our own threads."""
+        async for digest, block in self._write_queue[1]:
+            await self._write(digest, block)
+
     async def _write(self, digest: str, block: Buffer) -> None:
         try:
-            await trio.to_thread.run_sync(self.store.put, digest, block)
+            await run_in_thread(self.store.put, digest, block)
         except CacheError as exc:
             self.counters.cache_write_failures += 1
-            # A full disk fails every write: say so once a minute, not once per block.
-            now = time.monotonic()
-            if now - self._warned_at >= CACHE_WARNING_SECONDS:
-                self._warned_at = now
-                log.warning(
-                    "%s; serving blocks without caching them (%d cache writes failed so far)",
-                    exc,
-                    self.counters.cache_write_failures,
-                )
+            self._warn(
+                str(exc),
+                f"serving blocks without caching them "
+                f"({self.counters.cache_write_failures} cache writes failed so far)",
+            )
         finally:
             self._store_slots.release()
             written = self._writing.pop(digest, None)
             if written is not None:
                 written.set()
+
+    def _warn(self, problem: str, consequence: str) -> None:
+        # A full or slow disk fails every write: say so once a minute, not once per block.
+        now = time.monotonic()
+        if now - self._warned_at >= CACHE_WARNING_SECONDS:
+            self._warned_at = now
+            log.warning("%s; %s", problem, consequence)
+
+
+def _read_whole(stored: StoredBlock) -> bytes:
+    if stored.sums is None:
+        block = stored.read_all()
+        _check_whole(stored, block)
+        return block
+    data = stored.read_all()
+    window = (0, stored.sums.length)
+    bad = stored.sums.first_bad_piece(data, window)
+    if bad is not None:
+        raise CorruptBlock(f"piece {bad} does not match its checksum")
+    return data

@@ -12,6 +12,7 @@ instead of fetching the block again.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from lazyfs.read.singleflight import SingleFlight
 from lazyfs.read.transfers import Ticket, TransferGate
 
 log = logging.getLogger(__name__)
+
+LOADED_SOON_REMEMBERED = 256
 
 # Loads block ``index`` of a file (disk, else fetched at the ticket's place), without keeping it.
 Load = Callable[[FileEntry, int, Ticket], Awaitable[Buffer]]
@@ -68,6 +71,8 @@ class ReadAhead:
         # The read-ahead fetches under way, by digest: a reader that waits for one promotes it.
         self._tickets: dict[str, Ticket] = {}
         self._started = self._dropped = self._refused = 0
+        # Stored blocks lately asked into the page cache ahead of a reader (asked once).
+        self._loaded_soon: OrderedDict[str, None] = OrderedDict()
 
     @property
     def counters(self) -> ReadAheadCounters:
@@ -105,6 +110,10 @@ class ReadAhead:
                 or self.cache.in_memory(digest)
             ):
                 continue
+            if self.cache.on_disk(digest):
+                # Served from disk piece by piece when asked; until then, into the page cache.
+                self._load_soon(digest)
+                continue
             size = block_extent(index, entry.size, self.block_size)[1]
             if not self.budget.take(owner, digest, index, size):
                 # Not queued: the next read asks again, with the budget as it is then.
@@ -113,6 +122,14 @@ class ReadAhead:
             ticket = self._tickets[digest] = Ticket(background=True)
             self._started += 1
             self._background.start_soon(self._fetch, entry, index, ticket)
+
+    def _load_soon(self, digest: str) -> None:
+        if digest in self._loaded_soon:
+            return
+        self._loaded_soon[digest] = None
+        if len(self._loaded_soon) > LOADED_SOON_REMEMBERED:
+            self._loaded_soon.popitem(last=False)
+        self._background.start_soon(self.cache.load_soon, digest)
 
     def take(self, digest: str) -> Buffer | None:
         """A reader's first use of a block read ahead: its budget is freed, and the block moves

@@ -61,6 +61,7 @@ class ReadCounters:
     verification_failures: int = 0
     cache_verification_failures: int = 0
     cache_write_failures: int = 0
+    cache_writes_skipped: int = 0
     fetches_in_flight: int = 0
     # The read-ahead budget: its size, what is held now, the most ever held at once; blocks
     # dropped unread and blocks not read ahead for want of budget.
@@ -127,6 +128,7 @@ class BlockReader:
             verification_failures=fetches.verification_failures,
             cache_verification_failures=cache.cache_verification_failures,
             cache_write_failures=cache.cache_write_failures,
+            cache_writes_skipped=cache.cache_writes_skipped,
             fetches_in_flight=fetches.fetches_in_flight,
             read_ahead_budget=ahead.budget_bytes,
             read_ahead_bytes=ahead.bytes_held,
@@ -170,6 +172,16 @@ class BlockReader:
         return b"".join(parts)
 
     async def read_slice(self, entry: FileEntry, piece: BlockSlice) -> Buffer:
+        digest = entry.blocks[piece.index]
+        if (
+            not self.cache.in_memory(digest)
+            and digest not in self.loading
+            and self.cache.on_disk(digest)
+        ):
+            # Warm: read and check only the pieces asked for, not the whole block.
+            part = await self.cache.read_stored(digest, piece.start, piece.end)
+            if part is not None:
+                return part
         block = await self.block(entry, piece.index)
         # A view, not a copy: serving 128 KiB must not cost copying the block.
         return memoryview(block)[piece.start : piece.end]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import http.client
+import itertools
 import math
 import re
 import socket
@@ -173,6 +175,60 @@ class ConnectionPool:
             self._idle.clear()
 
 
+class _Deadlines:
+    """One thread that fires every request's deadline when it passes. A ``threading.Timer``
+    per request would start (and wait for) a new thread for every block fetched."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._cancelled: set[int] = set()
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, when: float, watchdog: _Watchdog) -> int:
+        with self._changed:
+            number = next(self._order)
+            heapq.heappush(self._heap, (when, number, watchdog))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lazyfs-deadlines")
+                self._thread.daemon = True
+                self._thread.start()
+            if self._heap[0][1] == number:
+                self._changed.notify()
+            return number
+
+    def cancel(self, number: int) -> None:
+        with self._changed:
+            self._cancelled.add(number)
+            if len(self._cancelled) > max(64, len(self._heap) // 2):
+                # Requests end long before their deadlines: drop their entries in one go.
+                self._heap = [item for item in self._heap if item[1] not in self._cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled.clear()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                due = self._next_due()
+            due._fire()
+
+    def _next_due(self) -> _Watchdog:
+        while True:
+            while self._heap and self._heap[0][1] in self._cancelled:
+                self._cancelled.discard(heapq.heappop(self._heap)[1])
+            if not self._heap:
+                self._changed.wait()
+                continue
+            delay = self._heap[0][0] - time.monotonic()
+            if delay <= 0:
+                return heapq.heappop(self._heap)[2]
+            self._changed.wait(delay)
+
+
+_DEADLINES = _Deadlines()
+
+
 class _Watchdog:
     """Shuts the current connection's socket at the request deadline: per-read timeouts
     alone let a server that drips a byte at a time hold a fetch (and its thread) forever."""
@@ -181,15 +237,17 @@ class _Watchdog:
         self.fired = False
         self._connection: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
+        self._seconds = seconds
+        self._entry: int | None = None
 
     def __enter__(self) -> _Watchdog:
-        self._timer.start()
+        if math.isfinite(self._seconds):
+            self._entry = _DEADLINES.add(time.monotonic() + self._seconds, self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
+        if self._entry is not None:
+            _DEADLINES.cancel(self._entry)
 
     def watch(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
