@@ -1,7 +1,7 @@
 """Mount lifecycle: checks, the manifest, the FUSE main loop, readiness and unmount.
 
-``lazyfs mount`` without ``--foreground`` starts the same command with ``--foreground`` as a
-daemon and waits on a pipe until the daemon says the mount is live or why it failed.
+``lazyfs mount`` without ``--foreground`` forks a daemon that runs this (see background.py)
+and waits on a pipe until the daemon says the mount is live or why it failed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyfuse3
@@ -31,7 +31,6 @@ from lazyfs.daemon.config import MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
 from lazyfs.daemon.fs import LazyFS
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
-from lazyfs.daemon.metrics import MountMetrics
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
 from lazyfs.errors import (
@@ -45,6 +44,9 @@ from lazyfs.sources.hub import HubOrigin, open_hub_manifest
 from lazyfs.sources.hubsettings import hub_settings
 from lazyfs.sources.origin import HttpOrigin, make_client
 from lazyfs.sources.transport import Transport
+
+if TYPE_CHECKING:
+    from lazyfs.daemon.metrics import MountMetrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
         block_lists = BlockLists(config.cache_dir / "verified")
-        metrics = None if config.metrics is None else MountMetrics()
+        metrics = None if config.metrics is None else _mount_metrics()
         reader = await stack.enter_async_context(
             open_block_reader(
                 origin,
@@ -148,6 +150,13 @@ async def _run_fuse(
         pyfuse3.close(unmount=True)
         pid_path.unlink(missing_ok=True)
         log.info("unmounted %s", config.mountpoint)
+
+
+def _mount_metrics() -> MountMetrics:
+    # prometheus_client takes longer to import than the mount takes to start without it.
+    from lazyfs.daemon.metrics import MountMetrics
+
+    return MountMetrics()
 
 
 def _control_handler(operations: LazyFS, prefetcher: Prefetcher) -> Handler:
