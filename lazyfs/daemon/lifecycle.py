@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import signal
@@ -203,11 +204,33 @@ async def _raise_kernel_readahead(operations: LazyFS, resolved: Path) -> None:
     entry = mount_entry(resolved)
     if entry is None:
         return
-    setting = Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb")
+    raise_kernel_readahead(Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb"))
+
+
+def raise_kernel_readahead(setting: Path) -> None:
+    """Write ``KERNEL_READAHEAD_KB`` to the mount's ``read_ahead_kb``; when that fails (it
+    needs root), say once what read size the kernel will use instead, and why."""
     try:
         setting.write_text(f"{KERNEL_READAHEAD_KB}\n")
+        return
     except OSError as exc:
-        log.info("kernel readahead left at its default (%s: %s)", setting, exc.strerror)
+        why = exc.strerror
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            why = f"{why}: only root can raise it"
+    try:
+        current = f"{int(setting.read_text())} KiB"
+    except (OSError, ValueError):
+        current = "the default size"
+    # Nothing a user mount offers raises it: FUSE's max_readahead can only lower it, and
+    # pyfuse3 cannot set max_read or max_pages (see docs/operations.md for the figures).
+    log.info(
+        "the kernel reads files of this mount in requests of %s, not %d KiB (%s: %s): more "
+        "requests for the same bytes and slower sequential reads, see docs/operations.md",
+        current,
+        KERNEL_READAHEAD_KB,
+        setting,
+        why,
+    )
 
 
 async def _fuse_main(scope: trio.CancelScope) -> None:
