@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from lazyfs.errors import IntegrityError, LazyfsError, UsageError
 
 if TYPE_CHECKING:
     from lazyfs.core.manifest import Manifest
+    from lazyfs.daemon.config import MountConfig
 
 DEFAULT_CACHE_SIZE = "50G"
 # The reader's DEFAULT_READAHEAD_BYTES, spelled here so the CLI need not import the read path.
@@ -417,8 +419,6 @@ def _log_name(mountpoint: Path) -> str:
     "--metrics", "metrics_address", metavar="HOST:PORT", help="Serve Prometheus metrics here."
 )
 @click.option("--ready-fd", type=int, hidden=True)
-# A background mount's daemon: the mount's settings come whole on stdin (DaemonStart).
-@click.option("--daemon", is_flag=True, hidden=True)
 @reports_errors
 def mount(
     url: str,
@@ -442,7 +442,6 @@ def mount(
     prefetch_path: tuple[str, ...],
     metrics_address: str | None,
     ready_fd: int | None,
-    daemon: bool,
 ) -> None:
     """Mount the repository at URL on MOUNTPOINT, read-only and lazily.
 
@@ -460,18 +459,10 @@ def mount(
     from lazyfs.core.attempts import RetryPolicy
     from lazyfs.core.hubs import is_hub_source
     from lazyfs.daemon.background import start_background
-    from lazyfs.daemon.config import DaemonStart, MountConfig
+    from lazyfs.daemon.config import MountConfig
 
     # Everything this mount writes (cache, block lists, logs) is for its user alone.
     os.umask(0o077)
-    # Only the process that serves the mount loads FUSE, HTTP and the event loop.
-    if daemon:
-        from lazyfs.daemon.lifecycle import run_foreground
-
-        start = DaemonStart.decode(sys.stdin.buffer.read())
-        configure_logging(start.log_level, start.log_file)
-        run_foreground(start.config, ready_fd)
-        return
     url = normalize_source(url, token_file)
     if mirrors and is_hub_source(url):
         raise UsageError("--mirror is for http(s) origins; for a hub mirror set its endpoint")
@@ -512,8 +503,17 @@ def mount(
         log_path.open("a").close()
     except OSError as exc:
         raise UsageError(f"cannot write the log file {log_path}: {exc.strerror}") from None
-    start_background(config, log_path, log_level)
+    start_background(config, log_path, functools.partial(_serve, config, log_path, log_level))
     click.echo(f"mounted {url} at {mountpoint} (log: {log_path})")
+
+
+def _serve(config: MountConfig, log_file: Path, log_level: str, ready_fd: int) -> None:
+    """A background mount's daemon, forked from ``lazyfs mount``: only this process loads
+    FUSE, HTTP and the event loop."""
+    from lazyfs.daemon.lifecycle import run_foreground
+
+    configure_logging(log_level, log_file)
+    run_foreground(config, ready_fd)
 
 
 @cli.command()

@@ -1,13 +1,9 @@
-"""Everything one mount needs to know, as the CLI parsed it, and its form on the wire: a
-background mount's daemon receives the parent's ``MountConfig`` whole (``DaemonStart``), so no
-option is ever re-spelled as command-line flags."""
+"""Everything one mount needs to know, as the CLI parsed it. A background mount's daemon is a
+fork of the command that parsed it, so it serves this very object: no option is ever
+re-spelled as command-line flags or re-parsed."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,44 +31,3 @@ class MountConfig:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # --ca-file: the CAs to trust for https instead of the system's.
     ca_file: Path | None = None
-
-
-def _decode(kind: typing.Any, value: typing.Any) -> typing.Any:
-    """``value`` (from JSON) as ``kind``: every field is rebuilt from its type, so a new field
-    of ``MountConfig`` needs no code here."""
-    if value is None:
-        return None
-    if dataclasses.is_dataclass(kind) and isinstance(kind, type):
-        hints = typing.get_type_hints(kind)
-        return kind(**{name: _decode(hints[name], item) for name, item in value.items()})
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        (inner,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        return _decode(inner, value)
-    if origin is tuple:
-        arguments = typing.get_args(kind)
-        if len(arguments) == 2 and arguments[1] is Ellipsis:
-            return tuple(_decode(arguments[0], item) for item in value)
-        return tuple(
-            _decode(argument, item) for argument, item in zip(arguments, value, strict=True)
-        )
-    if kind is Path:
-        return Path(value)
-    return kind(value)
-
-
-@dataclass(frozen=True)
-class DaemonStart:
-    """What a background mount's parent hands its daemon on stdin: the mount and its log."""
-
-    config: MountConfig
-    log_file: Path
-    log_level: str
-
-    def encode(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), default=str).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> DaemonStart:
-        decoded: DaemonStart = _decode(cls, json.loads(data))
-        return decoded

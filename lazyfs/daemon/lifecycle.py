@@ -1,7 +1,7 @@
 """Mount lifecycle: checks, the manifest, the FUSE main loop, readiness and unmount.
 
-``lazyfs mount`` without ``--foreground`` starts the same command with ``--foreground`` as a
-daemon and waits on a pipe until the daemon says the mount is live or why it failed.
+``lazyfs mount`` without ``--foreground`` forks a daemon that runs this (see background.py)
+and waits on a pipe until the daemon says the mount is live or why it failed.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pyfuse3
@@ -31,7 +32,6 @@ from lazyfs.daemon.config import MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
 from lazyfs.daemon.fs import LazyFS
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
-from lazyfs.daemon.metrics import MountMetrics
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
 from lazyfs.errors import (
@@ -45,6 +45,9 @@ from lazyfs.sources.hub import HubOrigin, open_hub_manifest
 from lazyfs.sources.hubsettings import hub_settings
 from lazyfs.sources.origin import HttpOrigin, make_client
 from lazyfs.sources.transport import Transport
+
+if TYPE_CHECKING:
+    from lazyfs.daemon.metrics import MountMetrics
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
         block_lists = BlockLists(config.cache_dir / "verified")
-        metrics = None if config.metrics is None else MountMetrics()
+        metrics = None if config.metrics is None else _mount_metrics()
         reader = await stack.enter_async_context(
             open_block_reader(
                 origin,
@@ -151,6 +154,13 @@ async def _run_fuse(
         log.info("unmounted %s", config.mountpoint)
 
 
+def _mount_metrics() -> MountMetrics:
+    # prometheus_client takes longer to import than the mount takes to start without it.
+    from lazyfs.daemon.metrics import MountMetrics
+
+    return MountMetrics()
+
+
 def _control_handler(operations: LazyFS, prefetcher: Prefetcher) -> Handler:
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
@@ -195,11 +205,33 @@ async def _raise_kernel_readahead(operations: LazyFS, resolved: Path) -> None:
     entry = mount_entry(resolved)
     if entry is None:
         return
-    setting = Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb")
+    raise_kernel_readahead(Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb"))
+
+
+def raise_kernel_readahead(setting: Path) -> None:
+    """Write ``KERNEL_READAHEAD_KB`` to the mount's ``read_ahead_kb``; when that fails (it
+    needs root), say once what read size the kernel will use instead, and why."""
     try:
         setting.write_text(f"{KERNEL_READAHEAD_KB}\n")
+        return
     except OSError as exc:
-        log.info("kernel readahead left at its default (%s: %s)", setting, exc.strerror)
+        why = exc.strerror
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            why = f"{why}: only root can raise it"
+    try:
+        current = f"{int(setting.read_text())} KiB"
+    except (OSError, ValueError):
+        current = "the default size"
+    # Nothing a user mount offers raises it: FUSE's max_readahead can only lower it, and
+    # pyfuse3 cannot set max_read or max_pages (see docs/operations.md for the figures).
+    log.info(
+        "the kernel reads files of this mount in requests of %s, not %d KiB (%s: %s): more "
+        "requests for the same bytes and slower sequential reads, see docs/operations.md",
+        current,
+        KERNEL_READAHEAD_KB,
+        setting,
+        why,
+    )
 
 
 async def _fuse_main(scope: trio.CancelScope) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
-import httpx
 import trio
 
 from lazyfs.cache.store import load_cached_manifest, store_manifest
@@ -20,6 +20,9 @@ from lazyfs.errors import (
 )
 from lazyfs.sources.origin import HttpOrigin
 from lazyfs.sources.transport import Transport
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 

@@ -332,3 +332,29 @@ def test_the_daemon_does_not_import_from_the_working_directory(
     assert os.readlink(f"/proc/{pid}/cwd") == "/"
     mounter.unmount(target)
     assert not marker.exists()
+
+
+def test_the_daemon_does_not_import_what_lies_where_python_m_lazyfs_ran(
+    published: Origin, mounter: Mounter, tmp_path: Path
+) -> None:
+    """`python -m lazyfs mount` puts the working directory first on sys.path; the daemon,
+    forked from it, must not import a trio.py (or any module it loads later) from there."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    marker = tmp_path / "planted-code-ran"
+    (workdir / "trio.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    target = mounter.new_mountpoint()
+    command = [*LAZYFS, "mount", published.url, str(target), "--cache-dir"]
+    result = subprocess.run(
+        [*command, str(mounter.cache_dir())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+        check=False,
+    )
+    if result.returncode == 0:
+        mounter.mounted.append(target)
+    assert result.returncode == 0, result.stderr
+    assert (target / "a.txt").read_text() == "a\n"
+    assert not marker.exists()

@@ -378,3 +378,28 @@ def test_the_parent_of_a_background_mount_loads_no_fuse_http_or_event_loop(
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "heavy: []"
     assert (target / "a.bin").read_bytes() == b"a" * BLOCK
+
+
+# What the daemon imports before it mounts: the CLI its parent loaded, then the mount's code.
+DAEMON_IMPORTS = """
+import sys
+import lazyfs.cli.main
+import lazyfs.daemon.lifecycle
+unneeded = ("prometheus_client", "rich", "pygments")
+print([m for m in sys.modules if m.split(".")[0] in unneeded])
+"""
+
+
+def test_the_daemon_loads_nothing_it_does_not_need_before_it_mounts(tmp_path: Path) -> None:
+    """A mount is live once its daemon has imported its code: metrics (only for --metrics),
+    progress bars and httpx's own command-line client (rich, pygments) are not on that path."""
+    result = subprocess.run(
+        [sys.executable, "-c", DAEMON_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
