@@ -136,6 +136,8 @@ class BlockCache:
             trio.MemoryReceiveChannel[tuple[str, Buffer]],
         ] = trio.open_memory_channel(MAX_PENDING_STORES)
         self._writer_started = False
+        # Blocks handed to the writer and not yet written (at most MAX_PENDING_STORES).
+        self._unwritten: dict[str, Buffer] = {}
         # One thread at a time in the index: concurrent lookups (each one marks the block
         # used, a write) would queue on SQLite's lock with sleeps in between.
         self._index_thread = trio.CapacityLimiter(1)
@@ -146,10 +148,13 @@ class BlockCache:
         self._warned_at = -math.inf
 
     def in_memory(self, digest: str) -> bool:
-        return digest in self.recent
+        return digest in self.recent or digest in self._unwritten
 
     def from_memory(self, digest: str) -> Buffer | None:
         block = self.recent.get(digest)
+        if block is None:
+            # Still in memory while it waits for its disk write, whoever else dropped it.
+            block = self._unwritten.get(digest)
         if block is not None:
             self.counters.memory_hits += 1
         return block
@@ -165,6 +170,10 @@ class BlockCache:
 
     async def get(self, digest: str) -> Buffer | None:
         """The whole block from the disk store if it is there and still matches its digest."""
+        if self.store.held.loaded and not self.on_disk(digest):
+            # Known not to be stored (by this process's index): no query. A block another
+            # process stored since the index was loaded is fetched again, harmlessly.
+            return None
         stored = await self._open(digest)
         if stored is None:
             return None
@@ -274,6 +283,7 @@ class BlockCache:
             if not self._writer_started:
                 self._writer_started = True
                 self._background.start_soon(self._writer)
+            self._unwritten[digest] = block
             self._write_queue[0].send_nowait((digest, block))
             return
         self.counters.cache_writes_skipped += 1
@@ -336,6 +346,7 @@ class BlockCache:
             )
         finally:
             self._store_slots.release()
+            self._unwritten.pop(digest, None)
             written = self._writing.pop(digest, None)
             if written is not None:
                 written.set()

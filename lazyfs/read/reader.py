@@ -173,16 +173,14 @@ class BlockReader:
 
     async def read_slice(self, entry: FileEntry, piece: BlockSlice) -> Buffer:
         digest = entry.blocks[piece.index]
-        if (
-            not self.cache.in_memory(digest)
-            and digest not in self.loading
-            and self.cache.on_disk(digest)
-        ):
+        block = self._known(digest)
+        if block is None and digest not in self.loading and self.cache.on_disk(digest):
             # Warm: read and check only the pieces asked for, not the whole block.
             part = await self.cache.read_stored(digest, piece.start, piece.end)
             if part is not None:
                 return part
-        block = await self.block(entry, piece.index)
+        if block is None:
+            block = await self.block(entry, piece.index)
         # A view, not a copy: serving 128 KiB must not cost copying the block.
         return memoryview(block)[piece.start : piece.end]
 

@@ -61,9 +61,11 @@ def test_status_summary_reads_as_text() -> None:
     assert lines[:2] == [" 50%    2.0 KiB  a.bin", "100%        0 B  empty"]
     assert lines[2] == "cache: 1 blocks, 1.0 KiB of 1.0 GiB"
     assert lines[3].startswith("reads: 3 blocks fetched (3.0 KiB), 0 from the disk cache")
-    assert lines[4].startswith("failures: 0 fetched blocks did not verify")
-    assert lines[5] == "prefetch: none"
-    assert lines[6] == "new counter: 7"
+    assert lines[4].startswith("read-ahead: 0 B of 0 B in use")
+    assert lines[5].startswith("failures: 0 fetched blocks did not verify")
+    assert "0 skipped (slow disk)" in lines[5]
+    assert lines[6] == "prefetch: none"
+    assert lines[7] == "new counter: 7"
     assert not any("{" in line for line in lines)
 
 
@@ -87,7 +89,7 @@ def test_status_summary_of_prefetch_runs() -> None:
         {**run, "id": 4, "finished": True, "not_kept": {"a.bin": 1024}},
     ]
     lines = describe_status(report(prefetch={"active": True, "runs": runs}))
-    assert lines[5:] == [
+    assert lines[6:] == [
         "prefetch run 1: running, 50% of 2 files, 2.0 KiB",
         "prefetch run 2: done, 2 files, 2.0 KiB cached",
         "prefetch run 3: cancelled at 50% of 2 files, 2.0 KiB",
