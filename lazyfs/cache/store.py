@@ -24,25 +24,11 @@ import diskcache
 from typing_extensions import Buffer
 
 from lazyfs.cache.atomic import write_atomically
+from lazyfs.cache.blockfile import BlockDisk, BlockValue
 from lazyfs.cache.index import DigestIndex
 from lazyfs.core.manifest import MAX_BLOCK_SIZE
 from lazyfs.core.pieces import PieceSums
 from lazyfs.errors import CacheError
-
-
-class _BufferReader:
-    """A file-like view of a block for diskcache, which then writes it in large chunks (given
-    bytes it would write line by line); unlike BytesIO it does not copy the block first."""
-
-    def __init__(self, block: Buffer) -> None:
-        self._view = memoryview(block)
-        self._position = 0
-
-    def read(self, size: int = -1) -> memoryview:
-        end = len(self._view) if size < 0 else self._position + size
-        chunk = self._view[self._position : end]
-        self._position += len(chunk)
-        return chunk
 
 
 class StoredBlock:
@@ -102,6 +88,7 @@ class BlockStore:
                 # empties a small cache. put() culls to exactly the limit instead.
                 cull_limit=0,
                 statistics=False,
+                disk=BlockDisk,
             )
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot open block cache in {directory}: {exc}") from None
@@ -138,8 +125,7 @@ class BlockStore:
         """Store a block verified against ``digest``, with the checksums of its pieces."""
         try:
             sums = PieceSums.of(block).encode()
-            # A file-like value is written in large chunks; bytes would be written line by line.
-            self._cache.set(digest, _BufferReader(block), read=True, tag=sums, retry=True)
+            self._cache.set(digest, BlockValue(block), tag=sums, retry=True)
             self.held.add(digest)
             self._evict_to_limit()
         except (OSError, sqlite3.Error) as exc:

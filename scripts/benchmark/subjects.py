@@ -141,7 +141,7 @@ class LazyfsMount(Mount):
 
     @classmethod
     def daemons(cls, stage: Stage) -> list[int]:
-        return processes_with(str(stage.mountpoint(cls.name)), "--daemon")
+        return processes_with(str(stage.mountpoint(cls.name)), "mount")
 
     @classmethod
     def clean_up(cls, stage: Stage) -> None:
