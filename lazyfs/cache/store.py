@@ -48,6 +48,14 @@ class StoredBlock:
         except (OSError, ValueError) as exc:
             raise CacheError(f"cannot read a cached block: {exc}") from None
 
+    def read_into(self, buffer: memoryview, start: int) -> int:
+        """Read from byte ``start`` into ``buffer`` (a reused one: no fresh pages to fault in
+        per read); how many bytes were read (fewer if the file is shorter)."""
+        try:
+            return os.preadv(self.handle.fileno(), [buffer], start)
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read a cached block: {exc}") from None
+
     def load_soon(self) -> None:
         """Ask the kernel to start reading the file into the page cache (a hint, for a
         reader who will want it next; failing is harmless)."""

@@ -30,6 +30,7 @@ from typing_extensions import Buffer
 from lazyfs.cache.store import BlockStore, StoredBlock
 from lazyfs.errors import CacheError
 from lazyfs.read.threads import run_in_thread
+from lazyfs.sources.buffers import BufferPool
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ CACHE_WARNING_SECONDS = 60.0
 # Stored blocks kept open for warm reads, and threads reading them at once.
 OPEN_BLOCKS = 256
 DISK_READ_THREADS = 4
+READ_BUFFERS = 16
 
 
 @dataclass
@@ -60,18 +62,23 @@ class CorruptBlock(Exception):
     """A stored block that fails its check (internal: the cache drops it and says so)."""
 
 
-def _read_checked(stored: StoredBlock, start: int, end: int) -> bytes | memoryview:
-    """Bytes ``[start, end)`` of a stored block, each piece they touch checked."""
+def _read_checked(
+    stored: StoredBlock, start: int, end: int, buffers: BufferPool, block_size: int
+) -> memoryview:
+    """Bytes ``[start, end)`` of a stored block, each piece they touch checked, in a buffer
+    from ``buffers``."""
     sums = stored.sums
     assert sums is not None
     window = sums.window(start, end)
-    data = stored.read(*window)
-    bad = sums.first_bad_piece(data, window)
+    wanted = window[1] - window[0]
+    if wanted > block_size:
+        raise CorruptBlock(f"its record says {sums.length} bytes, more than a block")
+    view = memoryview(buffers.take(block_size))[:wanted]
+    count = stored.read_into(view, window[0])
+    bad = sums.first_bad_piece(view[:count], window)
     if bad is not None:
         raise CorruptBlock(f"piece {bad} does not match its checksum")
-    if window == (start, end):
-        return data
-    return memoryview(data)[start - window[0] : end - window[0]]
+    return view[start - window[0] : end - window[0]]
 
 
 def _check_whole(stored: StoredBlock, block: bytes) -> None:
@@ -142,6 +149,8 @@ class BlockCache:
         # used, a write) would queue on SQLite's lock with sleeps in between.
         self._index_thread = trio.CapacityLimiter(1)
         self._disk_threads = trio.CapacityLimiter(DISK_READ_THREADS)
+        # Pieces read back land in reused buffers, held until their reply is sent.
+        self._buffers = BufferPool(max_buffers=READ_BUFFERS)
         self._opened: OrderedDict[str, StoredBlock] = OrderedDict()
         # Opened blocks that served a read: each counts once as a cache hit while open.
         self._served: set[str] = set()
@@ -204,7 +213,13 @@ class BlockCache:
             return memoryview(block)[start:end]
         try:
             part = await run_in_thread(
-                _read_checked, stored, start, end, limiter=self._disk_threads
+                _read_checked,
+                stored,
+                start,
+                end,
+                self._buffers,
+                self.block_size,
+                limiter=self._disk_threads,
             )
         except CorruptBlock as exc:
             await self._drop_corrupt(digest, exc)

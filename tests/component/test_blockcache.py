@@ -30,13 +30,13 @@ def test_a_warm_read_reads_and_checks_only_its_pieces(
 ) -> None:
     fill(store, source)
     windows: list[tuple[int, int]] = []
-    original = StoredBlock.read
+    original = StoredBlock.read_into
 
-    def recording_read(self: StoredBlock, start: int, end: int) -> bytes:
-        windows.append((start, end))
-        return original(self, start, end)
+    def recording_read(self: StoredBlock, buffer: memoryview, start: int) -> int:
+        windows.append((start, start + len(buffer)))
+        return original(self, buffer, start)
 
-    monkeypatch.setattr(StoredBlock, "read", recording_read)
+    monkeypatch.setattr(StoredBlock, "read_into", recording_read)
     warm = BlockReader(source, store, BS)
     offset = BS + PIECE_SIZE // 2  # 4 KiB inside block 1's only piece (BS is one piece)
     assert read(warm, offset, 4 * KIB) == DATA[offset : offset + 4 * KIB]

@@ -1193,7 +1193,7 @@ def test_many_threads_on_one_pool_all_get_exact_bytes(pool: ConnectionPool) -> N
 
 
 def test_buffer_pool_never_hands_out_a_buffer_someone_still_holds() -> None:
-    from lazyfs.sources.rangeget import BufferPool
+    from lazyfs.sources.buffers import BufferPool
 
     buffers = BufferPool(max_buffers=4)
     held = buffers.take(100)
@@ -1207,7 +1207,7 @@ def test_buffer_pool_never_hands_out_a_buffer_someone_still_holds() -> None:
 
 
 def test_buffer_pool_makes_room_for_new_sizes_when_full() -> None:
-    from lazyfs.sources.rangeget import BufferPool
+    from lazyfs.sources.buffers import BufferPool
 
     buffers = BufferPool(max_buffers=2)
     buffers.take(7)

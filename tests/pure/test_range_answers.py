@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.errors import OriginHTTPError, SourceError
-from lazyfs.sources.rangeget import BufferPool, RangeBody, _read_body
+from lazyfs.sources.buffers import BufferPool
+from lazyfs.sources.rangeget import RangeBody, _read_body
 
 # 16 KiB without a period: bytes from any other offset differ from the ones asked for.
 FILE = random.Random(0).randbytes(16 * 1024)
