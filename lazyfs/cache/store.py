@@ -16,11 +16,13 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import diskcache
+from diskcache.core import MODE_BINARY
 from typing_extensions import Buffer
 
 from lazyfs.cache.atomic import write_atomically
@@ -87,6 +89,10 @@ class BlockStore:
         # reloaded by sync_index when another process changed the store.
         self.held = DigestIndex()
         self._reloading = threading.Lock()
+        self._directory = directory
+        # Row ids of blocks opened and not yet marked used (see open_block).
+        self._touched: set[int] = set()
+        self._touching = threading.Lock()
         try:
             self._cache = diskcache.Cache(
                 str(directory),
@@ -102,21 +108,53 @@ class BlockStore:
             raise CacheError(f"cannot open block cache in {directory}: {exc}") from None
 
     def close(self) -> None:
+        with contextlib.suppress(CacheError):
+            self.mark_used()
         self._cache.close()
 
     def open_block(self, digest: str) -> StoredBlock | None:
         """The stored block, opened, or None if it is not cached. This is the part that
-        touches the index (and marks the block used); reading it is not."""
+        touches the index; reading it is not.
+
+        A read-only query, not diskcache's ``get``, which marks the block used in a write
+        transaction of its own: blocks opened are marked used in one transaction before the
+        next write (``put``, whose eviction is the only reader of those marks) or at close.
+        """
+        query = "SELECT rowid, tag, filename FROM Cache WHERE key = ? AND raw = 1 AND mode = ?"
         try:
-            found = self._cache.get(digest, default=None, read=True, tag=True, retry=True)
+            row = self._cache._sql(query, (digest, MODE_BINARY)).fetchone()
+            handle = None if row is None else open(self._directory / row[2], "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            handle = None  # evicted meanwhile by another process sharing the cache
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"block cache read failed: {exc}") from None
-        handle, record = found if isinstance(found, tuple) else (None, None)
-        if handle is None:
+        if row is None or handle is None:
             self.held.discard(digest)
             return None
+        with self._touching:
+            self._touched.add(int(row[0]))
         self.held.add(digest)
-        return StoredBlock(digest, handle, PieceSums.decode(record))
+        with contextlib.suppress(OSError):
+            # Read what is asked, no more: a 4 KiB read needs one 64 KiB piece, and a
+            # sequential reader asks for the next blocks itself (StoredBlock.load_soon).
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        return StoredBlock(digest, handle, PieceSums.decode(row[1]))
+
+    def mark_used(self) -> None:
+        """Give the blocks opened since the last call their access time (the LRU order)."""
+        with self._touching:
+            rows, self._touched = self._touched, set()
+        if not rows:
+            return
+        now = time.time()
+        try:
+            with self._cache.transact(retry=True):
+                self._cache._con.executemany(
+                    "UPDATE Cache SET access_time = ? WHERE rowid = ?",
+                    [(now, rowid) for rowid in rows],
+                )
+        except (OSError, sqlite3.Error) as exc:
+            raise CacheError(f"cannot update the block cache: {exc}") from None
 
     def read_block(self, digest: str) -> bytes | None:
         """The whole stored block with ``digest``, or None if it is not cached. Unverified:
@@ -132,6 +170,7 @@ class BlockStore:
     def put(self, digest: str, block: Buffer) -> None:
         """Store a block verified against ``digest``, with the checksums of its pieces."""
         try:
+            self.mark_used()  # before the eviction below reads the marks
             sums = PieceSums.of(block).encode()
             self._cache.set(digest, BlockValue(block), tag=sums, retry=True)
             self.held.add(digest)
@@ -150,6 +189,7 @@ class BlockStore:
         holds only a few blocks; its schema orders entries by ``access_time`` for this policy.
         """
         dropped = 0
+        self.mark_used()
         try:
             while self._cache.volume() > size:
                 query = "SELECT key FROM Cache ORDER BY access_time LIMIT 1"

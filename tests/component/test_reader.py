@@ -542,10 +542,11 @@ def test_cache_read_failure_falls_back_to_the_origin(
     assert read(reader, 0, 10) == DATA[:10]
     assert store.contains(ENTRY.blocks[0])
 
-    def broken_get(*args: object, **kwargs: object) -> object:
+    def broken_query(*args: object, **kwargs: object) -> object:
         raise sqlite3.OperationalError("database disk image is malformed")
 
-    monkeypatch.setattr(store._cache, "get", broken_get)  # BlockStore maps it to CacheError
+    # Every query fails (BlockStore maps it to CacheError); the index says the block is held.
+    monkeypatch.setattr(type(store._cache), "_sql", property(lambda cache: broken_query))
     again = BlockReader(source, store, BS)
     assert read(again, 0, 10) == DATA[:10]
     assert source.calls == [(ENTRY.path, 0)] * 2
