@@ -96,18 +96,16 @@ def test_build_matches_hashlib(tree: Path, block_size: int) -> None:
     assert parse_manifest(built.to_json()) == built
 
 
-@pytest.mark.parametrize("chunk_bytes", [BLOCK, 3 * BLOCK, 2 * BLOCK + 1, 16 * 2**20])
-@pytest.mark.parametrize("workers", [1, 3])
-def test_hashing_does_not_depend_on_chunking_or_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int, workers: int
+@pytest.mark.parametrize("chunk_size", [BLOCK, 3 * BLOCK, 2 * BLOCK + 1, BLOCK // 3, 16 * 2**20])
+@pytest.mark.parametrize("parallel_from", [0, 2**40])
+def test_hashing_does_not_depend_on_chunking_or_threads(
+    tmp_path: Path, chunk_size: int, parallel_from: int
 ) -> None:
-    monkeypatch.setattr(publish, "CHUNK_BYTES", chunk_bytes)
     data = payload(11 * BLOCK + 7, 6)
     path = tmp_path / "f"
     path.write_bytes(data)
     seen: list[int] = []
-    with FileHasher(BLOCK, workers=workers) as hasher:
-        assert hasher.chunk_size % BLOCK == 0
+    with FileHasher(BLOCK, chunk_size=chunk_size, parallel_from=parallel_from) as hasher:
         entry = hasher.hash_file(path, "f", seen.append)
         again = hasher.hash_file(path, "f")
     assert entry == again == expected_entry("f", data, BLOCK, False)
@@ -192,10 +190,10 @@ def test_not_a_directory_is_refused(tree: Path, tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_a_usage_error(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path, chunk_size: int) -> object:
+    def refuse(path: Path) -> int:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(publish, "_read_chunks", refuse)
+    monkeypatch.setattr(publish, "_open", refuse)
     with pytest.raises(UsageError, match=r"cannot read .*: Permission denied"):
         build_manifest(tree, BLOCK)
 
@@ -249,14 +247,14 @@ def test_verify_exec_bit_change(tree: Path, built: Manifest) -> None:
 def test_verify_unreadable_file_is_a_problem(
     tree: Path, built: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = publish._read_chunks
+    original = publish._open
 
-    def refuse(path: Path, chunk_size: int) -> object:
+    def refuse(path: Path) -> int:
         if path.name == "config.json":
             raise PermissionError(13, "Permission denied", str(path))
-        return original(path, chunk_size)
+        return original(path)
 
-    monkeypatch.setattr(publish, "_read_chunks", refuse)
+    monkeypatch.setattr(publish, "_open", refuse)
     assert verify_directory(tree, built) == ["config.json: cannot read: Permission denied"]
 
 
