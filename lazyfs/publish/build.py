@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import os
 import stat
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from lazyfs.core.filehashes import BlockDigests
@@ -26,6 +24,7 @@ from lazyfs.core.manifest import (
     parse_manifest,
 )
 from lazyfs.errors import ManifestError, UsageError
+from lazyfs.publish.sharedreads import Abandoned, SharedReads, read_full_at
 
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn"})
 
@@ -77,8 +76,8 @@ def list_published_files(root: Path) -> list[str]:
 # Bytes read at a time into each reused buffer: big enough that handing one to the whole-file
 # thread costs little next to hashing it, small enough that the buffers stay a few dozen MiB.
 CHUNK_BYTES = 8 * 1024 * 1024
-# Buffers the reader cycles through: it may run this many chunks ahead of the whole-file digest.
-RING_DEPTH = 3
+# Buffers the two threads read into in turn: each reads up to this many chunks ahead.
+RING_DEPTH = 4
 # Below this size a file is hashed on the calling thread: waking another costs more than it saves.
 PARALLEL_FROM_BYTES = 1024 * 1024
 
@@ -87,30 +86,17 @@ def _open(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _read_full(fd: int, view: memoryview) -> int:
-    """Bytes read into ``view``: all of it, or fewer only at the end of the file.
-
-    A read may return fewer bytes before the end too; stopping there would end the file early.
-    """
-    filled = 0
-    while filled < len(view):
-        count = os.readv(fd, [view[filled:]])
-        if not count:
-            break
-        filled += count
-    return filled
-
-
 class FileHasher:
     """Whole-file and block digests of files, the two streams on two cores, in reused buffers.
 
     Each byte is hashed twice: into its block's digest and into the whole-file digest, which
-    must see the bytes in order. The calling thread reads each chunk into one of a few reused
-    buffers and hashes its blocks while one long-lived thread feeds the same chunk to the
-    whole-file digest; hashlib releases the GIL, so both hash at once and a file is hashed at
-    about one core's speed. Work is handed over per chunk, not per block: a hand-off costs a
-    thread wake-up. Files below ``parallel_from`` bytes are hashed on the calling thread alone,
-    and a file of one block is hashed once (its block digest is the whole-file digest).
+    must see the bytes in order. The calling thread hashes the blocks while one long-lived
+    thread feeds the whole-file digest; both read the file in turn into a few reused buffers
+    (``SharedReads``), so each copies half of it. hashlib releases the GIL, so both hash at
+    once and a file is hashed at about one core's speed. Work is shared per chunk of many
+    blocks: waking the other thread for each block would cost more than hashing it. Files
+    below ``parallel_from`` bytes are hashed on the calling thread alone, and a file of one
+    block is hashed once (its block digest is the whole-file digest).
 
     The digests and size of an entry always cover the same bytes, the ones read up to the first
     end of file met: a file that changes while it is hashed gets an entry for what was read,
@@ -157,7 +143,7 @@ class FileHasher:
         blocks = BlockDigests(self.block_size)
         buffer = self._buffers[0]
         size = 0
-        while count := _read_full(fd, buffer):
+        while count := read_full_at(fd, buffer, size):
             chunk = buffer[:count]
             whole.update(chunk)
             size += count
@@ -174,33 +160,41 @@ class FileHasher:
     def _hash_beside(
         self, fd: int, on_bytes: Callable[[int], None]
     ) -> tuple[int, str, tuple[str, ...]]:
+        reads = SharedReads(fd, self._buffers)
         whole = hashlib.sha256()
+        fed = self._whole_file_thread.submit(_feed_in_order, reads, whole)
         blocks = BlockDigests(self.block_size)
-        # One future per buffer the whole-file thread has yet to finish with, oldest first.
-        in_use: deque[Future[None]] = deque()
         size = 0
         try:
-            for buffer in itertools.cycle(self._buffers):
-                if len(in_use) == len(self._buffers):
-                    in_use.popleft().result()  # this buffer's last chunk is digested
-                count = _read_full(fd, buffer)
-                if not count:
-                    break
-                chunk = buffer[:count]
-                in_use.append(self._whole_file_thread.submit(whole.update, chunk))
+            for chunk in reads.chunks(BLOCK_STREAM):
                 blocks.update(chunk)
-                size += count
-                on_bytes(count)
-                if count < len(buffer):
-                    break
-            while in_use:
-                in_use.popleft().result()
+                size += len(chunk)
+                on_bytes(len(chunk))
+        except Abandoned:
+            fed.result()  # the whole-file thread's own error
+            raise
+        except BaseException:
+            reads.abandon()
+            raise
         finally:
-            # A read failed: the buffers are free for the next file only once no thread reads them.
-            for future in in_use:
-                future.cancel()
-            wait(in_use)
+            # The buffers are free for the next file only once the other thread is done with them.
+            wait([fed])
+        fed.result()
         return size, whole.hexdigest(), blocks.digests()
+
+
+BLOCK_STREAM, WHOLE_FILE_STREAM = 0, 1
+
+
+def _feed_in_order(reads: SharedReads, whole: hashlib._Hash) -> None:
+    try:
+        for chunk in reads.chunks(WHOLE_FILE_STREAM):
+            whole.update(chunk)
+    except Abandoned:
+        pass  # the block stream failed and raises its own error
+    except BaseException:
+        reads.abandon()
+        raise
 
 
 def build_manifest(
