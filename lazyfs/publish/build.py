@@ -1,23 +1,21 @@
 """Publishing: hash a directory into a manifest, write it atomically, verify a directory.
 
-Hashing streams each file in chunks of whole blocks with bounded memory. The whole-file
-digest must see the bytes in order, so it runs in its own single-worker thread; the block
-digests of each chunk run in a pool beside it. hashlib releases the GIL, so both hash at once.
-Work is handed between threads per chunk, not per block: a hand-off costs a thread wake-up,
-which on a busy machine costs far more than hashing one small block.
+Hashing (``FileHasher``) streams each file through a few reused buffers, with its block
+digests on the calling thread and the ordered whole-file digest on one thread beside it.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import stat
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+from lazyfs.core.filehashes import BlockDigests
 from lazyfs.core.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -27,6 +25,7 @@ from lazyfs.core.manifest import (
     parse_manifest,
 )
 from lazyfs.errors import ManifestError, UsageError
+from lazyfs.publish.sharedreads import Abandoned, SharedReads, read_full_at
 
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn"})
 
@@ -75,75 +74,139 @@ def list_published_files(root: Path) -> list[str]:
     return found
 
 
-# Bytes handed to the hashing threads at a time (rounded to whole blocks).
-CHUNK_BYTES = 16 * 1024 * 1024
+# Bytes read at a time into each reused buffer: big enough that handing one to the whole-file
+# thread costs little next to hashing it, small enough that the buffers stay a few dozen MiB.
+CHUNK_BYTES = 8 * 1024 * 1024
+# Buffers the two threads read into in turn: each reads up to this many chunks ahead.
+RING_DEPTH = 4
+# Below this size a file is hashed on the calling thread: waking another costs more than it saves.
+PARALLEL_FROM_BYTES = 1024 * 1024
 
 
-def _read_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
-    # Buffered: BufferedReader.read(n) returns n bytes unless at EOF, where a raw read may
-    # return fewer and shift every later block boundary.
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_size):
-            yield chunk
+def _anonymous_map(size: int) -> mmap.mmap:
+    area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        area.madvise(mmap.MADV_HUGEPAGE)  # a few faults to map it, not one per 4 KiB page
+    return area
 
 
-def _block_digests(chunk: bytes, block_size: int) -> list[str]:
-    view = memoryview(chunk)
-    return [
-        hashlib.sha256(view[start : start + block_size]).hexdigest()
-        for start in range(0, len(view), block_size)
-    ]
+def _open(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class FileHasher:
-    """Whole-file and block digests of files, on every core, with bounded memory."""
+    """Whole-file and block digests of files, the two streams on two cores, in reused buffers.
 
-    def __init__(self, block_size: int, workers: int | None = None) -> None:
+    Each byte is hashed twice: into its block's digest and into the whole-file digest, which
+    must see the bytes in order. The calling thread hashes the blocks while one long-lived
+    thread feeds the whole-file digest; both read the file in turn into a few reused buffers
+    (``SharedReads``), so each copies half of it. hashlib releases the GIL, so both hash at
+    once and a file is hashed at about one core's speed. Work is shared per chunk of many
+    blocks: waking the other thread for each block would cost more than hashing it. Files
+    below ``parallel_from`` bytes are hashed on the calling thread alone, and a file of one
+    block is hashed once (its block digest is the whole-file digest).
+
+    The digests and size of an entry always cover the same bytes, the ones read up to the first
+    end of file met: a file that changes while it is hashed gets an entry for what was read,
+    which ``manifest verify`` and a mount's block checks then find differs from the file.
+    """
+
+    def __init__(
+        self,
+        block_size: int,
+        chunk_size: int = CHUNK_BYTES,
+        parallel_from: int = PARALLEL_FROM_BYTES,
+    ) -> None:
         self.block_size = block_size
-        self.chunk_size = block_size * max(1, CHUNK_BYTES // block_size)
-        self.workers = max(1, workers or os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="block-hash")
-        self._ordered = ThreadPoolExecutor(1, thread_name_prefix="file-hash")
+        self.parallel_from = parallel_from
+        # Page-aligned, unlike a bytearray's bytes (16 in): on this project's benchmark machine
+        # the kernel copies the page cache into an unaligned buffer five times slower.
+        self._buffers = [memoryview(_anonymous_map(chunk_size)) for _ in range(RING_DEPTH)]
+        # Its thread starts on the first large file: a tree of small files never starts one.
+        self._whole_file_thread = ThreadPoolExecutor(1, thread_name_prefix="file-hash")
 
     def __enter__(self) -> FileHasher:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._pool.shutdown(cancel_futures=True)
-        self._ordered.shutdown(cancel_futures=True)
+        self._whole_file_thread.shutdown(cancel_futures=True)
+        # The maps are unmapped with the hasher: after a failed read, the exception's frames
+        # may still hold views of them, and a map cannot close while they do.
 
     def hash_file(
         self, path: Path, relative: str, on_bytes: Callable[[int], None] = lambda n: None
     ) -> FileEntry:
+        fd = _open(path)
+        try:
+            status = os.fstat(fd)
+            if status.st_size < self.parallel_from:
+                size, whole, blocks = self._hash_here(fd, on_bytes)
+            else:
+                size, whole, blocks = self._hash_beside(fd, on_bytes)
+        finally:
+            os.close(fd)
+        executable = bool(status.st_mode & 0o111)
+        return FileEntry(relative, size, executable, whole, blocks)
+
+    def _hash_here(
+        self, fd: int, on_bytes: Callable[[int], None]
+    ) -> tuple[int, str, tuple[str, ...]]:
         whole = hashlib.sha256()
-        pending: deque[tuple[Future[list[str]], Future[None], int]] = deque()
-        digests: list[str] = []
-        # The ordered whole-file digest bounds the speed; up to four chunks in flight keep it
-        # and the block workers busy. More would only cost memory (chunk_size each).
-        max_in_flight = 2 + min(self.workers, 2)
-
-        def collect() -> None:
-            blocks_future, whole_future, length = pending.popleft()
-            whole_future.result()
-            digests.extend(blocks_future.result())
-            on_bytes(length)
-
+        blocks = BlockDigests(self.block_size)
+        buffer = self._buffers[0]
         size = 0
-        for chunk in _read_chunks(path, self.chunk_size):
-            size += len(chunk)
-            pending.append(
-                (
-                    self._pool.submit(_block_digests, chunk, self.block_size),
-                    self._ordered.submit(whole.update, chunk),
-                    len(chunk),
-                )
-            )
-            if len(pending) >= max_in_flight:
-                collect()
-        while pending:
-            collect()
-        executable = bool(path.stat().st_mode & 0o111)
-        return FileEntry(relative, size, executable, whole.hexdigest(), tuple(digests))
+        while count := read_full_at(fd, buffer, size):
+            chunk = buffer[:count]
+            whole.update(chunk)
+            size += count
+            on_bytes(count)
+            at_end = count < len(buffer)
+            if at_end and size <= self.block_size:
+                digest = whole.hexdigest()
+                return size, digest, (digest,)
+            blocks.update(chunk)
+            if at_end:
+                break
+        return size, whole.hexdigest(), blocks.digests()
+
+    def _hash_beside(
+        self, fd: int, on_bytes: Callable[[int], None]
+    ) -> tuple[int, str, tuple[str, ...]]:
+        reads = SharedReads(fd, self._buffers)
+        whole = hashlib.sha256()
+        fed = self._whole_file_thread.submit(_feed_in_order, reads, whole)
+        blocks = BlockDigests(self.block_size)
+        size = 0
+        try:
+            for chunk in reads.chunks(BLOCK_STREAM):
+                blocks.update(chunk)
+                size += len(chunk)
+                on_bytes(len(chunk))
+        except Abandoned:
+            fed.result()  # the whole-file thread's own error
+            raise
+        except BaseException:
+            reads.abandon()
+            raise
+        finally:
+            # The buffers are free for the next file only once the other thread is done with them.
+            wait([fed])
+        fed.result()
+        return size, whole.hexdigest(), blocks.digests()
+
+
+BLOCK_STREAM, WHOLE_FILE_STREAM = 0, 1
+
+
+def _feed_in_order(reads: SharedReads, whole: hashlib._Hash) -> None:
+    try:
+        for chunk in reads.chunks(WHOLE_FILE_STREAM):
+            whole.update(chunk)
+    except Abandoned:
+        pass  # the block stream failed and raises its own error
+    except BaseException:
+        reads.abandon()
+        raise
 
 
 def build_manifest(

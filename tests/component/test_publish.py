@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazyfs.core.manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
 from lazyfs.errors import UsageError
 from lazyfs.publish import build as publish
+from lazyfs.publish import sharedreads
 from lazyfs.publish.build import FileHasher, build_manifest, list_published_files, verify_directory
 
 KIB = 1024
@@ -96,22 +101,84 @@ def test_build_matches_hashlib(tree: Path, block_size: int) -> None:
     assert parse_manifest(built.to_json()) == built
 
 
-@pytest.mark.parametrize("chunk_bytes", [BLOCK, 3 * BLOCK, 2 * BLOCK + 1, 16 * 2**20])
-@pytest.mark.parametrize("workers", [1, 3])
-def test_hashing_does_not_depend_on_chunking_or_workers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int, workers: int
+@pytest.mark.parametrize("chunk_size", [BLOCK, 3 * BLOCK, 2 * BLOCK + 1, BLOCK // 3, 16 * 2**20])
+@pytest.mark.parametrize("parallel_from", [0, 2**40])
+def test_hashing_does_not_depend_on_chunking_or_threads(
+    tmp_path: Path, chunk_size: int, parallel_from: int
 ) -> None:
-    monkeypatch.setattr(publish, "CHUNK_BYTES", chunk_bytes)
     data = payload(11 * BLOCK + 7, 6)
     path = tmp_path / "f"
     path.write_bytes(data)
     seen: list[int] = []
-    with FileHasher(BLOCK, workers=workers) as hasher:
-        assert hasher.chunk_size % BLOCK == 0
+    with FileHasher(BLOCK, chunk_size=chunk_size, parallel_from=parallel_from) as hasher:
         entry = hasher.hash_file(path, "f", seen.append)
         again = hasher.hash_file(path, "f")
     assert entry == again == expected_entry("f", data, BLOCK, False)
     assert sum(seen) == len(data)
+
+
+# Small sizes so that one example crosses many chunks, buffers of the ring and blocks.
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(min_value=0, max_value=40 * KIB),
+    block_size=st.sampled_from([KIB, 3 * KIB, 4 * KIB, 64 * KIB]),
+    chunk_size=st.integers(min_value=1, max_value=9 * KIB),
+    parallel_from=st.sampled_from([0, 2**40]),
+)
+def test_both_threads_digest_what_hashlib_does(
+    size: int, block_size: int, chunk_size: int, parallel_from: int
+) -> None:
+    data = payload(size, size)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "f"
+        path.write_bytes(data)
+        with FileHasher(block_size, chunk_size=chunk_size, parallel_from=parallel_from) as hasher:
+            assert hasher.hash_file(path, "f") == expected_entry("f", data, block_size, False)
+
+
+@pytest.mark.parametrize("failing_chunk", [0, 1, 2, 5])
+def test_a_read_failing_on_either_thread_fails_the_file_not_the_hasher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_chunk: int
+) -> None:
+    # Even chunks are read on the calling thread, odd ones on the whole-file thread.
+    chunk = 2 * KIB
+    data = payload(9 * chunk, 8)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    original = sharedreads.read_full_at
+
+    def failing(fd: int, view: memoryview, offset: int) -> int:
+        if offset == failing_chunk * chunk:
+            raise OSError(errno.EIO, "Input/output error")
+        return original(fd, view, offset)
+
+    with FileHasher(KIB, chunk_size=chunk, parallel_from=0) as hasher:
+        monkeypatch.setattr(sharedreads, "read_full_at", failing)
+        with pytest.raises(OSError, match="Input/output error"):
+            hasher.hash_file(path, "f")
+        monkeypatch.undo()
+        assert hasher.hash_file(path, "f") == expected_entry("f", data, KIB, False)
+
+
+def test_a_file_truncated_while_hashed_gets_an_entry_for_the_bytes_read(tmp_path: Path) -> None:
+    chunk = 2 * KIB
+    data = payload(20 * chunk, 9)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    original = sharedreads.read_full_at
+
+    def truncating(fd: int, view: memoryview, offset: int) -> int:
+        if offset == 3 * chunk:
+            os.truncate(path, 7 * chunk + 5)
+        return original(fd, view, offset)
+
+    with (
+        FileHasher(KIB, chunk_size=chunk, parallel_from=0) as hasher,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setattr(sharedreads, "read_full_at", truncating)
+        entry = hasher.hash_file(path, "f")
+    assert entry == expected_entry("f", data[: 7 * chunk + 5], KIB, False)
 
 
 def test_build_is_deterministic(tree: Path) -> None:
@@ -192,10 +259,10 @@ def test_not_a_directory_is_refused(tree: Path, tmp_path: Path) -> None:
 
 
 def test_unreadable_file_is_a_usage_error(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(path: Path, chunk_size: int) -> object:
+    def refuse(path: Path) -> int:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(publish, "_read_chunks", refuse)
+    monkeypatch.setattr(publish, "_open", refuse)
     with pytest.raises(UsageError, match=r"cannot read .*: Permission denied"):
         build_manifest(tree, BLOCK)
 
@@ -249,14 +316,14 @@ def test_verify_exec_bit_change(tree: Path, built: Manifest) -> None:
 def test_verify_unreadable_file_is_a_problem(
     tree: Path, built: Manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = publish._read_chunks
+    original = publish._open
 
-    def refuse(path: Path, chunk_size: int) -> object:
+    def refuse(path: Path) -> int:
         if path.name == "config.json":
             raise PermissionError(13, "Permission denied", str(path))
-        return original(path, chunk_size)
+        return original(path)
 
-    monkeypatch.setattr(publish, "_read_chunks", refuse)
+    monkeypatch.setattr(publish, "_open", refuse)
     assert verify_directory(tree, built) == ["config.json: cannot read: Permission denied"]
 
 
