@@ -543,7 +543,7 @@ def test_cache_read_failure_falls_back_to_the_origin(
     assert store.contains(ENTRY.blocks[0])
 
     def broken_query(*args: object, **kwargs: object) -> object:
-        raise sqlite3.OperationalError("database disk image is malformed")
+        raise sqlite3.DatabaseError("database disk image is malformed")
 
     # Every query fails (BlockStore maps it to CacheError); the index says the block is held.
     monkeypatch.setattr(type(store._cache), "_sql", property(lambda cache: broken_query))
