@@ -58,6 +58,15 @@ class StoredBlock:
         except (OSError, ValueError) as exc:
             raise CacheError(f"cannot read a cached block: {exc}") from None
 
+    def read_into_now(self, buffer: memoryview, start: int) -> bool:
+        """Fill ``buffer`` from byte ``start`` only if the page cache holds all of it (no
+        waiting for the disk: RWF_NOWAIT); whether it did. Safe on an event loop."""
+        try:
+            count = os.preadv(self.handle.fileno(), [buffer], start, os.RWF_NOWAIT)
+        except (OSError, ValueError):
+            return False  # not cached (EAGAIN), unsupported here, or a failure read() will see
+        return count == len(buffer)
+
     def load_soon(self) -> None:
         """Ask the kernel to start reading the file into the page cache (a hint, for a
         reader who will want it next; failing is harmless)."""
@@ -134,10 +143,6 @@ class BlockStore:
         with self._touching:
             self._touched.add(int(row[0]))
         self.held.add(digest)
-        with contextlib.suppress(OSError):
-            # Read what is asked, no more: a 4 KiB read needs one 64 KiB piece, and a
-            # sequential reader asks for the next blocks itself (StoredBlock.load_soon).
-            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         return StoredBlock(digest, handle, PieceSums.decode(row[1]))
 
     def mark_used(self) -> None:

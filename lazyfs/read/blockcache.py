@@ -45,6 +45,7 @@ CACHE_WARNING_SECONDS = 60.0
 # Stored blocks kept open for warm reads, and threads reading them at once.
 OPEN_BLOCKS = 256
 DISK_READ_THREADS = 4
+DISK_AHEAD_THREADS = 8
 READ_BUFFERS = 16
 
 
@@ -63,10 +64,16 @@ class CorruptBlock(Exception):
 
 
 def _read_checked(
-    stored: StoredBlock, start: int, end: int, buffers: BufferPool, block_size: int
-) -> memoryview:
+    stored: StoredBlock,
+    start: int,
+    end: int,
+    buffers: BufferPool,
+    block_size: int,
+    now: bool = False,
+) -> memoryview | None:
     """Bytes ``[start, end)`` of a stored block, each piece they touch checked, in a buffer
-    from ``buffers``."""
+    from ``buffers``. With ``now``, only if the page cache holds them all (else None): the
+    event loop's own try, before a thread waits for the disk."""
     sums = stored.sums
     assert sums is not None
     window = sums.window(start, end)
@@ -74,7 +81,12 @@ def _read_checked(
     if wanted > block_size:
         raise CorruptBlock(f"its record says {sums.length} bytes, more than a block")
     view = memoryview(buffers.take(block_size))[:wanted]
-    count = stored.read_into(view, window[0])
+    if now:
+        if not stored.read_into_now(view, window[0]):
+            return None
+        count = wanted
+    else:
+        count = stored.read_into(view, window[0])
     bad = sums.first_bad_piece(view[:count], window)
     if bad is not None:
         raise CorruptBlock(f"piece {bad} does not match its checksum")
@@ -149,6 +161,8 @@ class BlockCache:
         # used, a write) would queue on SQLite's lock with sleeps in between.
         self._index_thread = trio.CapacityLimiter(1)
         self._disk_threads = trio.CapacityLimiter(DISK_READ_THREADS)
+        # Blocks asked into the page cache ahead of a reader: the disk works on several.
+        self._ahead_threads = trio.CapacityLimiter(DISK_AHEAD_THREADS)
         # Pieces read back land in reused buffers, held until their reply is sent.
         self._buffers = BufferPool(max_buffers=READ_BUFFERS)
         self._opened: OrderedDict[str, StoredBlock] = OrderedDict()
@@ -212,15 +226,19 @@ class BlockCache:
             self.hold(digest, block)
             return memoryview(block)[start:end]
         try:
-            part = await run_in_thread(
-                _read_checked,
-                stored,
-                start,
-                end,
-                self._buffers,
-                self.block_size,
-                limiter=self._disk_threads,
-            )
+            # Data the page cache holds costs no thread hand-off (most of a sequential read,
+            # whose next blocks were asked into the page cache ahead of it).
+            part = _read_checked(stored, start, end, self._buffers, self.block_size, now=True)
+            if part is None:
+                part = await run_in_thread(
+                    _read_checked,
+                    stored,
+                    start,
+                    end,
+                    self._buffers,
+                    self.block_size,
+                    limiter=self._disk_threads,
+                )
         except CorruptBlock as exc:
             await self._drop_corrupt(digest, exc)
         except CacheError as exc:
@@ -238,7 +256,7 @@ class BlockCache:
         if stored is not None:
             # Only a hint: nothing it raises may end the nursery it runs in.
             try:
-                await run_in_thread(stored.load_soon, limiter=self._disk_threads)
+                await run_in_thread(stored.load_soon, limiter=self._ahead_threads)
             except Exception:
                 log.exception("reading cached block %s ahead failed", digest)
 
@@ -248,7 +266,9 @@ class BlockCache:
             self._opened.move_to_end(digest)
             return stored
         try:
-            stored = await run_in_thread(self.store.open_block, digest, limiter=self._index_thread)
+            # A read-only query and an open: several at once (each thread has its own SQLite
+            # connection; opening a file may wait for the disk).
+            stored = await run_in_thread(self.store.open_block, digest, limiter=self._disk_threads)
         except CacheError as exc:
             log.warning("%s; fetching the block instead", exc)
             return None

@@ -37,6 +37,15 @@ def test_a_warm_read_reads_and_checks_only_its_pieces(
         return original(self, buffer, start)
 
     monkeypatch.setattr(StoredBlock, "read_into", recording_read)
+    original_now = StoredBlock.read_into_now
+
+    def recording_read_now(self: StoredBlock, buffer: memoryview, start: int) -> bool:
+        done = original_now(self, buffer, start)
+        if done:
+            windows.append((start, start + len(buffer)))
+        return done
+
+    monkeypatch.setattr(StoredBlock, "read_into_now", recording_read_now)
     warm = BlockReader(source, store, BS)
     offset = BS + PIECE_SIZE // 2  # 4 KiB inside block 1's only piece (BS is one piece)
     assert read(warm, offset, 4 * KIB) == DATA[offset : offset + 4 * KIB]
