@@ -134,7 +134,10 @@ def methods(results: Results) -> str:
   (lazyfs or rclone) and a new mount, then `echo 3 > /proc/sys/vm/drop_caches`, then the
   served files read once (to /dev/null), so nginx serves them from memory, as an origin on
   another machine would, and this machine's disk bounds no cold figure. "warm": the blocks
-  are on the mount's disk cache from a full read, new mount, page cache dropped. "hot": the
+  are on the mount's disk cache from a full read, new mount, page cache dropped (and the
+  origin's files not read again: a warm read does not touch the origin, and on this VM pages
+  the page cache has just used are cheap to reuse while fresh ones are not, so a 2 GiB origin
+  read just before made a warm read half as fast, 0.3 against 0.7 GB/s). "hot": the
   second read on the same mount (kernel page cache). The local disk and the passthrough read
   the file itself: for them only the page cache is dropped.
 - "pyfuse3 passthrough (Python-FUSE limit)": scripts/benchmark/passthrough.py, a minimal

@@ -152,7 +152,7 @@ class Sequential(Workload):
                     f"after a full read the {subject.name} disk cache held only "
                     f"{cached / MIB:.0f} MiB of the {big.size / MIB:.0f} MiB file"
                 )
-            with subject.open(big, state, drop_page_cache=True) as target:
+            with subject.open(big, state, drop_page_cache=True, warm=True) as target:
                 record(SEQ_WARM, dd(target.file, timeout))
         elif isinstance(subject, (LocalDisk, Passthrough)):
             with subject.open(big, state, drop_page_cache=True) as target:
@@ -289,7 +289,7 @@ class RandomReads(Workload):
         with subject.open(big, state, drop_page_cache=False) as target:
             dd(target.file, timeout)  # fills the cache
         for pattern in RANDOM_PATTERNS:
-            with subject.open(big, state, drop_page_cache=True) as target:
+            with subject.open(big, state, drop_page_cache=True, warm=True) as target:
                 self.preads(target.file, stage, pattern, "warm", record)
 
     @staticmethod
