@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -194,53 +194,18 @@ class RcloneMount(Mount):
             *("--log-file", str(log), "--log-level", "NOTICE", "--config", str(config)),
         ]
         env = dict(os.environ, PATH=f"{stage.bin}:{os.environ.get('PATH', '')}")
-        proc: subprocess.Popen[bytes] | None = None
+        proc = start_fuse_process(
+            command, mountpoint, "rclone mount", log, RCLONE_READY_TIMEOUT, RCLONE_EXIT_TIMEOUT, env
+        )
         try:
-            try:
-                proc = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise StepError(f"rclone: {exc.strerror}") from None
-            deadline = time.monotonic() + RCLONE_READY_TIMEOUT
-            while not is_mounted(mountpoint):
-                if proc.poll() is not None:
-                    raise StepError(f"rclone mount exited {proc.returncode} (see {log})")
-                if time.monotonic() > deadline:
-                    raise StepError(f"rclone mount not live after {RCLONE_READY_TIMEOUT:.0f}s")
-                time.sleep(0.05)
             yield Target(path=mountpoint / served.name, pid=proc.pid)
         finally:
-            self.stop(proc, mountpoint)
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes] | None, mountpoint: Path) -> None:
-        # Unmounting is how rclone mount is asked to exit.
-        if is_mounted(mountpoint):
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                unmount = ["fusermount3", "-u", str(mountpoint)]
-                subprocess.run(unmount, capture_output=True, timeout=30, check=False)
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(RCLONE_EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        force_unmount(mountpoint)
+            stop_fuse_process(proc, mountpoint, RCLONE_EXIT_TIMEOUT)
 
     @classmethod
     def clean_up(cls, stage: Stage) -> None:
         mountpoint = stage.mountpoint(cls.name)
-        cls.stop(None, mountpoint)
+        stop_fuse_process(None, mountpoint, RCLONE_EXIT_TIMEOUT)
         for pid in processes_with(str(mountpoint), ":http:"):
             kill_pid(pid, str(mountpoint))
 
@@ -303,51 +268,25 @@ class Passthrough(Subject):
         mountpoint.mkdir(exist_ok=True)
         log = self.stage.logs / "passthrough.log"
         command = [sys.executable, str(PASSTHROUGH), str(served.path), str(mountpoint)]
-        proc: subprocess.Popen[bytes] | None = None
+        proc = start_fuse_process(
+            command,
+            mountpoint,
+            "passthrough",
+            log,
+            PASSTHROUGH_READY_TIMEOUT,
+            PASSTHROUGH_EXIT_TIMEOUT,
+            # Live once its read-ahead is raised too, as lazyfs raises its own.
+            ready=lambda: readahead_kb(mountpoint) == KERNEL_READAHEAD_KB,
+        )
         try:
-            with open(log, "ab") as err:
-                try:
-                    proc = subprocess.Popen(
-                        command,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=err,
-                        start_new_session=True,
-                    )
-                except OSError as exc:
-                    raise StepError(f"passthrough: {exc.strerror}") from None
-            deadline = time.monotonic() + PASSTHROUGH_READY_TIMEOUT
-            while not (is_mounted(mountpoint) and readahead_kb(mountpoint) == KERNEL_READAHEAD_KB):
-                if proc.poll() is not None:
-                    raise StepError(f"passthrough exited {proc.returncode} (see {log})")
-                if time.monotonic() > deadline:
-                    raise StepError(
-                        f"passthrough not live with {KERNEL_READAHEAD_KB} KiB read-ahead after "
-                        f"{PASSTHROUGH_READY_TIMEOUT:.0f}s (see {log})"
-                    )
-                time.sleep(0.02)
             yield Target(path=mountpoint / served.name, pid=proc.pid)
         finally:
-            self.stop(proc, mountpoint)
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes] | None, mountpoint: Path) -> None:
-        if is_mounted(mountpoint):
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                unmount = ["fusermount3", "-u", str(mountpoint)]
-                subprocess.run(unmount, capture_output=True, timeout=30, check=False)
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(PASSTHROUGH_EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        force_unmount(mountpoint)
+            stop_fuse_process(proc, mountpoint, PASSTHROUGH_EXIT_TIMEOUT)
 
     @classmethod
     def clean_up(cls, stage: Stage) -> None:
         mountpoint = stage.mountpoint(cls.name)
-        cls.stop(None, mountpoint)
+        stop_fuse_process(None, mountpoint, PASSTHROUGH_EXIT_TIMEOUT)
         for pid in processes_with(str(mountpoint), str(PASSTHROUGH)):
             kill_pid(pid, str(mountpoint))
 
@@ -370,3 +309,62 @@ SUBJECTS: tuple[type[Subject], ...] = (
     LocalDisk,
     Passthrough,
 )
+
+
+def start_fuse_process(
+    command: list[str],
+    mountpoint: Path,
+    what: str,
+    log: Path,
+    ready_timeout: float,
+    exit_timeout: float,
+    env: dict[str, str] | None = None,
+    ready: Callable[[], bool] = lambda: True,
+) -> subprocess.Popen[bytes]:
+    """Start a process that serves a FUSE mount at ``mountpoint`` (its stderr appended to
+    ``log``) and return once the mount is live and ``ready()``; stopped again if it is not."""
+    with open(log, "ab") as err:
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StepError(f"{what}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not (is_mounted(mountpoint) and ready()):
+            if proc.poll() is not None:
+                raise StepError(f"{what} exited {proc.returncode} (see {log})")
+            if time.monotonic() > deadline:
+                raise StepError(f"{what} not live after {ready_timeout:.0f}s (see {log})")
+            time.sleep(0.02)
+    except BaseException:
+        stop_fuse_process(proc, mountpoint, exit_timeout)
+        raise
+    return proc
+
+
+def stop_fuse_process(
+    proc: subprocess.Popen[bytes] | None, mountpoint: Path, exit_timeout: float
+) -> None:
+    """Unmount (how such a process is asked to exit), wait for it, then insist."""
+    if is_mounted(mountpoint):
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            unmount = ["fusermount3", "-u", str(mountpoint)]
+            subprocess.run(unmount, capture_output=True, timeout=30, check=False)
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.wait(exit_timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    force_unmount(mountpoint)
