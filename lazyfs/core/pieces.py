@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import xxhash
 from typing_extensions import Buffer
 
-PIECE_SIZE = 64 * 1024
-_MAGIC = b"lzp1"
+PIECE_SIZE = 16 * 1024
+_MAGIC = b"lzp2"
 _LENGTH_BYTES = 8
 _SUM_BYTES = 8
 
