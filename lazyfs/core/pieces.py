@@ -2,11 +2,11 @@
 block's sha256.
 
 A block is verified once, by sha256 against the manifest, when it is fetched. Its checksums are
-recorded then: one XXH3-64 per 64 KiB piece, with the block's length. The cache directory is
+recorded then: one XXH3-64 per 16 KiB piece, with the block's length. The cache directory is
 private to the mounting user, so what a cached block must survive is corruption (bit rot, torn
 writes, truncated, zero-filled or stray files), not an adversary; a 64-bit checksum of the
 piece catches any such change with odds of missing it of 2^-64, and costs a thirtieth of a
-sha256. A read then checks only the pieces it serves: 4 KiB costs one 64 KiB piece, not 4 MiB.
+sha256. A read then checks only the pieces it serves: 4 KiB costs one 16 KiB piece, not 4 MiB.
 ``lazyfs cache verify`` still re-hashes whole blocks with sha256.
 
 The record (``encode``/``decode``) is: magic, length (8 bytes, little-endian), then one 8-byte

@@ -3,7 +3,7 @@
 
 The disk is not trusted: what is read back from it is checked before it is served, and a
 block that fails is dropped (and fetched again by the caller). A read of part of a stored
-block (``read_stored``) reads and checks only the 64 KiB pieces it serves, against the
+block (``read_stored``) reads and checks only the 16 KiB pieces it serves, against the
 checksums recorded when the block was verified (``core.pieces``); a whole block read back
 (``get``) checks all of its pieces; a block stored without checksums is hashed with sha256.
 Stored blocks stay open (a bounded number), so a warm read costs a ``pread``, not a query.

@@ -16,7 +16,7 @@ from tests.mounts import Mounter, publish
 from tests.origins import Origin
 
 KIB = 1024
-BLOCK = 256 * KIB  # four 64 KiB pieces per block
+BLOCK = 256 * KIB  # sixteen 16 KiB pieces per block
 BLOCKS = 6
 DAMAGED = 3  # the block whose file is damaged
 
