@@ -43,13 +43,6 @@ class StoredBlock:
         self.handle = handle
         self.sums = sums
 
-    def read(self, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of the stored file (fewer if the file is shorter)."""
-        try:
-            return os.pread(self.handle.fileno(), end - start, start)
-        except (OSError, ValueError) as exc:
-            raise CacheError(f"cannot read a cached block: {exc}") from None
-
     def read_into(self, buffer: memoryview, start: int) -> int:
         """Read from byte ``start`` into ``buffer`` (a reused one: no fresh pages to fault in
         per read); how many bytes were read (fewer if the file is shorter)."""
@@ -64,7 +57,7 @@ class StoredBlock:
         try:
             count = os.preadv(self.handle.fileno(), [buffer], start, os.RWF_NOWAIT)
         except (OSError, ValueError):
-            return False  # not cached (EAGAIN), unsupported here, or a failure read() will see
+            return False  # not cached (EAGAIN), unsupported here, or a failure read_into will see
         return count == len(buffer)
 
     def load_soon(self) -> None:
@@ -76,7 +69,10 @@ class StoredBlock:
     def read_all(self) -> bytes:
         """The whole file, though never more than one byte past the largest block: the
         cache directory may hold a planted huge file."""
-        return self.read(0, MAX_BLOCK_SIZE + 1)
+        try:
+            return os.pread(self.handle.fileno(), MAX_BLOCK_SIZE + 1, 0)
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read a cached block: {exc}") from None
 
     def close(self) -> None:
         self.handle.close()

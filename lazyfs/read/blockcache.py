@@ -28,6 +28,7 @@ import trio
 from typing_extensions import Buffer
 
 from lazyfs.cache.store import BlockStore, StoredBlock
+from lazyfs.core.pieces import PieceSums
 from lazyfs.errors import CacheError
 from lazyfs.read.threads import run_in_thread
 from lazyfs.sources.buffers import BufferPool
@@ -87,10 +88,23 @@ def _read_checked(
         count = wanted
     else:
         count = stored.read_into(view, window[0])
-    bad = sums.first_bad_piece(view[:count], window)
+    _check_pieces(sums, view[:count], window)
+    return view[start - window[0] : end - window[0]]
+
+
+def _read_whole(stored: StoredBlock) -> bytes:
+    data = stored.read_all()
+    if stored.sums is None:
+        _check_whole(stored, data)
+    else:
+        _check_pieces(stored.sums, data, (0, stored.sums.length))
+    return data
+
+
+def _check_pieces(sums: PieceSums, data: bytes | memoryview, window: tuple[int, int]) -> None:
+    bad = sums.first_bad_piece(data, window)
     if bad is not None:
         raise CorruptBlock(f"piece {bad} does not match its checksum")
-    return view[start - window[0] : end - window[0]]
 
 
 def _check_whole(stored: StoredBlock, block: bytes) -> None:
@@ -102,8 +116,8 @@ def _check_whole(stored: StoredBlock, block: bytes) -> None:
 class RecentBlocks:
     """The most recently used verified blocks, in memory, bounded in bytes.
 
-    The kernel asks for 128 KiB to 1 MiB at a time; holding the block serves all of a 4 MiB
-    block's requests with one load and one digest check.
+    Blocks fetched (or read back whole) are held so that the kernel's 128 KiB to 1 MiB
+    requests for the rest of the block cost no further fetch or check.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -157,8 +171,9 @@ class BlockCache:
         self._writer_started = False
         # Blocks handed to the writer and not yet written (at most MAX_PENDING_STORES).
         self._unwritten: dict[str, Buffer] = {}
-        # One thread at a time in the index: concurrent lookups (each one marks the block
-        # used, a write) would queue on SQLite's lock with sleeps in between.
+        # Index queries off the read path (contains, discard) go one at a time, so a burst of
+        # them does not queue on SQLite's lock with sleeps in between. Opening a block is a
+        # read-only query and runs in the disk threads instead.
         self._index_thread = trio.CapacityLimiter(1)
         self._disk_threads = trio.CapacityLimiter(DISK_READ_THREADS)
         # Blocks asked into the page cache ahead of a reader: the disk works on several.
@@ -392,16 +407,3 @@ class BlockCache:
         if now - self._warned_at >= CACHE_WARNING_SECONDS:
             self._warned_at = now
             log.warning("%s; %s", problem, consequence)
-
-
-def _read_whole(stored: StoredBlock) -> bytes:
-    if stored.sums is None:
-        block = stored.read_all()
-        _check_whole(stored, block)
-        return block
-    data = stored.read_all()
-    window = (0, stored.sums.length)
-    bad = stored.sums.first_bad_piece(data, window)
-    if bad is not None:
-        raise CorruptBlock(f"piece {bad} does not match its checksum")
-    return data
