@@ -55,7 +55,7 @@ def describe_status(report: dict[str, Any]) -> list[str]:
         f"of {format_size(count('cache_limit'))}"
     )
     lines.append(
-        f"reads: {count('blocks_fetched')} blocks fetched "
+        f"reads: {count('read_requests')} requests, {count('blocks_fetched')} blocks fetched "
         f"({format_size(count('bytes_fetched'))}), {count('cache_hits')} from the disk "
         f"cache, {count('memory_hits')} from memory, {count('blocks_read_ahead')} read "
         f"ahead, {count('fetches_in_flight')} fetches in flight"
@@ -88,6 +88,7 @@ _DESCRIBED = {
     "cache_blocks",
     "cache_bytes",
     "cache_limit",
+    "read_requests",
     "blocks_fetched",
     "bytes_fetched",
     "cache_hits",

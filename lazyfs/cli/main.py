@@ -355,6 +355,13 @@ def _log_name(mountpoint: Path) -> str:
     help="Bytes of blocks fetched ahead of sequential readers and not yet read, for all open "
     "files together (0: no read-ahead).",
 )
+@click.option(
+    "--tensor-aware/--no-tensor-aware",
+    default=True,
+    show_default=True,
+    help="Read safetensors and GGUF tensor maps: a read inside a tensor fetches the whole "
+    "tensor, and read-ahead and prefetch follow the order loaders want tensors in.",
+)
 @click.option("--manifest-sha256", help="Refuse to mount unless the manifest has this sha256.")
 @click.option(
     "--manifest",
@@ -426,6 +433,7 @@ def mount(
     cache_dir: Path | None,
     cache_size: str,
     read_ahead: str,
+    tensor_aware: bool,
     manifest_sha256: str | None,
     manifest_source: str | None,
     token_file: Path | None,
@@ -480,6 +488,7 @@ def mount(
         cache_dir=(cache_dir or default_cache_dir()).absolute(),
         cache_size=parse_size(cache_size),
         read_ahead=parse_size(read_ahead),
+        tensor_aware=tensor_aware,
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
         prefetch=prefetch_path if prefetch_path else (() if prefetch else None),

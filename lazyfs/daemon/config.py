@@ -18,6 +18,8 @@ class MountConfig:
     cache_size: int
     # --read-ahead: the mount-wide read-ahead budget, in bytes.
     read_ahead: int = 64 * 1024 * 1024
+    # --tensor-aware: reads follow safetensors/GGUF tensor maps.
+    tensor_aware: bool = True
     manifest_sha256: str | None = None
     allow_other: bool = False
     # Paths to fetch into the cache once mounted (empty: everything); None: nothing.

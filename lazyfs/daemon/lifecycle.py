@@ -97,6 +97,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 mirrors,
                 limits=policy.limits,
                 readahead_bytes=config.read_ahead,
+                tensor_aware=config.tensor_aware,
                 observe_fetch=None if metrics is None else metrics.observe_fetch,
             )
         )

@@ -53,6 +53,8 @@ DEFAULT_LIMITS = AttemptLimits(attempts=2)
 class ReadCounters:
     """Mount-wide counters, as status and metrics show them (a snapshot)."""
 
+    # Reads asked of the reader (each FUSE read request is one).
+    read_requests: int = 0
     blocks_fetched: int = 0
     bytes_fetched: int = 0
     cache_hits: int = 0
@@ -85,10 +87,12 @@ class BlockReader:
         mirrors: Sequence[BlockSource] = (),
         limits: AttemptLimits = DEFAULT_LIMITS,
         observe_fetch: Callable[[float], None] | None = None,
+        tensor_aware: bool = True,
     ) -> None:
         """``limits``: how hard each block fetch tries (attempts, one deadline, backoff);
         ``observe_fetch`` is told how long each fetch took (the metrics histogram)."""
         self.store = store
+        self.tensor_aware = tensor_aware
         self.block_size = block_size
         self.fetcher = BlockFetcher([source, *mirrors], limits, observe_fetch)
         self.max_window = min(MAX_READAHEAD_BLOCKS, readahead_bytes // block_size)
@@ -114,12 +118,14 @@ class BlockReader:
         # Hub files without block digests yet are verified whole on first read, through the
         # same fetcher and cache as any block.
         self.whole_files = WholeFiles(self.fetcher, self.cache, block_size, block_lists)
+        self._read_requests = 0
 
     @property
     def counters(self) -> ReadCounters:
         cache, fetches = self.cache.counters, self.fetcher.counters
         ahead = ReadAheadCounters() if self.ahead is None else self.ahead.counters
         return ReadCounters(
+            read_requests=self._read_requests,
             blocks_fetched=fetches.blocks_fetched,
             bytes_fetched=fetches.bytes_fetched,
             cache_hits=cache.cache_hits,
@@ -144,6 +150,7 @@ class BlockReader:
 
         ``pattern`` is the reading file's history; with it, sequential reads fetch ahead.
         """
+        self._read_requests += 1
         entry = await self.whole_files.verified(entry)
         plan = read_plan(offset, length, entry.size, self.block_size)
         if not plan:
