@@ -227,6 +227,8 @@ class LazyFS(ReadOnlyOperations):
         handle = self._next_handle
         self._next_handle += 1
         self._handles[handle] = (inode, ReadPattern())
+        if node.entry is not None:
+            self.reader.opened(node.entry)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(handle), keep_cache=True)
 
     # pyfuse3 takes any buffer (it reads it through the buffer protocol), not only bytes.

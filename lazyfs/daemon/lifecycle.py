@@ -101,6 +101,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 observe_fetch=None if metrics is None else metrics.observe_fetch,
             )
         )
+        reader.know_files(manifest.files)
         if metrics is not None and config.metrics is not None:
             stack.callback(metrics.serve(config.metrics, reader))
         operations = LazyFS(Tree(manifest), reader, mtime)

@@ -90,16 +90,15 @@ class Prefetcher:
     async def _run(self, run: PrefetchRun, entries: list[FileEntry]) -> None:
         counters = self.reader.cache.counters
         write_failures = counters.cache_write_failures
-        work = iter(
-            [
-                (known, index)
-                for known in map(self.reader.whole_files.known, entries)
-                # A file still to be verified whole is one item: verifying it caches it all.
-                for index in (range(len(known.blocks)) if known.check is None else [None])
-            ]
-        )
+        known = [self.reader.whole_files.known(entry) for entry in entries]
+        # A file still to be verified whole is one item: verifying it caches it all.
+        whole: list[tuple[FileEntry, int | None]] = [
+            (entry, None) for entry in known if entry.check is not None
+        ]
+        blocks = [entry for entry in known if entry.check is None]
         try:
             with self._scopes[run.id]:
+                work = iter(whole + list(await self._in_order(blocks)))
                 async with trio.open_nursery() as workers:
                     for _ in range(PREFETCH_WORKERS):
                         workers.start_soon(self._worker, run, work)
@@ -117,6 +116,17 @@ class Prefetcher:
             )
         else:
             log.info("prefetch run %d finished: %d file(s) cached", run.id, run.files)
+
+    async def _in_order(self, entries: list[FileEntry]) -> list[tuple[FileEntry, int]]:
+        """The blocks of ``entries``: model files' headers first, then their tensors in the
+        order loaders want them (``TensorReads.loader_ordered``), if the reader knows maps."""
+        tensors = self.reader.tensors
+        if tensors is not None:
+            try:
+                return await tensors.loader_ordered(entries)
+            except LazyfsError as exc:
+                log.warning("prefetch in file order: a tensor map could not be read: %s", exc)
+        return [(entry, index) for entry in entries for index in range(len(entry.blocks))]
 
     async def _worker(self, run: PrefetchRun, work: Iterator[tuple[FileEntry, int | None]]) -> None:
         for entry, index in work:

@@ -95,11 +95,20 @@ class ReadAhead:
     ) -> None:
         """``owner`` (an open file) read blocks ``first..last`` of ``entry``: start fetching
         the blocks ``ahead`` that the budget allows, in order, and drop what it left behind."""
-        self._drop(self.budget.expire(trio.current_time()))
+        self.expire()
         # One block behind still counts: the kernel's requests come a little out of order.
         self._drop(self.budget.outside(owner, first - 1, last + self.max_window))
+        self.fetch(owner, entry, ahead)
+
+    def fetch(
+        self, owner: Hashable, entry: FileEntry, indices: Iterable[int], urgent: bool = False
+    ) -> int:
+        """Start fetching the blocks ``indices`` of ``entry`` for ``owner``, in order, as far
+        as the budget allows; ``urgent``: at a demand fetch's place in the queue (the rest of
+        a tensor a reader is in). Returns how many blocks this asked for or found under way."""
         count = block_count(entry.size, self.block_size)
-        for index in ahead:
+        asked = 0
+        for index in indices:
             if index >= count:
                 break
             digest = entry.blocks[index]
@@ -109,19 +118,27 @@ class ReadAhead:
                 or digest in self.loading
                 or self.cache.in_memory(digest)
             ):
+                asked += 1
                 continue
             if self.cache.on_disk(digest):
                 # Served from disk piece by piece when asked; until then, into the page cache.
                 self._load_soon(digest)
+                asked += 1
                 continue
             size = block_extent(index, entry.size, self.block_size)[1]
             if not self.budget.take(owner, digest, index, size):
                 # Not queued: the next read asks again, with the budget as it is then.
                 self._refused += 1
                 break
-            ticket = self._tickets[digest] = Ticket(background=True)
+            ticket = self._tickets[digest] = Ticket(background=not urgent)
             self._started += 1
+            asked += 1
             self._background.start_soon(self._fetch, entry, index, ticket)
+        return asked
+
+    def expire(self) -> None:
+        """Drop what was fetched ahead and left unread too long."""
+        self._drop(self.budget.expire(trio.current_time()))
 
     def _load_soon(self, digest: str) -> None:
         if digest in self._loaded_soon:

@@ -16,7 +16,7 @@ fetched blocks are written to disk in the background.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +35,7 @@ from lazyfs.read.blockcache import DEFAULT_MEMORY_BYTES, BlockCache
 from lazyfs.read.fetcher import BlockFetcher
 from lazyfs.read.readahead import ReadAhead, ReadAheadCounters
 from lazyfs.read.singleflight import SingleFlight
+from lazyfs.read.tensorreads import TensorReads
 from lazyfs.read.transfers import DEMAND, Ticket
 from lazyfs.read.wholefile import WholeFiles
 from lazyfs.sources.base import BlockSource
@@ -119,6 +120,36 @@ class BlockReader:
         # same fetcher and cache as any block.
         self.whole_files = WholeFiles(self.fetcher, self.cache, block_size, block_lists)
         self._read_requests = 0
+        self._background = background
+        # Model files' tensor maps, once ``know_files`` has said which files there are.
+        self.tensors: TensorReads | None = None
+        # Prefetch fetches under way, by digest: a reader that waits for one promotes it.
+        self._prefetch_tickets: dict[str, Ticket] = {}
+
+    def know_files(self, entries: Iterable[FileEntry]) -> None:
+        """The mount's files: with them (and ``tensor_aware``), reads of model files follow
+        their tensor maps (``read.tensorreads``)."""
+        if not self.tensor_aware or self.ahead is None or self._background is None:
+            return
+        files = {entry.path: entry for entry in entries}
+
+        def entry_of(path: str) -> FileEntry | None:
+            found = files.get(path)
+            return None if found is None else self.whole_files.known(found)
+
+        self.tensors = TensorReads(
+            self.read_range,
+            entry_of,
+            self.ahead,
+            self.block_size,
+            self.max_window,
+            self._background,
+        )
+
+    def opened(self, entry: FileEntry) -> None:
+        """A reader opened ``entry`` (a model file's tensor map is read then)."""
+        if self.tensors is not None:
+            self.tensors.opened(self.whole_files.known(entry))
 
     @property
     def counters(self) -> ReadCounters:
@@ -159,6 +190,18 @@ class BlockReader:
             first, last = plan[0].index, plan[-1].index
             ahead = pattern.record(first, last, self.max_window)
             self.ahead.follow(pattern, entry, first, last, ahead)
+            if self.tensors is not None:
+                self.tensors.follow(entry, offset, length)
+        return await self._read_plan(entry, plan)
+
+    async def read_range(self, entry: FileEntry, offset: int, length: int) -> Buffer:
+        """Like ``read``, for the reader's own use: no read-ahead, not counted as a request."""
+        entry = await self.whole_files.verified(entry)
+        return await self._read_plan(entry, read_plan(offset, length, entry.size, self.block_size))
+
+    async def _read_plan(self, entry: FileEntry, plan: list[BlockSlice]) -> Buffer:
+        if not plan:
+            return b""
         if len(plan) == 1:
             return await self.read_slice(entry, plan[0])
         parts: list[Buffer] = [b""] * len(plan)
@@ -202,6 +245,9 @@ class BlockReader:
         digest = entry.blocks[index]
         if self.ahead is not None:
             self.ahead.wanted(digest)
+        prefetching = self._prefetch_tickets.get(digest)
+        if prefetching is not None:
+            self.fetcher.gate.promote(prefetching)
         return await self.loading.run(
             digest, lambda: self._load_and_hold(entry, index), lambda: self._known(digest)
         )
@@ -211,13 +257,22 @@ class BlockReader:
         return self.cache.from_memory(digest) if found is None else found
 
     async def keep_block(self, entry: FileEntry, index: int) -> bool:
-        """Make sure the disk store holds block ``index`` of ``entry`` (prefetch): loaded as a
-        read would load it, and written even when it came from memory. Whether the store
-        holds it afterwards: a failing disk, or a cache smaller than the work, may not."""
+        """Make sure the disk store holds block ``index`` of ``entry`` (prefetch): fetched
+        behind every reader's fetch (a reader that comes to wait for it promotes it), and
+        written even when it came from memory. Whether the store holds it afterwards: a
+        failing disk, or a cache smaller than the work, may not."""
         digest = entry.blocks[index]
         if await self.cache.contains(digest):
             return True
-        return await self.cache.keep(digest, await self.block(entry, index))
+        ticket = self._prefetch_tickets.setdefault(digest, Ticket(background=True))
+        try:
+            block = await self.loading.run(
+                digest, lambda: self.load(entry, index, ticket), lambda: self._known(digest)
+            )
+        finally:
+            if self._prefetch_tickets.get(digest) is ticket:
+                del self._prefetch_tickets[digest]
+        return await self.cache.keep(digest, block)
 
     async def _load_and_hold(self, entry: FileEntry, index: int) -> Buffer:
         block = await self.load(entry, index)

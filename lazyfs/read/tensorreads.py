@@ -1,0 +1,271 @@
+"""Model-aware reads: fetch tensors, not pages, in the order loaders want them.
+
+A ``.safetensors`` or ``.gguf`` file's tensor map (``core.tensormap``) is read once, from the
+verified blocks that hold its header, when the file is first opened; opening a sharded model's
+``*.safetensors.index.json`` reads every shard's. From then on a read inside a tensor starts
+fetching the rest of that tensor's blocks at a demand fetch's priority (a loader touching a
+tensor's first page will want all of it), and once a loader has read two tensors in loader
+order (``core.loaderorder``: natural name order, across shards) the next tensors in that order
+are read ahead, behind any demand fetch. Both go through ``ReadAhead``, so they share its
+mount-wide budget (a tensor larger than the budget is fetched in a sliding window as it is
+read) and its single flight with readers.
+
+A map only changes which blocks are asked for, never how they are verified; a file whose
+header does not parse is read as plain blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import trio
+from typing_extensions import Buffer
+
+from lazyfs.core.loaderorder import (
+    INDEX_SUFFIX,
+    LoaderCursor,
+    LoaderOrder,
+    PlacedTensor,
+    index_shards,
+)
+from lazyfs.core.manifest import FileEntry
+from lazyfs.core.tensormap import (
+    MAX_HEADER_BYTES,
+    NeedBytes,
+    Tensor,
+    TensorMap,
+    has_tensor_map,
+    parse_tensor_map,
+)
+from lazyfs.errors import LazyfsError
+from lazyfs.read.readahead import ReadAhead
+from lazyfs.read.singleflight import SingleFlight
+
+log = logging.getLogger(__name__)
+
+# Shards whose headers one index open reads at once.
+HEADER_READS = 4
+# An index larger than this is not a safetensors index anyone wrote.
+MAX_INDEX_BYTES = 64 * 1024 * 1024
+
+# Reads ``length`` bytes of a file at ``offset``, verified (no read-ahead of its own).
+ReadRange = Callable[[FileEntry, int, int], Awaitable[Buffer]]
+# A file of the mount by path, as the reader knows it now; None if there is none.
+EntryOf = Callable[[str], FileEntry | None]
+
+
+@dataclass(eq=False)
+class ModelGroup:
+    """The files one loader reads together (a model's shards, or one file) and where the
+    loader is in them. It owns what is fetched for it in the read-ahead budget."""
+
+    order: LoaderOrder
+    cursor: LoaderCursor = field(default_factory=LoaderCursor)
+    # The last read seen: (path, tensor start, block); reads within one block change nothing.
+    last_read: tuple[str, int, int] = ("", -1, -1)
+    window: int = 0
+
+
+class TensorReads:
+    def __init__(
+        self,
+        read_range: ReadRange,
+        entry_of: EntryOf,
+        ahead: ReadAhead,
+        block_size: int,
+        max_window: int,
+        background: trio.Nursery,
+    ) -> None:
+        self._read_range = read_range
+        self._entry_of = entry_of
+        self.ahead = ahead
+        self.block_size = block_size
+        self.max_window = max_window
+        self._background = background
+        # Per path: its map, or None when its header is not one (read as plain blocks).
+        self.maps: dict[str, TensorMap | None] = {}
+        self.groups: dict[str, ModelGroup] = {}
+        self._loading: SingleFlight[str, TensorMap | None] = SingleFlight()
+        self._indexes_read: set[str] = set()
+
+    def opened(self, entry: FileEntry) -> None:
+        """``entry`` was opened: read its tensor map (or, for an index, its shards') in the
+        background, so the loader's first reads find it."""
+        if not _mappable(entry):
+            return
+        if entry.path.endswith(INDEX_SUFFIX):
+            if entry.path not in self._indexes_read:
+                self._indexes_read.add(entry.path)
+                self._background.start_soon(self._guarded, self.read_index(entry))
+        elif has_tensor_map(entry.path) and entry.path not in self.maps:
+            self._background.start_soon(self._guarded, self.map_of(entry))
+
+    async def _guarded(self, work: Awaitable[object]) -> None:
+        try:
+            await work
+        except LazyfsError as exc:
+            # A read of the same bytes will fail again, and say so to its reader.
+            log.info("tensor map not read: %s", exc)
+        except Exception:
+            # A bug must not end the reader's nursery, and with it the mount.
+            log.exception("reading a tensor map failed")
+
+    async def map_of(self, entry: FileEntry) -> TensorMap | None:
+        """``entry``'s tensor map, read from its header once; None if it has none."""
+        if entry.path in self.maps:
+            return self.maps[entry.path]
+        return await self._loading.run(
+            entry.path, lambda: self._read_map(entry), lambda: self.maps.get(entry.path)
+        )
+
+    async def _read_map(self, entry: FileEntry) -> TensorMap | None:
+        wanted = min(entry.size, self.block_size)
+        found: TensorMap | NeedBytes | None = None
+        while True:
+            head = bytes(await self._read_range(entry, 0, wanted))
+            found = parse_tensor_map(entry.path, head, entry.size)
+            if not isinstance(found, NeedBytes):
+                break
+            # Whole blocks: they are fetched whole anyway.
+            wanted = min(entry.size, -(-found.size // self.block_size) * self.block_size)
+            if found.size > min(entry.size, MAX_HEADER_BYTES) or wanted <= len(head):
+                found = None
+                break
+        if found is None:
+            log.info(
+                "%s: no tensor map (not a header this reads); read as plain blocks", entry.path
+            )
+        else:
+            log.debug("%s: %d tensors", entry.path, len(found.tensors))
+        self.maps[entry.path] = found
+        if found is not None and entry.path not in self.groups:
+            self.groups[entry.path] = ModelGroup(LoaderOrder({entry.path: found}))
+        return found
+
+    async def read_index(self, entry: FileEntry) -> list[FileEntry]:
+        """Read a sharded model's index and every shard's header; from then on the shards are
+        one model, read ahead across. Returns the shards' entries (those with maps)."""
+        if entry.size > MAX_INDEX_BYTES:
+            return []
+        shards = index_shards(entry.path, bytes(await self._read_range(entry, 0, entry.size)))
+        entries = [
+            found
+            for found in map(self._entry_of, shards or ())
+            if found is not None and _mappable(found)
+        ]
+        maps: dict[str, TensorMap] = {}
+
+        async def read_header(shard: FileEntry, limit: trio.Semaphore) -> None:
+            async with limit:
+                found = await self.map_of(shard)
+            if found is not None:
+                maps[shard.path] = found
+
+        limit = trio.Semaphore(HEADER_READS)
+        async with trio.open_nursery() as nursery:
+            for shard in entries:
+                nursery.start_soon(read_header, shard, limit)
+        if maps:
+            group = ModelGroup(LoaderOrder(maps))
+            for path in maps:
+                self.groups[path] = group
+        return [shard for shard in entries if shard.path in maps]
+
+    def follow(self, entry: FileEntry, offset: int, length: int) -> None:
+        """A reader read ``[offset, offset + length)`` of ``entry``: fetch the rest of the
+        tensor it is in, and the next tensors in loader order once it reads in that order."""
+        found = self.maps.get(entry.path)
+        if found is None or length <= 0:
+            return
+        group = self.groups[entry.path]
+        end = offset + length
+        tensors = found.overlapping(offset, end)
+        if not tensors:
+            return
+        tensor = tensors[-1]
+        block = (end - 1) // self.block_size
+        if group.last_read == (entry.path, tensor.start, block):
+            return
+        new_tensor = group.last_read[:2] != (entry.path, tensor.start)
+        group.last_read = (entry.path, tensor.start, block)
+        self.ahead.expire()
+        for earlier in tensors[:-1]:
+            self.ahead.fetch(group, entry, self._blocks(earlier, block), urgent=True)
+        self.ahead.fetch(group, entry, self._blocks(tensor, block), urgent=True)
+        rank = group.order.rank(entry.path, tensor)
+        if rank is None:
+            return
+        if new_tensor:
+            group.window = group.cursor.record(rank, self.max_window)
+        if group.window:
+            self._read_ahead(group, group.window)
+
+    def _blocks(self, tensor: Tensor, block: int) -> range:
+        """The tensor's blocks, at most a window of them past ``block``, where it is read."""
+        first = tensor.start // self.block_size
+        last = (tensor.end - 1) // self.block_size
+        return range(max(first, block - self.max_window), min(last, block + self.max_window) + 1)
+
+    def _read_ahead(self, group: ModelGroup, window: int) -> None:
+        seen: set[tuple[str, int]] = set()
+        for path, indices in _blocks_in_order(
+            group.order.following(group.cursor.furthest), self.block_size
+        ):
+            entry = self._entry_of(path)
+            if entry is None or entry.check is not None:
+                continue
+            fresh = [index for index in indices if (path, index) not in seen]
+            seen.update((path, index) for index in fresh)
+            room = window - len(seen) + len(fresh)
+            if room <= 0:
+                return
+            if self.ahead.fetch(group, entry, fresh[:room]) < min(room, len(fresh)):
+                return  # out of budget
+
+    async def loader_ordered(self, entries: Iterable[FileEntry]) -> list[tuple[FileEntry, int]]:
+        """The blocks of ``entries`` in the order loaders want them (prefetch): other files
+        first (configs, tokenizers: small, and read first), then per directory of model files
+        their headers and tensors in loader order across the files, then whatever else of them
+        (padding, trailing bytes)."""
+        plain: list[tuple[FileEntry, int]] = []
+        models: dict[str, list[FileEntry]] = defaultdict(list)
+        for entry in entries:
+            if _mappable(entry) and has_tensor_map(entry.path):
+                models[posixpath.dirname(entry.path)].append(entry)
+            else:
+                plain.extend((entry, index) for index in range(len(entry.blocks)))
+        ordered = plain
+        for directory in models.values():
+            maps: dict[str, TensorMap] = {}
+            for entry in directory:
+                found = await self.map_of(entry)
+                if found is not None:
+                    maps[entry.path] = found
+            by_path = {entry.path: entry for entry in directory}
+            placed: dict[tuple[str, int], None] = {}
+            for path, indices in _blocks_in_order(LoaderOrder(maps).tensors, self.block_size):
+                placed.update(((path, index), None) for index in indices)
+            for entry in directory:
+                placed.update(((entry.path, index), None) for index in range(len(entry.blocks)))
+            ordered.extend((by_path[path], index) for path, index in placed)
+        return ordered
+
+
+def _mappable(entry: FileEntry) -> bool:
+    """Whether the entry's blocks can be asked for one by one (not a hub file still to be
+    verified whole)."""
+    return entry.check is None
+
+
+def _blocks_in_order(
+    tensors: Iterable[PlacedTensor], block_size: int
+) -> Iterator[tuple[str, list[int]]]:
+    """Each tensor's file and blocks, in the order given."""
+    for placed in tensors:
+        first = placed.tensor.start // block_size
+        last = (placed.tensor.end - 1) // block_size
+        yield placed.path, list(range(first, last + 1))
