@@ -5,9 +5,9 @@ natural order (``layers.2`` before ``layers.10``) and vLLM iterates names in ord
 tensor a loader wants next is often in another shard, or far away in the same file.
 ``LoaderOrder`` ranks a model's tensors that way; ``LoaderCursor`` watches the ranks a loader
 reads and says how far ahead of it to fetch: nothing until it has read two tensors in order
-(a random read costs only its own tensor), then a window that doubles with each tensor read in
-order. Several loader threads read a few tensors out of order; a read within ``SLACK`` ranks
-of the furthest one read is still in order.
+(a random read costs only its own tensor), then a window of tensors that doubles with each
+tensor read in order. Several loader threads read a few tensors out of order; a read within
+``SLACK`` ranks of the furthest one read is still in order.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class LoaderCursor:
     run: int = 0
 
     def record(self, rank: int, max_window: int) -> int:
-        """A loader read the tensor at ``rank``: how many blocks to fetch ahead of the
-        furthest tensor read (0: none)."""
+        """A loader read the tensor at ``rank``: how many tensors to fetch ahead of the
+        furthest one read (0: none)."""
         if self.furthest >= 0 and rank <= self.furthest and self.furthest - rank <= SLACK:
             # A tensor just behind the furthest: another loader thread, still in order.
             return self._window(max_window)

@@ -21,6 +21,7 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import trio
 from typing_extensions import Buffer
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Shards whose headers one index open reads at once.
 HEADER_READS = 4
+# The most tensors read ahead of a loader (the budget bounds their bytes).
+MAX_TENSORS_AHEAD = 256
 # An index larger than this is not a safetensors index anyone wrote.
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
@@ -65,8 +68,9 @@ class ModelGroup:
 
     order: LoaderOrder
     cursor: LoaderCursor = field(default_factory=LoaderCursor)
-    # The last read seen: (path, tensor start, block); reads within one block change nothing.
-    last_read: tuple[str, int, int] = ("", -1, -1)
+    # The last read seen: (path, start of the tensor it began in and of the one it ended in,
+    # its last block); more reads of the same blocks change nothing.
+    last_read: tuple[str, int, int, int] = ("", -1, -1, -1)
     window: int = 0
 
 
@@ -186,23 +190,25 @@ class TensorReads:
         tensors = found.overlapping(offset, end)
         if not tensors:
             return
-        tensor = tensors[-1]
+        # The loader is in the tensor the read starts in; reading goes on in the one it ends
+        # in (a page-aligned read, or the kernel's own read-ahead, runs into the next one).
+        current, continuing = tensors[0], tensors[-1]
         block = (end - 1) // self.block_size
-        if group.last_read == (entry.path, tensor.start, block):
+        read = (entry.path, current.start, continuing.start, block)
+        if group.last_read == read:
             return
-        new_tensor = group.last_read[:2] != (entry.path, tensor.start)
-        group.last_read = (entry.path, tensor.start, block)
+        new_tensor = group.last_read[:2] != read[:2]
+        group.last_read = read
         self.ahead.expire()
-        for earlier in tensors[:-1]:
-            self.ahead.fetch(group, entry, self._blocks(earlier, block), urgent=True)
-        self.ahead.fetch(group, entry, self._blocks(tensor, block), urgent=True)
-        rank = group.order.rank(entry.path, tensor)
+        # Not the tensors before the one it ends in: the loader has done with those.
+        self.ahead.fetch(group, entry, self._blocks(continuing, block), urgent=True)
+        rank = group.order.rank(entry.path, current)
         if rank is None:
             return
         if new_tensor:
-            group.window = group.cursor.record(rank, self.max_window)
+            group.window = group.cursor.record(rank, MAX_TENSORS_AHEAD)
         if group.window:
-            self._read_ahead(group, group.window)
+            self._read_ahead(group, rank, group.window)
 
     def _blocks(self, tensor: Tensor, block: int) -> range:
         """The tensor's blocks, at most a window of them past ``block``, where it is read."""
@@ -210,21 +216,21 @@ class TensorReads:
         last = (tensor.end - 1) // self.block_size
         return range(max(first, block - self.max_window), min(last, block + self.max_window) + 1)
 
-    def _read_ahead(self, group: ModelGroup, window: int) -> None:
+    def _read_ahead(self, group: ModelGroup, rank: int, tensors: int) -> None:
+        """Fetch the ``tensors`` tensors after the one at ``rank`` in loader order, at most
+        ``max_window`` blocks of them. After the one read, not the furthest: the kernel's own
+        read-ahead touches the next tensors in file order, and that is not the loader."""
         seen: set[tuple[str, int]] = set()
-        for path, indices in _blocks_in_order(
-            group.order.following(group.cursor.furthest), self.block_size
-        ):
+        following = group.order.following(rank)
+        for path, indices in _blocks_in_order(islice(following, tensors), self.block_size):
             entry = self._entry_of(path)
             if entry is None or entry.check is not None:
                 continue
             fresh = [index for index in indices if (path, index) not in seen]
-            seen.update((path, index) for index in fresh)
-            room = window - len(seen) + len(fresh)
-            if room <= 0:
-                return
-            if self.ahead.fetch(group, entry, fresh[:room]) < min(room, len(fresh)):
-                return  # out of budget
+            room = self.max_window - len(seen)
+            seen.update((path, index) for index in fresh[:room])
+            if room <= 0 or self.ahead.fetch(group, entry, fresh[:room]) < min(room, len(fresh)):
+                return  # the window is full, or the budget is
 
     async def loader_ordered(self, entries: Iterable[FileEntry]) -> list[tuple[FileEntry, int]]:
         """The blocks of ``entries`` in the order loaders want them (prefetch): other files

@@ -1,0 +1,268 @@
+"""Model-aware reads on real mounts: a read inside a tensor fetches that tensor's blocks,
+read-ahead follows loader order across shards, prefetch goes in loader order, models load from
+the mount exactly as from disk (also from four page-faulting threads at once), and a file whose
+header is not one is read as plain blocks. The origin's access log says what was fetched."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from lazyfs.core.loaderorder import INDEX_SUFFIX
+from lazyfs.core.tensormap import Tensor, TensorMap, natural_key, parse_tensor_map
+from tests.mounts import Mounter, lazyfs, publish
+from tests.origins import Origin, start_nginx_origin
+from tests.waiting import wait_until
+
+KIB = 1024
+BLOCK = 64 * KIB
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+INDEX = "model" + INDEX_SUFFIX
+
+
+@pytest.fixture
+def nginx_origin(origin_root: Path, tmp_path: Path) -> Iterator[Origin]:
+    served = start_nginx_origin(origin_root, tmp_path / "nginx")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def tensor_map(path: Path) -> TensorMap:
+    data = path.read_bytes()
+    found = parse_tensor_map(path.name, data, len(data))
+    assert isinstance(found, TensorMap)
+    return found
+
+
+def write_sharded_model(root: Path, layers: int = 8, floats: int = 40_000) -> dict[str, str]:
+    """Two shards with the layers alternating between them (natural order goes back and forth
+    between the files, and differs from each file's own order: layers.10 sorts before layers.2
+    in a file); an index. Returns the weight map."""
+    rng = np.random.default_rng(7)
+    weight_map = {}
+    for number, shard in enumerate(SHARDS):
+        tensors = {}
+        for layer in range(number, layers, 2):
+            for part in ("attn", "mlp"):
+                name = f"model.layers.{layer}.{part}.weight"
+                tensors[name] = rng.standard_normal(floats + 97 * layer, dtype=np.float32)
+                weight_map[name] = shard
+        save_file(tensors, root / shard, metadata={"format": "np"})
+    (root / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return weight_map
+
+
+def blocks_of(tensor: Tensor) -> set[int]:
+    return set(range(tensor.start // BLOCK, (tensor.end - 1) // BLOCK + 1))
+
+
+def fetched(origin: Origin, name: str) -> list[int]:
+    """The blocks of ``name`` the origin was asked for, in the order asked."""
+    return [
+        int(record.range.split("=")[1].split("-")[0]) // BLOCK
+        for record in origin.requests()
+        if record.path == f"/{name}" and record.range
+    ]
+
+
+def settled(mountpoint: Path) -> bool:
+    report = json.loads(lazyfs("status", mountpoint, "--json").stdout)
+    return report["fetches_in_flight"] == 0
+
+
+@pytest.mark.parametrize("tensor_aware", [True, False])
+def test_a_read_inside_a_tensor_fetches_exactly_that_tensors_blocks(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter, tensor_aware: bool
+) -> None:
+    rng = np.random.default_rng(3)
+    tensors = {f"t{n}": rng.standard_normal(150_000, dtype=np.float32) for n in range(4)}
+    save_file(tensors, origin_root / "model.safetensors")
+    publish(origin_root, "64K")
+    found = tensor_map(origin_root / "model.safetensors")
+    flag = "--tensor-aware" if tensor_aware else "--no-tensor-aware"
+    mountpoint, _ = mounter.mount(nginx_origin.url, flag)
+    wanted = found.tensors[2]
+    with open(mountpoint / "model.safetensors", "rb") as reader:
+        # Opening reads the header (block 0) in the background when tensor-aware.
+        if tensor_aware:
+            assert wait_until(lambda: 0 in fetched(nginx_origin, "model.safetensors"))
+        nginx_origin.clear_log()
+        reader.seek(wanted.start)
+        assert (
+            reader.read(4096)
+            == (origin_root / "model.safetensors").read_bytes()[wanted.start : wanted.start + 4096]
+        )
+        assert wait_until(lambda: settled(mountpoint))
+        got = set(fetched(nginx_origin, "model.safetensors"))
+    if tensor_aware:
+        assert got == blocks_of(wanted)
+    else:
+        # Model-blind: only the blocks the kernel's reads touched, a fraction of the tensor.
+        assert got < blocks_of(wanted)
+        assert wanted.start // BLOCK in got
+
+
+def test_read_ahead_follows_loader_order_across_shards(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    weight_map = write_sharded_model(origin_root)
+    publish(origin_root, "64K")
+    maps = {shard: tensor_map(origin_root / shard) for shard in SHARDS}
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    # Opening the index reads both shards' headers.
+    json.loads((mountpoint / INDEX).read_bytes())
+    assert wait_until(lambda: all(0 in fetched(nginx_origin, shard) for shard in SHARDS))
+    nginx_origin.clear_log()
+    names = sorted(weight_map, key=natural_key)
+
+    def place(name: str) -> tuple[str, Tensor]:
+        shard = weight_map[name]
+        return shard, next(t for t in maps[shard].tensors if t.name == name)
+
+    # A loader reads layers.0's two tensors (shard 1) in order (the kernel reading no more
+    # than asked: its own read-ahead would run on in file order)...
+    for name in names[:2]:
+        shard, tensor = place(name)
+        with open(mountpoint / shard, "rb", buffering=0) as reader:
+            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+            assert len(os.pread(reader.fileno(), tensor.end - tensor.start, tensor.start)) > 0
+    # ...so the next one in loader order, in shard 2, is fetched before anyone reads it (its
+    # block 0 came with the header), and nothing else of shard 2 is: one tensor ahead, after
+    # two read in order.
+    next_shard, next_tensor = place(names[2])
+    assert next_shard == SHARDS[1]
+    wanted = blocks_of(next_tensor) - {0}
+    assert wait_until(lambda: wanted <= set(fetched(nginx_origin, SHARDS[1])))
+    assert wait_until(lambda: settled(mountpoint))
+    assert set(fetched(nginx_origin, SHARDS[1])) == wanted
+    # A third tensor in order: the window doubles, to the next two in loader order.
+    shard, tensor = place(names[2])
+    with open(mountpoint / shard, "rb", buffering=0) as reader:
+        os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(reader.fileno(), tensor.end - tensor.start, tensor.start)
+    assert wait_until(lambda: settled(mountpoint))
+    following = [place(name) for name in names[3:5]]
+    assert [shard for shard, _ in following] == [SHARDS[1], SHARDS[0]]
+    assert blocks_of(following[0][1]) <= set(fetched(nginx_origin, SHARDS[1]))
+    assert blocks_of(following[1][1]) <= set(fetched(nginx_origin, SHARDS[0]))
+    assert not blocks_of(place(names[5])[1]) - blocks_of(following[0][1]) & set(
+        fetched(nginx_origin, SHARDS[1])
+    )
+
+
+def test_a_model_loads_exactly_from_four_page_faulting_threads_on_two_shards(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    weight_map = write_sharded_model(origin_root, layers=12)
+    publish(origin_root, "64K")
+    mountpoint, _ = mounter.mount(nginx_origin.url, "--deadline", "30")
+    names = sorted(weight_map, key=natural_key)
+    failures: list[str] = []
+
+    def load(part: int) -> None:
+        # safe_open maps the file: every first touch of a tensor is a page fault.
+        try:
+            for name in names[part::4]:
+                shard = weight_map[name]
+                with (
+                    safe_open(str(mountpoint / shard), "numpy") as mounted,
+                    safe_open(str(origin_root / shard), "numpy") as local,
+                ):
+                    if not np.array_equal(mounted.get_tensor(name), local.get_tensor(name)):
+                        failures.append(name)
+        except Exception as exc:
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=load, args=(part,)) for part in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a page fault hung"
+    assert failures == []
+
+
+def test_prefetch_goes_in_loader_order_after_the_headers(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    write_sharded_model(origin_root)
+    publish(origin_root, "64K")
+    maps = {shard: tensor_map(origin_root / shard) for shard in SHARDS}
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    nginx_origin.clear_log()
+    result = lazyfs("prefetch", mountpoint)
+    assert result.returncode == 0, result.stderr
+    # Where each block comes in loader order: headers (block 0 of each shard) first.
+    expected: dict[tuple[str, int], int] = {}
+    for shard in SHARDS:
+        expected.setdefault((shard, 0), len(expected))
+    placed = sorted(
+        ((shard, tensor) for shard in SHARDS for tensor in maps[shard].tensors),
+        key=lambda item: natural_key(item[1].name),
+    )
+    for shard, tensor in placed:
+        for block in sorted(blocks_of(tensor)):
+            expected.setdefault((shard, block), len(expected))
+    asked = [
+        expected[(record.path.lstrip("/"), int(record.range.split("=")[1].split("-")[0]) // BLOCK)]
+        for record in nginx_origin.requests()
+        if record.path.lstrip("/") in SHARDS and record.range
+    ]
+    assert sorted(asked) == list(range(len(expected)))
+    # Four workers finish out of order, but never far from the order they were handed.
+    assert all(position >= max(asked[:at], default=0) - 8 for at, position in enumerate(asked))
+
+
+def test_a_file_whose_header_is_not_one_is_read_as_plain_blocks(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    rng = np.random.default_rng(5)
+    bad = bytearray(rng.bytes(300 * KIB))
+    bad[:8] = (2**60).to_bytes(8, "little")  # a header longer than the file
+    (origin_root / "bad.safetensors").write_bytes(bytes(bad))
+    worse = b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + rng.bytes(200 * KIB)
+    (origin_root / "worse.safetensors").write_bytes(worse)
+    (origin_root / "noise.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 100 * KIB)
+    publish(origin_root, "64K")
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    for name in ("bad.safetensors", "worse.safetensors", "noise.gguf"):
+        assert (mountpoint / name).read_bytes() == (origin_root / name).read_bytes()
+    assert wait_until(lambda: mounter.log_text().count("read as plain blocks") >= 3)
+    assert "Traceback" not in mounter.log_text()
+
+
+def test_a_corrupt_block_inside_a_tensor_fails_the_read_and_never_serves_it(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    rng = np.random.default_rng(9)
+    tensors = {f"t{n}": rng.standard_normal(100_000, dtype=np.float32) for n in range(3)}
+    save_file(tensors, origin_root / "model.safetensors")
+    publish(origin_root, "64K")
+    path = origin_root / "model.safetensors"
+    good = path.read_bytes()
+    broken = tensor_map(path).tensors[1]
+    # The origin now serves a wrong byte in the middle of tensor 1 (its last block but one).
+    spoiled = bytearray(good)
+    spoiled[broken.end - BLOCK] ^= 0xFF
+    path.write_bytes(bytes(spoiled))
+    mountpoint, _ = mounter.mount(nginx_origin.url, "--retries", "1")
+    with open(mountpoint / "model.safetensors", "rb") as reader:
+        reader.seek(broken.start)
+        with pytest.raises(OSError) as failed:
+            reader.read(broken.end - broken.start)
+        assert failed.value.errno == 5
+        first = tensor_map(origin_root / "model.safetensors").tensors[0]
+        reader.seek(first.start)
+        assert reader.read(first.end - first.start) == good[first.start : first.end]
+    assert re.search(r"model\.safetensors.*(digest|verif)", mounter.log_text())
