@@ -86,9 +86,22 @@ def parse_tensor_map(path: str, head: bytes, file_size: int) -> TensorMap | Need
     return None
 
 
-def natural_key(name: str) -> tuple[str | int, ...]:
-    """Sorts ``layers.2`` before ``layers.10``, as loaders order tensor names."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+# Runs of ASCII digits: re.split puts them at the odd places of its list, the text between them
+# at the even ones, so two keys compare text with text and number with number.
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> tuple[str | tuple[int, str], ...]:
+    """Sorts ``layers.2`` before ``layers.10``, as loaders order tensor names. Any two names'
+    keys compare (a header's names are anyone's text); ``01`` and ``1`` are the same number."""
+    parts = _DIGIT_RUNS.split(name)
+    return tuple(_number_key(part) if index % 2 else part for index, part in enumerate(parts))
+
+
+def _number_key(digits: str) -> tuple[int, str]:
+    # A longer number is a larger one: no int(), which refuses names of over 4300 digits.
+    significant = digits.lstrip("0")
+    return len(significant), significant
 
 
 def _checked(header_end: int, tensors: Iterable[Tensor], file_size: int) -> TensorMap | None:
