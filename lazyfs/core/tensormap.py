@@ -108,7 +108,8 @@ def _checked(header_end: int, tensors: Iterable[Tensor], file_size: int) -> Tens
     ordered = sorted(tensors, key=lambda tensor: (tensor.start, tensor.end))
     previous_end = header_end
     for tensor in ordered:
-        if tensor.start < previous_end or tensor.end > file_size:
+        # A GGUF tensor that starts past the end of the file "ends" at it, before its start.
+        if tensor.start < previous_end or tensor.end < tensor.start or tensor.end > file_size:
             return None
         previous_end = max(previous_end, tensor.end)
     # Empty tensors hold no bytes: nothing to fetch for them.
