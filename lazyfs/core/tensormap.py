@@ -24,6 +24,9 @@ GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
 # Counts a GGUF header may claim before it is taken for garbage (each costs parse time).
 MAX_GGUF_ITEMS = 10_000_000
+# Arrays of arrays nested deeper than this are taken for garbage: no model nests them so, and
+# each level costs the parser a stack frame.
+MAX_GGUF_ARRAY_DEPTH = 32
 
 SAFETENSORS_SUFFIX = ".safetensors"
 GGUF_SUFFIX = ".gguf"
@@ -129,7 +132,7 @@ def parse_safetensors(head: bytes, file_size: int) -> TensorMap | NeedBytes | No
         return NeedBytes(header_end)
     try:
         document = json.loads(bytes(head[8:header_end]))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     if not isinstance(document, dict):
         return None
@@ -190,15 +193,19 @@ class _Cursor:
     def string(self) -> bytes:
         return self.take(self.unpack("<Q"))
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         if kind in _GGUF_SCALARS:
             return self.take(_GGUF_SCALARS[kind])
         if kind == _GGUF_STRING:
             return self.string()
-        if kind == _GGUF_ARRAY:
-            element = self.unpack("<I")
-            for _ in range(self.count()):
-                self.value(element)
+        if kind == _GGUF_ARRAY and depth < MAX_GGUF_ARRAY_DEPTH:
+            element, count = self.unpack("<I"), self.count()
+            if element in _GGUF_SCALARS:
+                # An array of numbers in one take: a tokenizer has a score per token.
+                self.take(count * _GGUF_SCALARS[element])
+            else:
+                for _ in range(count):
+                    self.value(element, depth + 1)
             return None
         raise _Malformed
 
