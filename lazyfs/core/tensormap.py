@@ -63,6 +63,8 @@ class TensorMap:
 
     def overlapping(self, start: int, end: int) -> list[Tensor]:
         """The tensors holding any byte of ``[start, end)``, in file order."""
+        if end <= start:
+            return []  # else the tensor holding ``start`` would be in it
         first = max(0, bisect.bisect_right(self._starts, start) - 1)
         last = bisect.bisect_left(self._starts, end)
         return [tensor for tensor in self.tensors[first:last] if tensor.end > start]
