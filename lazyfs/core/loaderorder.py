@@ -86,7 +86,7 @@ def index_shards(index_path: str, document: bytes) -> list[str] | None:
     beside it; None if it is not such an index or names a file outside its directory."""
     try:
         parsed = json.loads(document)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     weight_map = parsed.get("weight_map") if isinstance(parsed, dict) else None
     if not isinstance(weight_map, dict):
@@ -100,4 +100,5 @@ def index_shards(index_path: str, document: bytes) -> list[str] | None:
         if any(part in ("", ".", "..") for part in parts):
             return None
         shards.add(posixpath.join(directory, name))
-    return sorted(shards, key=natural_key)
+    # ``shard-01`` and ``shard-1`` have one key: their order comes from the names, not the set.
+    return sorted(shards, key=lambda path: (natural_key(path), path))

@@ -24,6 +24,9 @@ GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
 # Counts a GGUF header may claim before it is taken for garbage (each costs parse time).
 MAX_GGUF_ITEMS = 10_000_000
+# Arrays of arrays nested deeper than this are taken for garbage: no model nests them so, and
+# each level costs the parser a stack frame.
+MAX_GGUF_ARRAY_DEPTH = 32
 
 SAFETENSORS_SUFFIX = ".safetensors"
 GGUF_SUFFIX = ".gguf"
@@ -60,6 +63,8 @@ class TensorMap:
 
     def overlapping(self, start: int, end: int) -> list[Tensor]:
         """The tensors holding any byte of ``[start, end)``, in file order."""
+        if end <= start:
+            return []  # else the tensor holding ``start`` would be in it
         first = max(0, bisect.bisect_right(self._starts, start) - 1)
         last = bisect.bisect_left(self._starts, end)
         return [tensor for tensor in self.tensors[first:last] if tensor.end > start]
@@ -86,16 +91,30 @@ def parse_tensor_map(path: str, head: bytes, file_size: int) -> TensorMap | Need
     return None
 
 
-def natural_key(name: str) -> tuple[str | int, ...]:
-    """Sorts ``layers.2`` before ``layers.10``, as loaders order tensor names."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+# Runs of ASCII digits: re.split puts them at the odd places of its list, the text between them
+# at the even ones, so two keys compare text with text and number with number.
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> tuple[str | tuple[int, str], ...]:
+    """Sorts ``layers.2`` before ``layers.10``, as loaders order tensor names. Any two names'
+    keys compare (a header's names are anyone's text); ``01`` and ``1`` are the same number."""
+    parts = _DIGIT_RUNS.split(name)
+    return tuple(_number_key(part) if index % 2 else part for index, part in enumerate(parts))
+
+
+def _number_key(digits: str) -> tuple[int, str]:
+    # A longer number is a larger one: no int(), which refuses names of over 4300 digits.
+    significant = digits.lstrip("0")
+    return len(significant), significant
 
 
 def _checked(header_end: int, tensors: Iterable[Tensor], file_size: int) -> TensorMap | None:
     ordered = sorted(tensors, key=lambda tensor: (tensor.start, tensor.end))
     previous_end = header_end
     for tensor in ordered:
-        if tensor.start < previous_end or tensor.end > file_size:
+        # A GGUF tensor that starts past the end of the file "ends" at it, before its start.
+        if tensor.start < previous_end or tensor.end < tensor.start or tensor.end > file_size:
             return None
         previous_end = max(previous_end, tensor.end)
     # Empty tensors hold no bytes: nothing to fetch for them.
@@ -115,7 +134,7 @@ def parse_safetensors(head: bytes, file_size: int) -> TensorMap | NeedBytes | No
         return NeedBytes(header_end)
     try:
         document = json.loads(bytes(head[8:header_end]))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     if not isinstance(document, dict):
         return None
@@ -176,15 +195,19 @@ class _Cursor:
     def string(self) -> bytes:
         return self.take(self.unpack("<Q"))
 
-    def value(self, kind: int) -> Any:
+    def value(self, kind: int, depth: int = 0) -> Any:
         if kind in _GGUF_SCALARS:
             return self.take(_GGUF_SCALARS[kind])
         if kind == _GGUF_STRING:
             return self.string()
-        if kind == _GGUF_ARRAY:
-            element = self.unpack("<I")
-            for _ in range(self.count()):
-                self.value(element)
+        if kind == _GGUF_ARRAY and depth < MAX_GGUF_ARRAY_DEPTH:
+            element, count = self.unpack("<I"), self.count()
+            if element in _GGUF_SCALARS:
+                # An array of numbers in one take: a tokenizer has a score per token.
+                self.take(count * _GGUF_SCALARS[element])
+            else:
+                for _ in range(count):
+                    self.value(element, depth + 1)
             return None
         raise _Malformed
 
