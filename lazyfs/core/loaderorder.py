@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 from lazyfs.core.tensormap import Tensor, TensorMap, natural_key
 
 INDEX_SUFFIX = ".safetensors.index.json"
+# A loader has entered a tensor once it has read this much of it (or half of a smaller one):
+# the kernel's read-ahead runs up to two windows (1 MiB each, as lazyfs sets it) past where a
+# reader stops, into the next tensor, and that is not the loader wanting it.
+ENTERED_BYTES = 2 * 1024 * 1024 + 4096
+# Tensors whose bytes read so far are remembered (a few per loader thread).
+VISITS_REMEMBERED = 256
 # How far (in ranks) a read may land from the furthest one and still be in order: a layer's
 # tensors are read in module order, which is not their name order, by up to four threads.
 SLACK = 16
@@ -51,7 +59,7 @@ class LoaderOrder:
 
     def following(self, rank: int) -> Iterator[PlacedTensor]:
         """The tensors after ``rank``, in loader order."""
-        return iter(self.tensors[rank + 1 :])
+        return islice(self.tensors, rank + 1, None)
 
 
 @dataclass
@@ -79,6 +87,31 @@ class LoaderCursor:
         if self.run == 0:
             return 0
         return min(max_window, 1 << min(self.run - 1, 30))
+
+
+class TensorVisits:
+    """Which tensors of a model a loader has entered (see ``ENTERED_BYTES``)."""
+
+    def __init__(self) -> None:
+        # Bytes read of the tensors lately read, by key; -1 once entered.
+        self._read: OrderedDict[Hashable, int] = OrderedDict()
+
+    def read(self, key: Hashable, size: int, count: int) -> bool:
+        """``count`` more bytes of the tensor ``key`` (``size`` bytes) were read: whether that
+        made the loader enter it."""
+        done = self._read.get(key, 0)
+        if done < 0:
+            return False
+        done += count
+        entered = done >= min(ENTERED_BYTES, (size + 1) // 2)
+        self._read[key] = -1 if entered else done
+        self._read.move_to_end(key)
+        if len(self._read) > VISITS_REMEMBERED:
+            self._read.popitem(last=False)
+        return entered
+
+    def entered(self, key: Hashable) -> bool:
+        return self._read.get(key) == -1
 
 
 def index_shards(index_path: str, document: bytes) -> list[str] | None:

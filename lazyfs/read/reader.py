@@ -189,9 +189,10 @@ class BlockReader:
         if pattern is not None and self.ahead is not None:
             first, last = plan[0].index, plan[-1].index
             ahead = pattern.record(first, last, self.max_window)
-            self.ahead.follow(pattern, entry, first, last, ahead)
             if self.tensors is not None:
                 self.tensors.follow(entry, offset, length)
+                ahead = self.tensors.plain_window(entry, offset + length, ahead)
+            self.ahead.follow(pattern, entry, first, last, ahead)
         return await self._read_plan(entry, plan)
 
     async def read_range(self, entry: FileEntry, offset: int, length: int) -> Buffer:

@@ -2,13 +2,13 @@
 
 A ``.safetensors`` or ``.gguf`` file's tensor map (``core.tensormap``) is read once, from the
 verified blocks that hold its header, when the file is first opened; opening a sharded model's
-``*.safetensors.index.json`` reads every shard's. From then on a read inside a tensor starts
-fetching the rest of that tensor's blocks at a demand fetch's priority (a loader touching a
-tensor's first page will want all of it), and once a loader has read two tensors in loader
-order (``core.loaderorder``: natural name order, across shards) the next tensors in that order
-are read ahead, behind any demand fetch. Both go through ``ReadAhead``, so they share its
-mount-wide budget (a tensor larger than the budget is fetched in a sliding window as it is
-read) and its single flight with readers.
+``*.safetensors.index.json`` reads every shard's. From then on, once a loader has entered a
+tensor (read a little of it: ``core.loaderorder.TensorVisits``), the rest of that tensor's
+blocks are fetched at a demand fetch's priority (a loader in a tensor will want all of it),
+and once it has entered two tensors in loader order (natural name order, across shards) the
+next tensors in that order are read ahead, behind any demand fetch. Both go through
+``ReadAhead``, so they share its mount-wide budget (a tensor larger than the budget is fetched
+in a sliding window as it is read) and its single flight with readers.
 
 A map only changes which blocks are asked for, never how they are verified; a file whose
 header does not parse is read as plain blocks.
@@ -31,6 +31,7 @@ from lazyfs.core.loaderorder import (
     LoaderCursor,
     LoaderOrder,
     PlacedTensor,
+    TensorVisits,
     index_shards,
 )
 from lazyfs.core.manifest import FileEntry
@@ -55,6 +56,8 @@ MAX_TENSORS_AHEAD = 256
 # An index larger than this is not a safetensors index anyone wrote.
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
+# Where a map is being read: what a file's header holds is not known yet.
+_LOADING = TensorMap(0, ())
 # Reads ``length`` bytes of a file at ``offset``, verified (no read-ahead of its own).
 ReadRange = Callable[[FileEntry, int, int], Awaitable[Buffer]]
 # A file of the mount by path, as the reader knows it now; None if there is none.
@@ -68,10 +71,10 @@ class ModelGroup:
 
     order: LoaderOrder
     cursor: LoaderCursor = field(default_factory=LoaderCursor)
-    # The last read seen: (path, start of the tensor it began in and of the one it ended in,
-    # its last block); more reads of the same blocks change nothing.
-    last_read: tuple[str, int, int, int] = ("", -1, -1, -1)
-    window: int = 0
+    visits: TensorVisits = field(default_factory=TensorVisits)
+    # The file and block of the last read that fetched the rest of its tensor: more reads
+    # in the same block change nothing.
+    last_read: tuple[str, int] = ("", -1)
 
 
 class TensorReads:
@@ -179,6 +182,26 @@ class TensorReads:
                 self.groups[path] = group
         return [shard for shard in entries if shard.path in maps]
 
+    def plain_window(self, entry: FileEntry, end: int, ahead: range) -> range:
+        """The blocks ``ahead`` that a sequential read ending at ``end`` may fetch in a model
+        file: none past the tensor it ends in (the loader may want another one next, and the
+        rest of this one is fetched already), none in a tensor the loader has not entered,
+        none after a read of the header (a loader reads it, then jumps to the tensors it
+        wants)."""
+        if not has_tensor_map(entry.path):
+            return ahead
+        found = self.maps.get(entry.path, _LOADING)
+        if found is None:
+            return ahead
+        if found is _LOADING or end <= found.header_end:
+            return range(0)
+        tensor = found.at(end - 1)
+        if tensor is None:
+            return ahead
+        if not self.groups[entry.path].visits.entered((entry.path, tensor.start)):
+            return range(0)  # the kernel's read-ahead brushing the next tensor
+        return range(ahead.start, min(ahead.stop, (tensor.end - 1) // self.block_size + 1))
+
     def follow(self, entry: FileEntry, offset: int, length: int) -> None:
         """A reader read ``[offset, offset + length)`` of ``entry``: fetch the rest of the
         tensor it is in, and the next tensors in loader order once it reads in that order."""
@@ -190,25 +213,32 @@ class TensorReads:
         tensors = found.overlapping(offset, end)
         if not tensors:
             return
-        # The loader is in the tensor the read starts in; reading goes on in the one it ends
-        # in (a page-aligned read, or the kernel's own read-ahead, runs into the next one).
-        current, continuing = tensors[0], tensors[-1]
+        # The rest of a tensor is fetched once the loader has entered it, and the next ones
+        # once it enters them in loader order; the kernel's own read-ahead only brushes them.
+        entered = [
+            tensor
+            for tensor in tensors
+            if group.visits.read(
+                (entry.path, tensor.start),
+                tensor.end - tensor.start,
+                min(end, tensor.end) - max(offset, tensor.start),
+            )
+        ]
+        continuing = tensors[-1]
         block = (end - 1) // self.block_size
-        read = (entry.path, current.start, continuing.start, block)
-        if group.last_read == read:
-            return
-        new_tensor = group.last_read[:2] != read[:2]
-        group.last_read = read
-        self.ahead.expire()
-        # Not the tensors before the one it ends in: the loader has done with those.
-        self.ahead.fetch(group, entry, self._blocks(continuing, block), urgent=True)
-        rank = group.order.rank(entry.path, current)
-        if rank is None:
-            return
-        if new_tensor:
-            group.window = group.cursor.record(rank, MAX_TENSORS_AHEAD)
-        if group.window:
-            self._read_ahead(group, rank, group.window)
+        if group.last_read != (entry.path, block) and group.visits.entered(
+            (entry.path, continuing.start)
+        ):
+            group.last_read = (entry.path, block)
+            self.ahead.expire()
+            self.ahead.fetch(group, entry, self._blocks(continuing, block), urgent=True)
+        for tensor in entered:
+            rank = group.order.rank(entry.path, tensor)
+            if rank is None:
+                continue
+            window = group.cursor.record(rank, MAX_TENSORS_AHEAD)
+            if window:
+                self._read_ahead(group, rank, window)
 
     def _blocks(self, tensor: Tensor, block: int) -> range:
         """The tensor's blocks, at most a window of them past ``block``, where it is read."""

@@ -81,36 +81,47 @@ def settled(mountpoint: Path) -> bool:
     return report["fetches_in_flight"] == 0
 
 
+def read_exactly(path: Path, offset: int, length: int) -> bytes:
+    """``length`` bytes at ``offset``, the kernel reading no more than asked (its own
+    read-ahead would run on past them)."""
+    with open(path, "rb", buffering=0) as reader:
+        os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        return os.pread(reader.fileno(), length, offset)
+
+
 @pytest.mark.parametrize("tensor_aware", [True, False])
-def test_a_read_inside_a_tensor_fetches_exactly_that_tensors_blocks(
+def test_a_loader_in_a_tensor_gets_exactly_that_tensors_blocks_fetched(
     origin_root: Path, nginx_origin: Origin, mounter: Mounter, tensor_aware: bool
 ) -> None:
     rng = np.random.default_rng(3)
     tensors = {f"t{n}": rng.standard_normal(150_000, dtype=np.float32) for n in range(4)}
     save_file(tensors, origin_root / "model.safetensors")
     publish(origin_root, "64K")
+    local = (origin_root / "model.safetensors").read_bytes()
     found = tensor_map(origin_root / "model.safetensors")
-    flag = "--tensor-aware" if tensor_aware else "--no-tensor-aware"
-    mountpoint, _ = mounter.mount(nginx_origin.url, flag)
+    flags = ["--tensor-aware"] if tensor_aware else ["--no-tensor-aware", "--read-ahead", "0"]
+    mountpoint, _ = mounter.mount(nginx_origin.url, *flags)
+    path = mountpoint / "model.safetensors"
     wanted = found.tensors[2]
-    with open(mountpoint / "model.safetensors", "rb") as reader:
-        # Opening reads the header (block 0) in the background when tensor-aware.
-        if tensor_aware:
-            assert wait_until(lambda: 0 in fetched(nginx_origin, "model.safetensors"))
-        nginx_origin.clear_log()
-        reader.seek(wanted.start)
-        assert (
-            reader.read(4096)
-            == (origin_root / "model.safetensors").read_bytes()[wanted.start : wanted.start + 4096]
-        )
-        assert wait_until(lambda: settled(mountpoint))
-        got = set(fetched(nginx_origin, "model.safetensors"))
+    # A touch of one page is no loader in the tensor (the kernel's read-ahead touches the
+    # next tensor that much): only that page's block.
+    assert read_exactly(path, wanted.start, 4096) == local[wanted.start : wanted.start + 4096]
+    assert wait_until(lambda: settled(mountpoint))
+    header = {0} if tensor_aware else set()
+    assert set(fetched(nginx_origin, "model.safetensors")) == header | {wanted.start // BLOCK}
+    # Reading on into it, past half of it: now the rest of its blocks come at once, and no
+    # block of any other tensor.
+    part = (wanted.end - wanted.start) // 2 + 16 * KIB
+    assert read_exactly(path, wanted.start, part) == local[wanted.start : wanted.start + part]
+    assert wait_until(lambda: settled(mountpoint))
+    got = set(fetched(nginx_origin, "model.safetensors")) - {0}
+    read = set(range(wanted.start // BLOCK, (wanted.start + part - 1) // BLOCK + 1))
     if tensor_aware:
         assert got == blocks_of(wanted)
     else:
-        # Model-blind: only the blocks the kernel's reads touched, a fraction of the tensor.
-        assert got < blocks_of(wanted)
-        assert wanted.start // BLOCK in got
+        # Model-blind (and no read-ahead): only the blocks read.
+        assert got == read
+    assert read < blocks_of(wanted)
 
 
 def test_read_ahead_follows_loader_order_across_shards(

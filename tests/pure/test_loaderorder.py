@@ -11,13 +11,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lazyfs.core.loaderorder import (
+    ENTERED_BYTES,
     SLACK,
+    VISITS_REMEMBERED,
     LoaderCursor,
     LoaderOrder,
     PlacedTensor,
+    TensorVisits,
     index_shards,
 )
 from lazyfs.core.tensormap import Tensor, TensorMap
+
+MIB = 1024 * 1024
 
 
 def tensor_map(*names: str) -> TensorMap:
@@ -211,3 +216,28 @@ def test_what_is_no_index_gives_no_shards(document: bytes) -> None:
 
 def test_an_index_of_no_weights_names_no_shards() -> None:
     assert index_shards("model.safetensors.index.json", index({})) == []
+
+
+def test_a_tensor_is_entered_once_two_kernel_windows_of_it_are_read_or_half_a_small_one() -> None:
+    visits = TensorVisits()
+    big, small = ("a", 0), ("b", 0)
+    # Two kernel read-ahead windows into a large tensor are not a loader in it...
+    assert not visits.read(big, 100 * MIB, MIB)
+    assert not visits.read(big, 100 * MIB, MIB)
+    assert not visits.entered(big)
+    # ...a page more is, once.
+    assert visits.read(big, 100 * MIB, ENTERED_BYTES - 2 * MIB)
+    assert visits.entered(big)
+    assert not visits.read(big, 100 * MIB, MIB)
+    # A small tensor: half of it.
+    assert not visits.read(small, 1000, 499)
+    assert visits.read(small, 1000, 1)
+
+
+def test_visits_forget_the_oldest_tensors_beyond_their_bound() -> None:
+    visits = TensorVisits()
+    for number in range(VISITS_REMEMBERED + 1):
+        visits.read(number, 1000, 10)
+    # Tensor 0 was forgotten: its 10 bytes no longer count towards its half.
+    assert not visits.read(0, 1000, 490)
+    assert visits.read(VISITS_REMEMBERED, 1000, 490)

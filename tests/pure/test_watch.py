@@ -60,7 +60,9 @@ def test_status_summary_reads_as_text() -> None:
     lines = describe_status(report(new_counter=7))
     assert lines[:2] == [" 50%    2.0 KiB  a.bin", "100%        0 B  empty"]
     assert lines[2] == "cache: 1 blocks, 1.0 KiB of 1.0 GiB"
-    assert lines[3].startswith("reads: 0 requests, 3 blocks fetched (3.0 KiB), 0 from the disk cache")
+    assert lines[3].startswith(
+        "reads: 0 requests, 3 blocks fetched (3.0 KiB), 0 from the disk cache"
+    )
     assert lines[4].startswith("read-ahead: 0 B of 0 B in use")
     assert lines[5].startswith("failures: 0 fetched blocks did not verify")
     assert "0 skipped (slow disk)" in lines[5]
