@@ -8,17 +8,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from lazyfs.core.loaderorder import INDEX_SUFFIX
 from lazyfs.core.tensormap import Tensor, TensorMap, natural_key, parse_tensor_map
+from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import Mounter, lazyfs, publish
 from tests.origins import Origin, start_nginx_origin
 from tests.waiting import wait_until
@@ -172,36 +174,78 @@ def test_read_ahead_follows_loader_order_across_shards(
     )
 
 
-def test_a_model_loads_exactly_from_four_page_faulting_threads_on_two_shards(
+# Loads every tensor of the model at argv[1] (shards mapped, as safe_open does) from four
+# threads, comparing each with the copy at argv[2]; exit 3 on a wrong byte.
+FOUR_THREAD_LOADER = """
+import sys, threading
+import numpy as np
+from safetensors import safe_open
+mounted, local, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+wrong, failed = [], []
+def load(part):
+    try:
+        for entry in names[part::4]:
+            shard, name = entry.split(":")
+            with safe_open(f"{local}/{shard}", "numpy") as want:
+                expected = want.get_tensor(name)
+            with safe_open(f"{mounted}/{shard}", "numpy") as got:
+                if not np.array_equal(got.get_tensor(name), expected):
+                    wrong.append(name)
+    except Exception as exc:
+        failed.append(repr(exc))
+threads = [threading.Thread(target=load, args=(part,)) for part in range(4)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+print(failed, file=sys.stderr)
+sys.exit(3 if wrong else 1 if failed else 0)
+"""
+
+
+def load_in_four_threads(
+    mountpoint: Path, local: Path, weight_map: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    names = [f"{weight_map[name]}:{name}" for name in sorted(weight_map, key=natural_key)]
+    return subprocess.run(
+        [sys.executable, "-c", FOUR_THREAD_LOADER, str(mountpoint), str(local), *names],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_page_faults_through_a_hostile_origin_load_exact_bytes(
     origin_root: Path, nginx_origin: Origin, mounter: Mounter
 ) -> None:
     weight_map = write_sharded_model(origin_root, layers=12)
     publish(origin_root, "64K")
-    mountpoint, _ = mounter.mount(nginx_origin.url, "--deadline", "30")
-    names = sorted(weight_map, key=natural_key)
-    failures: list[str] = []
+    faults = Faults(flip=0.1, reset=0.05, status_503=0.05, truncate=0.05, ignore_range=0.05)
+    with fault_proxy(nginx_origin.url, faults, seed=12) as proxy:
+        mountpoint, _ = mounter.mount(proxy.url, "--retries", "8", "--timeout", "2")
+        result = load_in_four_threads(mountpoint, origin_root, weight_map, timeout=240)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert sum(proxy.injected.values()) > 0
 
-    def load(part: int) -> None:
-        # safe_open maps the file: every first touch of a tensor is a page fault.
+
+def test_a_page_fault_on_a_stalled_origin_fails_within_the_deadline_and_never_hangs(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    weight_map = write_sharded_model(origin_root)
+    publish(origin_root, "64K")
+    with fault_proxy(nginx_origin.url) as proxy:
+        mountpoint, _ = mounter.mount(proxy.url, "--deadline", "2", "--timeout", "1")
+        # Shard 2's tensors never come: a loader faulting on them gets EIO (SIGBUS on a
+        # mapping) once the deadline has passed, not a hang; shard 1's load on.
+        proxy.hold(
+            lambda path, range_header: path.endswith(SHARDS[1]) and range_header != "bytes=0-65535"
+        )
         try:
-            for name in names[part::4]:
-                shard = weight_map[name]
-                with (
-                    safe_open(str(mountpoint / shard), "numpy") as mounted,
-                    safe_open(str(origin_root / shard), "numpy") as local,
-                ):
-                    if not np.array_equal(mounted.get_tensor(name), local.get_tensor(name)):
-                        failures.append(name)
-        except Exception as exc:
-            failures.append(repr(exc))
-
-    threads = [threading.Thread(target=load, args=(part,)) for part in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a page fault hung"
-    assert failures == []
+            result = load_in_four_threads(mountpoint, origin_root, weight_map, timeout=60)
+        finally:
+            proxy.release_held()
+        assert result.returncode in (-signal.SIGBUS, 1), result.stderr[-2000:]
+        # The mount still serves shard 1 exactly, and shard 2 too once its origin answers.
+        assert load_in_four_threads(mountpoint, origin_root, weight_map, 120).returncode == 0
 
 
 def test_prefetch_goes_in_loader_order_after_the_headers(
