@@ -25,6 +25,8 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -75,6 +77,28 @@ class ConnectionPool:
         # Where a URL redirected to lately (a hub's signed CDN URL), and until when to go
         # there directly: one round trip per block instead of two.
         self._redirects: dict[str, tuple[str, float]] = {}
+        # URLs whose redirect one thread is finding out now; the others wait for it.
+        self._resolving: dict[str, threading.Event] = {}
+
+    @contextmanager
+    def resolving(self, url: str) -> Iterator[None]:
+        """Ask ``url`` itself (no redirect remembered) one thread at a time: the first
+        fetches of a hub file's blocks, many at once, cost one trip to the hub, not one
+        each. A thread that waits longer than a connect timeout goes ahead anyway."""
+        with self._lock:
+            running = self._resolving.get(url)
+            if running is None:
+                mine = self._resolving[url] = threading.Event()
+        if running is not None:
+            running.wait(self.timeouts.connect)
+            yield
+            return
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._resolving[url]
+            mine.set()
 
     def redirect_for(self, url: str) -> str | None:
         with self._lock:
@@ -251,21 +275,39 @@ def _get_range_via_redirects(
     watchdog: _Watchdog,
 ) -> RangeBody:
     """Go straight to where ``url`` redirected lately, if anywhere; if that fails in any
-    way, forget it and ask ``url`` again."""
+    way, forget it and ask ``url`` again. Not known yet: find out, one thread at a time."""
     target = pool.redirect_for(url)
-    if target is not None:
-        # Headers are for url's own origin only, as when following the redirect.
-        try:
-            return _get_range(
-                pool, target, start, length, headers if same_origin(target, url) else None, watchdog
-            )
-        except SourceError:
-            if watchdog.fired:
-                raise
-            pool.forget_redirect(url)
+    if target is None:
+        with pool.resolving(url):
+            target = pool.redirect_for(url)
+            if target is None:
+                return _get_range_and_remember(pool, url, start, length, headers, watchdog)
+    if target == url:
+        # It answers itself (a published origin): nothing to fall back to.
+        return _get_range(pool, url, start, length, headers, watchdog)
+    # Headers are for url's own origin only, as when following the redirect.
+    try:
+        return _get_range(
+            pool, target, start, length, headers if same_origin(target, url) else None, watchdog
+        )
+    except SourceError:
+        if watchdog.fired:
+            raise
+        pool.forget_redirect(url)
+    return _get_range_and_remember(pool, url, start, length, headers, watchdog)
+
+
+def _get_range_and_remember(
+    pool: ConnectionPool,
+    url: str,
+    start: int,
+    length: int,
+    headers: dict[str, str] | None,
+    watchdog: _Watchdog,
+) -> RangeBody:
     body = _get_range(pool, url, start, length, headers, watchdog)
-    if body.url != url:
-        pool.remember_redirect(url, body.url)
+    # Also where it did not redirect: the next fetches need not ask one at a time.
+    pool.remember_redirect(url, body.url)
     return body
 
 

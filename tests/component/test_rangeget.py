@@ -613,6 +613,9 @@ def test_several_stale_idle_connections_are_all_replaced(pool: ConnectionPool) -
     must still succeed."""
     with Server(then=delayed(0.2, partial), idle_timeout=0.2) as server:
         url = server.url + "/w.bin"
+        # The first read finds out that the URL answers itself (reads wait for that); its
+        # connection is reused by one of the next two.
+        get_range(pool, url, 30, 10)
         threads = [threading.Thread(target=get_range, args=(pool, url, s, 10)) for s in (0, 10)]
         for thread in threads:
             thread.start()
@@ -952,6 +955,28 @@ def test_a_redirect_is_remembered_so_later_blocks_go_straight_there(
         "bytes=200-209",
     ]
     assert not [r for r in cdn.requests if "authorization" in r.headers]
+
+
+def test_concurrent_first_reads_ask_the_redirecting_url_once(pool: ConnectionPool) -> None:
+    with (
+        Server(then=partial) as cdn,
+        Server(then=delayed(0.2, redirect(cdn.url + "/w.bin"))) as origin,
+    ):
+        starts = range(0, 800, 100)
+        bodies: dict[int, bytes] = {}
+
+        def read(start: int) -> None:
+            bodies[start] = bytes(get_range(pool, origin.url + "/w.bin", start, 10).data)
+
+        threads = [threading.Thread(target=read, args=(start,)) for start in starts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert bodies == {start: DATA[start : start + 10] for start in starts}
+    # One trip to the hub for the redirect; every block from the CDN.
+    assert len(origin.requests) == 1
+    assert len(cdn.requests) == len(starts)
 
 
 def test_a_remembered_redirect_that_fails_is_forgotten(pool: ConnectionPool) -> None:

@@ -65,12 +65,15 @@ def entry(path: str, data: bytes) -> FileEntry:
 
 
 class FakeReader:
-    """What LazyFS asks of its BlockReader: the block size, and reads."""
+    """What LazyFS asks of its BlockReader: the block size, opens, and reads."""
 
     block_size = BLOCK
 
     def __init__(self) -> None:
         self.fails_with: BaseException | None = None
+
+    def opened(self, entry: FileEntry) -> None:
+        return None
 
     async def read(self, entry: FileEntry, offset: int, size: int, pattern: object) -> bytes:
         if self.fails_with is not None:
