@@ -206,6 +206,10 @@ class TensorReads:
         """A reader read ``[offset, offset + length)`` of ``entry``: fetch the rest of the
         tensor it is in, and the next tensors in loader order once it reads in that order."""
         found = self.maps.get(entry.path)
+        if found is None and entry.path in self._loading:
+            # Its header is on the way (read at open): count this read once it is here.
+            self._background.start_soon(self._guarded, self._follow_later(entry, offset, length))
+            return
         if found is None or length <= 0:
             return
         group = self.groups[entry.path]
@@ -239,6 +243,10 @@ class TensorReads:
             window = group.cursor.record(rank, MAX_TENSORS_AHEAD)
             if window:
                 self._read_ahead(group, rank, window)
+
+    async def _follow_later(self, entry: FileEntry, offset: int, length: int) -> None:
+        if await self.map_of(entry) is not None:
+            self.follow(entry, offset, length)
 
     def _blocks(self, tensor: Tensor, block: int) -> range:
         """The tensor's blocks, at most a window of them past ``block``, where it is read."""

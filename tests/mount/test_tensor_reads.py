@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -178,6 +179,7 @@ def test_read_ahead_follows_loader_order_across_shards(
 # threads, comparing each with the copy at argv[2]; exit 3 on a wrong byte.
 FOUR_THREAD_LOADER = """
 import sys, threading
+import gguf
 import numpy as np
 from safetensors import safe_open
 mounted, local, names = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -277,6 +279,37 @@ def test_prefetch_goes_in_loader_order_after_the_headers(
     assert sorted(asked) == list(range(len(expected)))
     # Four workers finish out of order, but never far from the order they were handed.
     assert all(position >= max(asked[:at], default=0) - 8 for at, position in enumerate(asked))
+
+
+def test_a_gguf_file_reads_as_llama_cpp_maps_it_and_its_tensors_are_fetched_whole(
+    origin_root: Path, nginx_origin: Origin, mounter: Mounter
+) -> None:
+    rng = np.random.default_rng(11)
+    writer = gguf.GGUFWriter(origin_root / "model.gguf", "llama")
+    writer.add_block_count(3)
+    writer.add_token_list([f"token{n}" for n in range(500)])
+    for layer in range(3):
+        writer.add_tensor(f"blk.{layer}.ffn.weight", rng.standard_normal((300, 300), np.float32))
+        writer.add_tensor(f"blk.{layer}.norm.weight", rng.standard_normal(300).astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    publish(origin_root, "64K")
+    found = tensor_map(origin_root / "model.gguf")
+    mountpoint, _ = mounter.mount(nginx_origin.url)
+    # A loader in the middle tensor: all of its blocks come, nothing of the others'.
+    wanted = next(t for t in found.tensors if t.name == "blk.1.ffn.weight")
+    part = (wanted.end - wanted.start) // 2 + 16 * KIB
+    read_exactly(mountpoint / "model.gguf", wanted.start, part)
+    assert wait_until(lambda: settled(mountpoint))
+    assert set(fetched(nginx_origin, "model.gguf")) - {0, 1} == blocks_of(wanted) - {0, 1}
+    # Mapped and read through front to back as llama.cpp does: every tensor exact.
+    mounted = gguf.GGUFReader(mountpoint / "model.gguf")
+    local = gguf.GGUFReader(origin_root / "model.gguf")
+    assert [t.name for t in mounted.tensors] == [t.name for t in local.tensors]
+    for got, want in zip(mounted.tensors, local.tensors, strict=True):
+        assert np.array_equal(got.data, want.data), got.name
 
 
 def test_a_file_whose_header_is_not_one_is_read_as_plain_blocks(
