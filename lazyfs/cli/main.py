@@ -257,7 +257,9 @@ def wait(mountpoint: Path, paths: tuple[str, ...], timeout: float) -> None:
 @reports_errors
 def prefetch(mountpoint: Path, paths: tuple[str, ...], cancel: bool) -> None:
     """Fetch and verify PATHS (files or directories; default: everything) of a live mount
-    into its cache, with progress, until the daemon has done all of it.
+    into its cache, with progress, until the daemon has done all of it. Model files go
+    headers first, then tensors in the order loaders want them, always behind reads: a
+    loader started meanwhile finds its next tensors already verified.
 
     Exit 0 once every byte is verified and cached; 5 if files could not be fetched and
     verified, 6 if the cache did not keep them all (a selection larger than --cache-size,
