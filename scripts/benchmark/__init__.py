@@ -1,14 +1,20 @@
 """The benchmark behind scripts/bench: lazyfs against curl, download-then-read, rclone mount,
-the local disk and a minimal pyfuse3 passthrough, on one machine, with nginx on 127.0.0.1 as the
-origin for everyone.
+the local disk and a minimal pyfuse3 passthrough, and models loaded from lazyfs against
+downloading them first, on one machine, with nginx on 127.0.0.1 as the origin for everyone.
 
-- ``subjects``: what is read from (a lazyfs mount, an rclone mount, curl, a download, the local
-  disk, the passthrough of ``passthrough``), each a context manager that gives a path or a URL
-  and stops what it started;
-- ``workloads``: how it is read (sequential cold/hot/warm, time to first tensor, first MiB,
-  random preads, hashing, many readers, startup), each declaring the metrics it records, their
-  units and table rows;
-- ``goals``: issue 11's goals, each a metric, a reference and a threshold;
+- ``subjects``: what is read from (a lazyfs mount with or without --tensor-aware, an rclone
+  mount, curl, a download of a file or of a whole repository, the local disk, the passthrough
+  of ``passthrough``), each a context manager that gives a path or a URL and stops what it
+  started;
+- ``workloads`` (on ``workload``, the base): how it is read (sequential cold/hot/warm, time to
+  first tensor, first MiB, random preads, hashing, many readers, startup), each declaring the
+  metrics it records, their units and table rows;
+- ``modelworkloads``: issue 12's, models loaded as their users load them (transformers,
+  safetensors, a GGUF reader, sentence-transformers), each load in a process of its own
+  (``modelload``, driven by ``modeljob``), of models written once with random weights
+  (``models``, ``modelmake``); torch and the rest come from the ``bench`` extra, which
+  scripts/bench installs and the tests never need;
+- ``goals``: issue 11's and issue 12's goals, each a metric, a reference and a threshold;
 - ``harness``: runs every workload on each of its subjects --runs times, into ``Results``;
 - ``render``: results (JSON) to the tables and to docs/performance.md.
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from scripts.benchmark import __doc__ as package_doc
 from scripts.benchmark.commands import StepError, one_line, progress
 from scripts.benchmark.harness import benchmark
+from scripts.benchmark.modelworkloads import MODEL_RUNS
 from scripts.benchmark.render import DOC, DOC_RESULTS, publish, summary
 from scripts.benchmark.results import Results, ResultsError
 from scripts.benchmark.stage import Stage
@@ -29,21 +30,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--work", default="/tmp/lazyfs-bench", help="work directory")
-    parser.add_argument("--runs", type=int, help="runs per measurement (default 3; 1 --quick)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        help=f"runs per measurement (default 3; 1 --quick; model workloads: at most {MODEL_RUNS})",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="one run, a 512 MiB file, a 256M model and 8 x 32 MiB shards: a smoke run",
+        help="one run, a 512 MiB file, a 256M model, 8 x 32 MiB shards and small models "
+        "(a 0.2 GB Llama in 2 shards, a 0.1 GB GGUF): a smoke run",
     )
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help="regenerate the test files even if the work dir has them",
+        help="regenerate the test files and the models even if the work dir has them",
     )
     parser.add_argument(
         "--keep-data",
         action="store_true",
-        help="keep the generated files in the work dir for the next run",
+        help="keep the generated files in the work dir for the next run (the models in "
+        "WORK/models are always kept)",
     )
     parser.add_argument(
         "--render",

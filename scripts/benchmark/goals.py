@@ -1,6 +1,7 @@
-"""Issue 11's goals, each declared once: a metric, what it is held against (another series of
-the metric, as a ratio, or a fixed threshold in the metric's unit), and the threshold. The
-goals table in the summary and in docs/performance.md is rendered from these and nothing else.
+"""Issue 11's and issue 12's goals, each declared once: a metric, what it is held against
+(another series of the metric, as a ratio, or a fixed threshold in the metric's unit), and the
+threshold. The goals table in the summary and in docs/performance.md is rendered from these and
+nothing else.
 """
 
 from __future__ import annotations
@@ -8,8 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scripts.benchmark.metrics import Metric, Series
+from scripts.benchmark.modelworkloads import (
+    ALLOWANCE,
+    FIRST_TENSOR,
+    FIRST_TENSOR_FETCHED,
+    HOT_SHARE_GOAL,
+    LLAMA_COLD,
+    LLAMA_HOT_SHARE,
+    LLAMA_WARM,
+    LOCAL_LOAD,
+    SHARD_THEN_READ,
+    SLOWER_OF,
+    THEN_LOAD,
+)
 from scripts.benchmark.results import Results
 from scripts.benchmark.stage import RANDOM_4K, SHARDS
+from scripts.benchmark.workload import THROUGH_PASSTHROUGH, THROUGH_RCLONE
 from scripts.benchmark.workloads import (
     HASHING,
     HASHLIB,
@@ -24,8 +39,6 @@ from scripts.benchmark.workloads import (
     SEQ_WARM,
     STARTUP_MOUNT,
     STARTUP_STATUS,
-    THROUGH_PASSTHROUGH,
-    THROUGH_RCLONE,
 )
 
 
@@ -41,6 +54,8 @@ class Goal:
     reference: Series | None = None
     strict: bool = False
     series: Series | None = None  # the side measured; the metric's first series if None
+    against: str = ""  # how the text names the reference, if not "LABEL's"
+    issue: int = 11
 
     @property
     def measured(self) -> Series:
@@ -52,8 +67,13 @@ class Goal:
         if self.reference is not None:
             if unit.higher_is_better:
                 return f"{self.what} ≥ {self.threshold:g}x {self.reference.label}"
-            scale = "" if self.threshold == 1 else f" / {self.threshold:g}"
-            return f"{self.what} ≤ {self.reference.label}'s{scale}"
+            label = self.reference.label
+            if self.threshold < 1:  # at most N times the reference
+                return f"{self.what} ≤ {1 / self.threshold:g}x {self.against or label}"
+            against = self.against or f"{label}'s"
+            if self.threshold > 1:
+                return f"{self.what} ≤ 1/{self.threshold:g} of {against}"
+            return f"{self.what} ≤ {against}"
         if self.threshold == 0 and not unit.higher_is_better:
             return f"{self.what} = 0"
         if unit.higher_is_better:
@@ -103,14 +123,54 @@ GOALS: tuple[Goal, ...] = (
     Goal("`lazyfs mount` until live", STARTUP_MOUNT, 0.4),
     Goal("`lazyfs status`", STARTUP_STATUS, 0.2),
     Goal("`lazyfs manifest build`", HASHING, 0.9, HASHLIB[1], series=MANIFEST_BUILD),
+    # issue 12: loading models
+    Goal(
+        "cold Llama load",
+        LLAMA_COLD,
+        1.0,
+        THEN_LOAD,
+        against="curl every file, then load",
+        issue=12,
+    ),
+    Goal(
+        "cold Llama load",
+        LLAMA_COLD,
+        1 / 1.4,
+        SLOWER_OF,
+        against="max(download, local load)",
+        issue=12,
+    ),
+    Goal(
+        "first tensor",
+        FIRST_TENSOR,
+        50,
+        SHARD_THEN_READ,
+        against="curl of the shard, then the read",
+        issue=12,
+    ),
+    Goal(
+        "first tensor: data fetched",
+        FIRST_TENSOR_FETCHED,
+        1.0,
+        ALLOWANCE,
+        against="the tensor + 2 blocks + 1 MiB",
+        issue=12,
+    ),
+    Goal("warm Llama load", LLAMA_WARM, 1 / 1.2, LOCAL_LOAD, against="the local load", issue=12),
+    Goal(
+        "hot Llama load: FUSE reads, % of the cold load's",
+        LLAMA_HOT_SHARE,
+        HOT_SHARE_GOAL,
+        issue=12,
+    ),
 )
 
 
 def goals_table(results: Results) -> str:
     """Labels are written for tables already (curl \\| openssl)."""
-    lines = ["| goal | measured | reached |", "|---|---|---|"]
+    lines = ["| issue | goal | measured | reached |", "|---|---|---|---|"]
     for goal in GOALS:
         measured, reached = goal.judge(results)
         verdict = {True: "yes", False: "no", None: "-"}[reached]
-        lines.append(f"| {goal.text} | {measured} | {verdict} |")
+        lines.append(f"| {goal.issue} | {goal.text} | {measured} | {verdict} |")
     return "\n".join(lines)

@@ -19,7 +19,8 @@ from scripts.benchmark.reads import size_label
 from scripts.benchmark.results import Parameters, Results, StepRecorder
 from scripts.benchmark.stage import Stage
 from scripts.benchmark.subjects import SUBJECTS, Subject
-from scripts.benchmark.workloads import WORKLOADS, Workload
+from scripts.benchmark.workload import Workload
+from scripts.benchmark.workloads import WORKLOADS
 
 
 def benchmark(stage: Stage, runs: int, command: str) -> Results:
@@ -43,11 +44,12 @@ def benchmark(stage: Stage, runs: int, command: str) -> Results:
                 tensor=stage.tensor,
                 first_mib_offset=stage.first_mib.offsets[0] if stage.first_mib else 0,
                 shard=size_label(stage.shard_size),
+                **stage.models.describe(),
             ),
         )
         for number in range(1, runs + 1):
             progress(f"== run {number} of {runs}")
-            run_workloads(WORKLOADS, stage, results)
+            run_workloads(WORKLOADS, stage, results, number)
     finally:
         clean_up(stage)
         stage.close()
@@ -59,8 +61,13 @@ def benchmark(stage: Stage, runs: int, command: str) -> Results:
     return results
 
 
-def run_workloads(workloads: Sequence[Workload], stage: Stage, results: Results) -> None:
+def run_workloads(
+    workloads: Sequence[Workload], stage: Stage, results: Results, number: int = 1
+) -> None:
+    """Run ``number`` (from 1): the workloads that take part in it."""
     for workload in workloads:
+        if workload.runs(number) < number:
+            continue
         for subject in workload.subjects():
             step(workload, subject(stage), stage, results)
 

@@ -34,6 +34,7 @@ CPU_PER_GB = Unit("CPU s per GB", higher_is_better=False, digits=".2f")
 MEGABYTES = Unit("MB", higher_is_better=False, digits=".0f")  # 10^6 bytes: the goal's unit
 REQUESTS = Unit("requests", higher_is_better=False, digits=".0f")
 TIMES = Unit("x", higher_is_better=False, digits=".2f")  # one size over another
+PERCENT = Unit("%", higher_is_better=False, digits=".2f")
 
 
 @dataclass(frozen=True)

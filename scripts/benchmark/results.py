@@ -35,6 +35,12 @@ class Parameters:
     tensor: str = ""  # the tensor time-to-first-tensor loads
     first_mib_offset: int = 0
     shard: str = ""  # size label of each shard the many readers read, "128M"
+    # The model workloads' models (empty in results from before them)
+    llama: str = ""  # "1.67 GB, 4 shards"
+    first_tensor: str = ""  # the tensor of the last shard the first-tensor workload reads
+    first_tensor_size: str = ""  # "8.0 MiB"
+    gguf: str = ""  # "403 MB, 25 tensors"
+    sentence: str = ""  # "43 MB"
 
 
 @dataclass

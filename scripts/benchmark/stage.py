@@ -1,6 +1,7 @@
 """The stage every measurement runs on: the work directory, the files nginx serves on
-127.0.0.1 (a big random file, a sample model, a sharded model, each with its manifest), the
-offsets read and the bytes they must return, the origin's access log, and the page cache."""
+127.0.0.1 (a big random file, a sample model, a sharded model, the models the model workloads
+load, each with its manifest), the offsets read and the bytes they must return, the origin's
+access log, and the page cache."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.benchmark.commands import LAZYFS, StepError, one_line, progress, run
+from scripts.benchmark.models import Models
 from scripts.benchmark.reads import GIB, KIB, MIB, Probe, size_label, tensor_names
 from tests.support.processes import Origin, cmdline, kill_pid, start_nginx_origin
 
@@ -94,6 +96,7 @@ class Stage:
         self.logs = self.work / "logs"
         self.bin = self.work / "bin"  # a private PATH entry: `fusermount` for rclone
         self.nginx_dir = self.work / "nginx"
+        self.models = Models(self.work, self.www, self.quick)
 
     # -- what is served --
     @property
@@ -117,6 +120,9 @@ class Stage:
     @property
     def shards(self) -> list[Served]:
         return [Served(path, self.base_url) for path in self.shard_files]
+
+    def served(self, path: Path) -> Served:
+        return Served(path, self.base_url)
 
     @property
     def io_timeout(self) -> float:
@@ -152,7 +158,9 @@ class Stage:
             progress(f"writing a {self.model_size} sample model to {model_dir}")
             shutil.rmtree(model_dir, ignore_errors=True)
             run([*LAZYFS, "sample", str(model_dir), "--size", self.model_size], 600, what="sample")
-        for directory in (big.parent, model_dir, self.shard_files[0].parent):
+        self.models.prepare(self.fresh)
+        model_dirs = [self.models.llama, self.models.gguf.parent, self.models.sentence]
+        for directory in (big.parent, model_dir, self.shard_files[0].parent, *model_dirs):
             progress(f"lazyfs manifest build {directory}")
             build = [*LAZYFS, "manifest", "build", str(directory), "--block-size", BLOCK_SIZE]
             run(build, 600, what="lazyfs manifest build")
@@ -219,11 +227,29 @@ class Stage:
         file's directory once, so nginx serves it from memory as a real origin (another
         machine) would, and this machine's disk does not bound a cold figure."""
         self.drop_caches()
+        self.warm_origin(served)
+
+    def warm_origin(self, served: Served) -> None:
+        """Read the files of the served file's directory once (nginx serves them from memory)."""
         buffer = bytearray(16 * MIB)
         for path in served.neighbours:
             with open(path, "rb", buffering=0) as handle:
                 while handle.readinto(buffer):
                     pass
+
+    def evict(self, *paths: Path) -> None:
+        """Drop these files (directories: every file under them) from the page cache, and
+        nothing else: the processes about to load have their own pages (torch's) in it."""
+        os.sync()
+        for path in paths:
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            for file in files:
+                with contextlib.suppress(OSError):
+                    fd = os.open(file, os.O_RDONLY)
+                    try:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    finally:
+                        os.close(fd)
 
     def drop_caches(self) -> None:
         os.sync()

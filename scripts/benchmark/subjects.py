@@ -1,5 +1,6 @@
-"""What the workloads read from: a lazyfs mount, an rclone mount, curl, a download, the local disk,
-and a minimal pyfuse3 passthrough of the local file (the Python-FUSE limit).
+"""What the workloads read from: a lazyfs mount (tensor-aware, the default, or not), an rclone
+mount, curl, a download (one file, or every file of a repository), the local disk, and a minimal
+pyfuse3 passthrough of the local file (the Python-FUSE limit).
 
 Each subject's ``open`` is a context manager that gives a ``Target`` (a path or a URL to read)
 and stops whatever it started on every way out, killing only its own processes (found by its
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from scripts.benchmark.commands import LAZYFS, StepError, progress, run
+from scripts.benchmark.models import served_files
 from scripts.benchmark.reads import dir_bytes
 from scripts.benchmark.stage import Served, Stage
 from tests.support.processes import force_unmount, is_mounted, kill_pid, processes_with
@@ -57,6 +62,17 @@ class Target:
         if self.pid is None:
             raise StepError("this subject has no daemon process")
         return self.pid
+
+
+@dataclass(frozen=True)
+class Counters:
+    read_requests: int  # FUSE read requests the mount served
+    bytes_fetched: int  # from the origin
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(
+            self.read_requests - other.read_requests, self.bytes_fetched - other.bytes_fetched
+        )
 
 
 class Subject(ABC):
@@ -116,6 +132,8 @@ class Mount(Subject):
 class LazyfsMount(Mount):
     name = "lazyfs"
     data_dir = "blocks"
+    # Said although it is the default: the figures are of this mode whatever the default becomes.
+    options: ClassVar[tuple[str, ...]] = ("--tensor-aware",)
 
     def __init__(self, stage: Stage) -> None:
         super().__init__(stage)
@@ -125,7 +143,7 @@ class LazyfsMount(Mount):
     def opened(self, served: Served, state: Path) -> Iterator[Target]:
         mountpoint = self.stage.mountpoint(self.name)
         mountpoint.mkdir(exist_ok=True)
-        mount = [*LAZYFS, "mount", served.dir_url, str(mountpoint)]
+        mount = [*LAZYFS, "mount", served.dir_url, str(mountpoint), *self.options]
         try:
             started = time.perf_counter()
             run(
@@ -147,6 +165,12 @@ class LazyfsMount(Mount):
     @classmethod
     def daemons(cls, stage: Stage) -> list[int]:
         return processes_with(str(stage.mountpoint(cls.name)), "mount")
+
+    def counters(self) -> Counters:
+        """What the live mount's `lazyfs status --json` counts so far."""
+        status = [*LAZYFS, "status", str(self.stage.mountpoint(self.name)), "--json"]
+        report = json.loads(run(status, 60, what="lazyfs status").stdout)
+        return Counters(int(report["read_requests"]), int(report["bytes_fetched"]))
 
     @classmethod
     def clean_up(cls, stage: Stage) -> None:
@@ -174,6 +198,13 @@ class LazyfsMount(Mount):
                 if new:
                     out.write(f"==> {cache.name}/{log.name}\n".encode())
                     out.write(new)
+
+
+class LazyfsPlain(LazyfsMount):
+    """lazyfs with --no-tensor-aware: blocks and read-ahead only, what the tensor maps gain on."""
+
+    name = "lazyfs_plain"
+    options = ("--no-tensor-aware",)
 
 
 class RcloneMount(Mount):
@@ -235,6 +266,30 @@ class Download(Subject):
             yield Target(path=local)
         finally:
             local.unlink(missing_ok=True)
+
+
+class RepoDownload(Subject):
+    """Every file of the served file's directory (as its manifest lists them, not the manifest)
+    with one `curl -o` each, in one curl process, to the local disk; then the local copy, the
+    target being the served file's own."""
+
+    name = "download_repo"
+    fetches_on_open = True
+
+    @contextlib.contextmanager
+    def opened(self, served: Served, state: Path) -> Iterator[Target]:
+        curl = ["curl", "-sS", "--fail", "--create-dirs"]
+        for path in served_files(served.path.parent):
+            curl += ["-o", str(state / path), served.dir_url + urllib.parse.quote(path)]
+        run(curl, self.stage.io_timeout, what="curl")
+        try:
+            yield Target(path=state / served.name)
+        finally:
+            for child in state.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
 
 
 class LocalDisk(Subject):
@@ -303,9 +358,11 @@ def readahead_kb(mountpoint: Path) -> str:
 
 SUBJECTS: tuple[type[Subject], ...] = (
     LazyfsMount,
+    LazyfsPlain,
     RcloneMount,
     Curl,
     Download,
+    RepoDownload,
     LocalDisk,
     Passthrough,
 )

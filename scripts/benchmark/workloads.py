@@ -9,10 +9,8 @@ from __future__ import annotations
 import shlex
 import statistics
 import time
-from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
 
 from scripts.benchmark.commands import LAZYFS, StepError, timed
 from scripts.benchmark.metrics import (
@@ -27,6 +25,7 @@ from scripts.benchmark.metrics import (
     Metric,
     Series,
 )
+from scripts.benchmark.modelworkloads import MODEL_WORKLOADS
 from scripts.benchmark.reads import (
     MIB,
     cpu_seconds,
@@ -50,30 +49,14 @@ from scripts.benchmark.subjects import (
     RcloneMount,
     Subject,
 )
+from scripts.benchmark.workload import (
+    THROUGH_LAZYFS,
+    THROUGH_PASSTHROUGH,
+    THROUGH_RCLONE,
+    Workload,
+    unexpected,
+)
 from tests.support.processes import AccessRecord
-
-
-class Workload(ABC):
-    title: ClassVar[str]
-    metrics: ClassVar[tuple[Metric, ...]]
-
-    @classmethod
-    def subjects(cls) -> list[type[Subject]]:
-        """Every subject a metric of this workload has a series for, in order."""
-        named = (series.subject for metric in cls.metrics for series in metric.series)
-        return list(dict.fromkeys(named))
-
-    @abstractmethod
-    def run(self, subject: Subject, stage: Stage, record: StepRecorder) -> None: ...
-
-
-def unexpected(workload: Workload, subject: Subject) -> StepError:
-    return StepError(f"{workload.title}: no way to read through {subject.name}")
-
-
-THROUGH_LAZYFS = Series(LazyfsMount)
-THROUGH_RCLONE = Series(RcloneMount, "rclone mount")
-THROUGH_PASSTHROUGH = Series(Passthrough, "pyfuse3 passthrough (Python-FUSE limit)")
 
 SEQ_COLD = Metric(
     "seq_cold",
@@ -448,6 +431,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Hashing(),
     ManyReaders(),
     Startup(),
+    *MODEL_WORKLOADS,
 )
 
 
