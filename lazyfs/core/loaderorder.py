@@ -22,10 +22,11 @@ from itertools import islice
 from lazyfs.core.tensormap import Tensor, TensorMap, natural_key
 
 INDEX_SUFFIX = ".safetensors.index.json"
-# A loader has entered a tensor once it has read this much of it (or half of a smaller one):
-# the kernel's read-ahead runs up to two windows (1 MiB each, as lazyfs sets it) past where a
-# reader stops, into the next tensor, and that is not the loader wanting it.
-ENTERED_BYTES = 2 * 1024 * 1024 + 4096
+# A loader has entered a tensor once it has read this much of it (or all of a smaller one):
+# the kernel's read-ahead runs ahead of a reader that stops at a tensor's end, into the next
+# tensor, by up to three 1 MiB windows (seen with a memory-mapped loader copying a tensor),
+# and that is not the loader wanting it.
+ENTERED_BYTES = 4 * 1024 * 1024 + 4096
 # Tensors whose bytes read so far are remembered (a few per loader thread).
 VISITS_REMEMBERED = 256
 # How far (in ranks) a read may land from the furthest one and still be in order: a layer's
@@ -103,7 +104,7 @@ class TensorVisits:
         if done < 0:
             return False
         done += count
-        entered = done >= min(ENTERED_BYTES, (size + 1) // 2)
+        entered = done >= min(ENTERED_BYTES, size)
         self._read[key] = -1 if entered else done
         self._read.move_to_end(key)
         if len(self._read) > VISITS_REMEMBERED:

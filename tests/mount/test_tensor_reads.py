@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lazyfs.core.loaderorder import INDEX_SUFFIX
+from lazyfs.core.loaderorder import ENTERED_BYTES, INDEX_SUFFIX
 from lazyfs.core.tensormap import Tensor, TensorMap, natural_key, parse_tensor_map
 from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import Mounter, lazyfs, publish
@@ -97,7 +97,8 @@ def test_a_loader_in_a_tensor_gets_exactly_that_tensors_blocks_fetched(
     origin_root: Path, nginx_origin: Origin, mounter: Mounter, tensor_aware: bool
 ) -> None:
     rng = np.random.default_rng(3)
-    tensors = {f"t{n}": rng.standard_normal(150_000, dtype=np.float32) for n in range(4)}
+    # Tensors larger than what the kernel reads ahead (see ENTERED_BYTES).
+    tensors = {f"t{n}": rng.standard_normal(1_200_000, dtype=np.float32) for n in range(4)}
     save_file(tensors, origin_root / "model.safetensors")
     publish(origin_root, "64K")
     local = (origin_root / "model.safetensors").read_bytes()
@@ -112,9 +113,9 @@ def test_a_loader_in_a_tensor_gets_exactly_that_tensors_blocks_fetched(
     assert wait_until(lambda: settled(mountpoint))
     header = {0} if tensor_aware else set()
     assert set(fetched(nginx_origin, "model.safetensors")) == header | {wanted.start // BLOCK}
-    # Reading on into it, past half of it: now the rest of its blocks come at once, and no
-    # block of any other tensor.
-    part = (wanted.end - wanted.start) // 2 + 16 * KIB
+    # Reading on into it, past what the kernel would read ahead: now the rest of its blocks
+    # come at once, and no block of any other tensor.
+    part = ENTERED_BYTES + 16 * KIB
     assert read_exactly(path, wanted.start, part) == local[wanted.start : wanted.start + part]
     assert wait_until(lambda: settled(mountpoint))
     got = set(fetched(nginx_origin, "model.safetensors")) - {0}
@@ -289,7 +290,8 @@ def test_a_gguf_file_reads_as_llama_cpp_maps_it_and_its_tensors_are_fetched_whol
     writer.add_block_count(3)
     writer.add_token_list([f"token{n}" for n in range(500)])
     for layer in range(3):
-        writer.add_tensor(f"blk.{layer}.ffn.weight", rng.standard_normal((300, 300), np.float32))
+        ffn = rng.standard_normal((1200, 1000), np.float32)  # larger than ENTERED_BYTES
+        writer.add_tensor(f"blk.{layer}.ffn.weight", ffn)
         writer.add_tensor(f"blk.{layer}.norm.weight", rng.standard_normal(300).astype(np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -300,8 +302,7 @@ def test_a_gguf_file_reads_as_llama_cpp_maps_it_and_its_tensors_are_fetched_whol
     mountpoint, _ = mounter.mount(nginx_origin.url)
     # A loader in the middle tensor: all of its blocks come, nothing of the others'.
     wanted = next(t for t in found.tensors if t.name == "blk.1.ffn.weight")
-    part = (wanted.end - wanted.start) // 2 + 16 * KIB
-    read_exactly(mountpoint / "model.gguf", wanted.start, part)
+    read_exactly(mountpoint / "model.gguf", wanted.start, ENTERED_BYTES + 16 * KIB)
     assert wait_until(lambda: settled(mountpoint))
     assert set(fetched(nginx_origin, "model.gguf")) - {0, 1} == blocks_of(wanted) - {0, 1}
     # Mapped and read through front to back as llama.cpp does: every tensor exact.
