@@ -14,7 +14,7 @@ import bisect
 import json
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,11 @@ class TensorMap:
             return None
         tensor = self.tensors[position]
         return tensor if offset < tensor.end else None
+
+    def next_from(self, offset: int, wanted: Callable[[Tensor], bool]) -> Tensor | None:
+        """The first tensor starting at or after ``offset`` that ``wanted`` picks."""
+        position = bisect.bisect_left(self._starts, offset)
+        return next(filter(wanted, self.tensors[position:]), None)
 
     def overlapping(self, start: int, end: int) -> list[Tensor]:
         """The tensors holding any byte of ``[start, end)``, in file order."""

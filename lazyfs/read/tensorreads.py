@@ -27,6 +27,7 @@ import trio
 from typing_extensions import Buffer
 
 from lazyfs.core.loaderorder import (
+    ENTERED_BYTES,
     INDEX_SUFFIX,
     LoaderCursor,
     LoaderOrder,
@@ -184,10 +185,10 @@ class TensorReads:
 
     def plain_window(self, entry: FileEntry, end: int, ahead: range) -> range:
         """The blocks ``ahead`` that a sequential read ending at ``end`` may fetch in a model
-        file: none past the tensor it ends in (the loader may want another one next, and the
-        rest of this one is fetched already), none in a tensor the loader has not entered,
-        none after a read of the header (a loader reads it, then jumps to the tensors it
-        wants)."""
+        file: none past a large tensor it ends in (the loader may want another one next, and
+        the rest of this one is fetched already), none into a large tensor the loader has not
+        entered (the kernel's read-ahead brushing it), none after a read of the header (a
+        loader reads it, then jumps to the tensors it wants)."""
         if not has_tensor_map(entry.path):
             return ahead
         found = self.maps.get(entry.path, _LOADING)
@@ -195,12 +196,17 @@ class TensorReads:
             return ahead
         if found is _LOADING or end <= found.header_end:
             return range(0)
+        visits = self.groups[entry.path].visits
         tensor = found.at(end - 1)
-        if tensor is None:
+        if tensor is not None and _large(tensor):
+            if not visits.entered((entry.path, tensor.start)):
+                return range(0)
+            return range(ahead.start, min(ahead.stop, (tensor.end - 1) // self.block_size + 1))
+        # In small tensors (norms, biases): on, up to the next large one not entered.
+        following = found.next_from(end, _large)
+        if following is None or visits.entered((entry.path, following.start)):
             return ahead
-        if not self.groups[entry.path].visits.entered((entry.path, tensor.start)):
-            return range(0)  # the kernel's read-ahead brushing the next tensor
-        return range(ahead.start, min(ahead.stop, (tensor.end - 1) // self.block_size + 1))
+        return range(ahead.start, min(ahead.stop, following.start // self.block_size))
 
     def follow(self, entry: FileEntry, offset: int, length: int) -> None:
         """A reader read ``[offset, offset + length)`` of ``entry``: fetch the rest of the
@@ -236,7 +242,9 @@ class TensorReads:
             group.last_read = (entry.path, block)
             self.ahead.expire()
             self.ahead.fetch(group, entry, self._blocks(continuing, block), urgent=True)
-        for tensor in entered:
+        # Only large tensors tell which way a loader goes: a small one is often read whole by
+        # the kernel around a page fault in its neighbour.
+        for tensor in filter(_large, entered):
             rank = group.order.rank(entry.path, tensor)
             if rank is None:
                 continue
@@ -297,6 +305,11 @@ class TensorReads:
                 placed.update(((entry.path, index), None) for index in range(len(entry.blocks)))
             ordered.extend((by_path[path], index) for path, index in placed)
         return ordered
+
+
+def _large(tensor: Tensor) -> bool:
+    """Larger than what the kernel reads ahead of a reader (``ENTERED_BYTES``)."""
+    return tensor.end - tensor.start >= ENTERED_BYTES
 
 
 def _mappable(entry: FileEntry) -> bool:

@@ -66,14 +66,14 @@ def write_sharded_model(root: Path, layers: int = 8, floats: int = 40_000) -> di
     return weight_map
 
 
-def blocks_of(tensor: Tensor) -> set[int]:
-    return set(range(tensor.start // BLOCK, (tensor.end - 1) // BLOCK + 1))
+def blocks_of(tensor: Tensor, block: int = BLOCK) -> set[int]:
+    return set(range(tensor.start // block, (tensor.end - 1) // block + 1))
 
 
-def fetched(origin: Origin, name: str) -> list[int]:
+def fetched(origin: Origin, name: str, block: int = BLOCK) -> list[int]:
     """The blocks of ``name`` the origin was asked for, in the order asked."""
     return [
-        int(record.range.split("=")[1].split("-")[0]) // BLOCK
+        int(record.range.split("=")[1].split("-")[0]) // block
         for record in origin.requests()
         if record.path == f"/{name}" and record.range
     ]
@@ -131,13 +131,16 @@ def test_a_loader_in_a_tensor_gets_exactly_that_tensors_blocks_fetched(
 def test_read_ahead_follows_loader_order_across_shards(
     origin_root: Path, nginx_origin: Origin, mounter: Mounter
 ) -> None:
-    weight_map = write_sharded_model(origin_root)
-    publish(origin_root, "64K")
+    # Tensors large enough to tell a loader from the kernel's read-ahead (ENTERED_BYTES),
+    # and blocks large enough for a whole one in read-ahead's window.
+    weight_map = write_sharded_model(origin_root, layers=4, floats=ENTERED_BYTES // 4 + 50_000)
+    publish(origin_root, "1M")
+    block = 1024 * KIB
     maps = {shard: tensor_map(origin_root / shard) for shard in SHARDS}
     mountpoint, _ = mounter.mount(nginx_origin.url)
     # Opening the index reads both shards' headers.
     json.loads((mountpoint / INDEX).read_bytes())
-    assert wait_until(lambda: all(0 in fetched(nginx_origin, shard) for shard in SHARDS))
+    assert wait_until(lambda: all(0 in fetched(nginx_origin, shard, block) for shard in SHARDS))
     nginx_origin.clear_log()
     names = sorted(weight_map, key=natural_key)
 
@@ -145,35 +148,37 @@ def test_read_ahead_follows_loader_order_across_shards(
         shard = weight_map[name]
         return shard, next(t for t in maps[shard].tensors if t.name == name)
 
-    # A loader reads layers.0's two tensors (shard 1) in order (the kernel reading no more
-    # than asked: its own read-ahead would run on in file order)...
-    for name in names[:2]:
+    def load(name: str) -> None:
         shard, tensor = place(name)
-        with open(mountpoint / shard, "rb", buffering=0) as reader:
-            os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-            assert len(os.pread(reader.fileno(), tensor.end - tensor.start, tensor.start)) > 0
+        assert len(read_exactly(mountpoint / shard, tensor.start, tensor.end - tensor.start))
+
+    def asked_of(shard: str) -> set[int]:
+        return set(fetched(nginx_origin, shard, block))
+
+    # A loader reads layers.0's two tensors (shard 1) in order...
+    for name in names[:2]:
+        load(name)
     # ...so the next one in loader order, in shard 2, is fetched before anyone reads it (its
     # block 0 came with the header), and nothing else of shard 2 is: one tensor ahead, after
     # two read in order.
     next_shard, next_tensor = place(names[2])
     assert next_shard == SHARDS[1]
-    wanted = blocks_of(next_tensor) - {0}
-    assert wait_until(lambda: wanted <= set(fetched(nginx_origin, SHARDS[1])))
+    wanted = blocks_of(next_tensor, block) - {0}
+    assert wait_until(lambda: wanted <= asked_of(SHARDS[1]))
     assert wait_until(lambda: settled(mountpoint))
-    assert set(fetched(nginx_origin, SHARDS[1])) == wanted
-    # A third tensor in order: the window doubles, to the next two in loader order.
-    shard, tensor = place(names[2])
-    with open(mountpoint / shard, "rb", buffering=0) as reader:
-        os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-        os.pread(reader.fileno(), tensor.end - tensor.start, tensor.start)
+    assert asked_of(SHARDS[1]) == wanted
+    # A third tensor in order: the window doubles, to the next two in loader order (one in
+    # each shard), and still nothing of layers.3 (shard 2) beyond a block it shares.
+    load(names[2])
     assert wait_until(lambda: settled(mountpoint))
     following = [place(name) for name in names[3:5]]
     assert [shard for shard, _ in following] == [SHARDS[1], SHARDS[0]]
-    assert blocks_of(following[0][1]) <= set(fetched(nginx_origin, SHARDS[1]))
-    assert blocks_of(following[1][1]) <= set(fetched(nginx_origin, SHARDS[0]))
-    assert not blocks_of(place(names[5])[1]) - blocks_of(following[0][1]) & set(
-        fetched(nginx_origin, SHARDS[1])
-    )
+    assert blocks_of(following[0][1], block) <= asked_of(SHARDS[1])
+    assert blocks_of(following[1][1], block) <= asked_of(SHARDS[0])
+    later = [place(name)[1] for name in names[5:] if weight_map[name] == SHARDS[1]]
+    assert later
+    shared = blocks_of(following[0][1], block)
+    assert not (set().union(*(blocks_of(t, block) for t in later)) - shared) & asked_of(SHARDS[1])
 
 
 # Loads every tensor of the model at argv[1] (shards mapped, as safe_open does) from four
