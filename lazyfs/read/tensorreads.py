@@ -274,9 +274,12 @@ class TensorReads:
                 continue
             fresh = [index for index in indices if (path, index) not in seen]
             room = self.max_window - len(seen)
+            if room <= 0:
+                return  # the window is full
             seen.update((path, index) for index in fresh[:room])
-            if room <= 0 or self.ahead.fetch(group, entry, fresh[:room]) < min(room, len(fresh)):
-                return  # the window is full, or the budget is
+            asked = self.ahead.fetch(group, entry, fresh[:room])
+            if asked < min(room, len(fresh)):
+                return  # out of budget
 
     async def loader_ordered(self, entries: Iterable[FileEntry]) -> list[tuple[FileEntry, int]]:
         """The blocks of ``entries`` in the order loaders want them (prefetch): other files
