@@ -108,7 +108,7 @@ class TensorReads:
         if entry.path.endswith(INDEX_SUFFIX):
             if entry.path not in self._indexes_read:
                 self._indexes_read.add(entry.path)
-                self._background.start_soon(self._guarded, self.read_index(entry))
+                self._background.start_soon(self._guarded, self._read_index(entry))
         elif has_tensor_map(entry.path) and entry.path not in self.maps:
             self._background.start_soon(self._guarded, self.map_of(entry))
 
@@ -154,12 +154,17 @@ class TensorReads:
             self.groups[entry.path] = ModelGroup(LoaderOrder({entry.path: found}))
         return found
 
-    async def read_index(self, entry: FileEntry) -> list[FileEntry]:
+    async def _read_index(self, entry: FileEntry) -> None:
         """Read a sharded model's index and every shard's header; from then on the shards are
-        one model, read ahead across. Returns the shards' entries (those with maps)."""
+        one model, read ahead across."""
         if entry.size > MAX_INDEX_BYTES:
-            return []
-        shards = index_shards(entry.path, bytes(await self._read_range(entry, 0, entry.size)))
+            return
+        try:
+            document = bytes(await self._read_range(entry, 0, entry.size))
+        except LazyfsError:
+            self._indexes_read.discard(entry.path)  # the next open tries again
+            raise
+        shards = index_shards(entry.path, document)
         entries = [
             found
             for found in map(self._entry_of, shards or ())
@@ -168,8 +173,13 @@ class TensorReads:
         maps: dict[str, TensorMap] = {}
 
         async def read_header(shard: FileEntry, limit: trio.Semaphore) -> None:
-            async with limit:
-                found = await self.map_of(shard)
+            try:
+                async with limit:
+                    found = await self.map_of(shard)
+            except LazyfsError as exc:
+                # Kept out of the nursery: the other shards still make a model.
+                log.info("tensor map of %s not read: %s", shard.path, exc)
+                return
             if found is not None:
                 maps[shard.path] = found
 
@@ -181,7 +191,6 @@ class TensorReads:
             group = ModelGroup(LoaderOrder(maps))
             for path in maps:
                 self.groups[path] = group
-        return [shard for shard in entries if shard.path in maps]
 
     def plain_window(self, entry: FileEntry, end: int, ahead: range) -> range:
         """The blocks ``ahead`` that a sequential read ending at ``end`` may fetch in a model
