@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -55,6 +54,7 @@ from scripts.benchmark.workloads import (
     all_metrics,
     fetched,
 )
+from tests.support.pagecache import resident_bytes
 from tests.support.processes import AccessRecord
 
 PARAMETERS = Parameters(big="2G", model="1G", tensor="layers.3.weight", first_mib_offset=123)
@@ -342,17 +342,6 @@ def test_repeated_requests_and_bytes_sent_come_from_the_origins_log(tmp_path: Pa
 # ---- cold: the reader's side only -----------------------------------------------------------
 
 
-def resident(path: Path) -> int:
-    """Bytes of ``path`` in the page cache, as fincore(1) counts them."""
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout.strip())
-
-
 def test_cold_drops_the_page_cache_then_reads_the_origins_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,11 +353,11 @@ def test_cold_drops_the_page_cache_then_reads_the_origins_files(
         os.sync()
         with open(path, "rb") as handle:  # out of the page cache, as a drop would leave it
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    assert [resident(path) for path in files] == [0, 0]
+    assert [resident_bytes(path) for path in files] == [0, 0]
     stage = Stage(tmp_path / "work", quick=True)
     order: list[str] = []
     # Not the machine's page cache: other tests share it.
     monkeypatch.setattr(stage, "drop_caches", lambda: order.append("drop"))
     stage.cold(Served(files[0], "http://o"))
     assert order == ["drop"]
-    assert [resident(path) for path in files] == [1 << 20, 1 << 20]
+    assert [resident_bytes(path) for path in files] == [1 << 20, 1 << 20]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,6 +36,7 @@ from scripts.benchmark.results import Parameters, Results, StepRecorder
 from scripts.benchmark.stage import Stage
 from scripts.benchmark.subjects import RepoDownload, Subject
 from scripts.benchmark.workload import THROUGH_LAZYFS, Workload
+from tests.support.pagecache import resident_bytes
 from tests.support.processes import start_nginx_origin
 
 MIB = 2**20
@@ -167,25 +167,15 @@ def test_a_repository_download_fetches_every_file_its_manifest_lists(tmp_path: P
 # ---- the page cache of some files only -------------------------------------------------------
 
 
-def resident(path: Path) -> int:
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout.strip())
-
-
 def test_evict_drops_the_files_named_and_those_under_a_directory_only(tmp_path: Path) -> None:
     kept, dropped, below = tmp_path / "kept.bin", tmp_path / "dropped.bin", tmp_path / "d" / "x"
     below.parent.mkdir()
     for path in (kept, dropped, below):
         path.write_bytes(os.urandom(MIB))
         path.read_bytes()
-    assert [resident(path) for path in (kept, dropped, below)] == [MIB, MIB, MIB]
+    assert [resident_bytes(path) for path in (kept, dropped, below)] == [MIB, MIB, MIB]
     Stage(tmp_path / "work", quick=True).evict(dropped, below.parent)
-    assert [resident(path) for path in (kept, dropped, below)] == [MIB, 0, 0]
+    assert [resident_bytes(path) for path in (kept, dropped, below)] == [MIB, 0, 0]
 
 
 # ---- the load process ------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,9 @@ from hypothesis import strategies as st
 
 from lazyfs.cache import blockfile
 from lazyfs.cache.blockfile import ALIGNMENT, write_block_file
+from tests.support.pagecache import resident_bytes
 
 MIB = 1024 * 1024
-
-
-def resident_bytes(path: Path) -> int:
-    """Bytes of ``path`` in the page cache (util-linux fincore)."""
-    out = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout.strip())
 
 
 @settings(max_examples=30, deadline=None)
