@@ -8,11 +8,15 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
+from lazyfs.core.loaderorder import ENTERED_BYTES
 from lazyfs.core.manifest import MANIFEST_NAME
 from tests.fakehubs import TOKEN, FakeHub, FakeRepo, fake_hub
 from tests.mount.test_metrics import scrape
@@ -293,6 +297,57 @@ def test_a_committed_manifest_mounts_lazily_block_by_block(
     assert read_block(mountpoint / "model.safetensors", 3) == WEIGHTS[3 * BLOCK :][:1000]
     # The CDN redirect is remembered: one trip to the hub for all of the file's blocks.
     assert len([r for r in hf.seen("api") if r.path.endswith("/model.safetensors")]) == 1
+
+
+# Exit 0 if every tensor of the safetensors file argv[1] equals argv[2]'s, read with safe_open.
+SAFE_OPEN_EQUALS = """
+import sys
+import numpy as np
+from safetensors import safe_open
+with safe_open(sys.argv[1], "numpy") as got, safe_open(sys.argv[2], "numpy") as want:
+    assert sorted(got.keys()) == sorted(want.keys())
+    for name in want.keys():
+        assert np.array_equal(got.get_tensor(name), want.get_tensor(name)), name
+"""
+
+
+def test_a_hub_model_is_read_tensor_by_tensor_from_the_cdn(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(12)
+    tensors = {f"t{n}": rng.standard_normal(1_200_000, dtype=np.float32) for n in range(3)}
+    weights = tmp_path / "weights.safetensors"
+    save_file(tensors, weights)
+    files = {"config.json": FILES["config.json"], "model.safetensors": weights.read_bytes()}
+    hf.add_repo("org/model", {**files, MANIFEST_NAME: local_manifest(tmp_path, files)})
+    mountpoint, _ = mounter.mount("hf://org/model")
+    data = files["model.safetensors"]
+    header = 8 + int.from_bytes(data[:8], "little")
+    begin, end = json.loads(data[8:header])["t1"]["data_offsets"]
+    start, stop = header + begin, header + end
+    # A loader in tensor t1 (past what the kernel reads ahead on its own) gets all of its
+    # blocks from the CDN, and nothing of the other tensors; the header's block came at open.
+    descriptor = os.open(mountpoint / "model.safetensors", os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+        part = ENTERED_BYTES + 16 * 1024
+        assert stop - start > part
+        assert os.pread(descriptor, part, start) == data[start : start + part]
+    finally:
+        os.close(descriptor)
+    wanted = {block_range(index) for index in range(start // BLOCK, (stop - 1) // BLOCK + 1)}
+    assert wait_until(lambda: wanted <= set(cdn_ranges(hf, data)))
+    assert set(cdn_ranges(hf, data)) == wanted | {block_range(0)}
+    # Loaded through a memory map, as safe_open does, in a process of its own: a page fault
+    # holds the GIL, and this process serves the fake hub.
+    loaded = subprocess.run(
+        [sys.executable, "-c", SAFE_OPEN_EQUALS, str(mountpoint / "model.safetensors"), weights],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
 
 
 def test_a_committed_manifest_must_match_the_hubs_digest(
