@@ -3,10 +3,11 @@
 A ``.safetensors`` or ``.gguf`` file's tensor map (``core.tensormap``) is read once, from the
 verified blocks that hold its header, when the file is first opened; opening a sharded model's
 ``*.safetensors.index.json`` reads every shard's. From then on, once a loader has entered a
-tensor (read a little of it: ``core.loaderorder.TensorVisits``), the rest of that tensor's
-blocks are fetched at a demand fetch's priority (a loader in a tensor will want all of it),
-and once it has entered two tensors in loader order (natural name order, across shards) the
-next tensors in that order are read ahead, behind any demand fetch. Both go through
+tensor (read 4 MiB of it, or all of a smaller one: ``core.loaderorder.TensorVisits``), the
+rest of that tensor's blocks are fetched at a demand fetch's priority (a loader in a tensor
+will want all of it), and once it has entered two large tensors in loader order (natural
+name order, across shards) the next tensors in that order are read ahead, behind any demand
+fetch. Both go through
 ``ReadAhead``, so they share its mount-wide budget (a tensor larger than the budget is fetched
 in a sliding window as it is read) and its single flight with readers.
 
