@@ -41,6 +41,8 @@ MEAN_BRANCHING = 4
 MIN_GROUP = 2
 MAX_GROUP = 2 * MEAN_BRANCHING + 1
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
 Node = tuple[bytes, int]
 """A tree node: its hash and the number of file bytes below it."""
 
@@ -58,12 +60,10 @@ def hash_hex(h: bytes) -> str:
 
 def hash_from_hex(s: str) -> bytes:
     """The raw hash behind a hex form from the Hub or CAS; bad text is a protocol error."""
-    if len(s) != 2 * HASH_SIZE:
+    # bytes.fromhex alone would skip spaces and give a short hash: check every digit first.
+    if len(s) != 2 * HASH_SIZE or not set(s) <= _HEX_DIGITS:
         raise OriginProtocolError(f"not a Xet hash (want 64 hex digits): {s[:80]!r}")
-    try:
-        words = [bytes.fromhex(s[i : i + 16]) for i in range(0, 2 * HASH_SIZE, 16)]
-    except ValueError:
-        raise OriginProtocolError(f"not a Xet hash (want 64 hex digits): {s!r}") from None
+    words = [bytes.fromhex(s[i : i + 16]) for i in range(0, 2 * HASH_SIZE, 16)]
     return b"".join(word[::-1] for word in words)
 
 

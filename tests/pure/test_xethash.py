@@ -102,7 +102,9 @@ def test_hex_round_trips(h: bytes) -> None:
     assert hash_from_hex(text.upper()) == h
 
 
-@pytest.mark.parametrize("text", ["", "ab", "g" * 64, "0" * 63, "0" * 65, " " + "0" * 63])
+@pytest.mark.parametrize(
+    "text", ["", "ab", "g" * 64, "0" * 63, "0" * 65, " " + "0" * 63, "0" * 10 + " 00 00" + "0" * 48]
+)
 def test_bad_hex_is_a_protocol_error(text: str) -> None:
     with pytest.raises(OriginProtocolError, match="not a Xet hash"):
         hash_from_hex(text)
