@@ -83,18 +83,19 @@ def closes_group(h: bytes) -> bool:
     return int.from_bytes(h[24:32], "little") % MEAN_BRANCHING == 0
 
 
-def group_length(nodes: Sequence[Node]) -> int:
-    """How many of ``nodes``, from the front, form the next group of one tree level.
+def group_length(nodes: Sequence[Node], start: int = 0) -> int:
+    """How many of ``nodes``, from ``start``, form the next group of one tree level.
 
     Up to two nodes left are one group. Otherwise the group ends after the first node at
     index ``MIN_GROUP`` or later that ``closes_group``, and after ``MAX_GROUP`` nodes at most;
     only the level's last group can be shorter than three.
     """
-    if len(nodes) <= MIN_GROUP:
-        return len(nodes)
-    limit = min(MAX_GROUP, len(nodes))
+    left = len(nodes) - start
+    if left <= MIN_GROUP:
+        return left
+    limit = min(MAX_GROUP, left)
     for index in range(MIN_GROUP, limit):
-        if closes_group(nodes[index][0]):
+        if closes_group(nodes[start + index][0]):
             return index + 1
     return limit
 
@@ -104,7 +105,7 @@ def groups(nodes: Sequence[Node]) -> list[Sequence[Node]]:
     cut = []
     start = 0
     while start < len(nodes):
-        length = group_length(nodes[start:])
+        length = group_length(nodes, start)
         cut.append(nodes[start : start + length])
         start += length
     return cut
