@@ -66,6 +66,9 @@ class HubFile:
     sha256: str | None = None  # the hub's sha256 of the content (LFS files, ModelScope)
     git_sha1: str | None = None  # the Git blob id (files stored in Git itself)
     executable: bool = False
+    # The Hub's Xet file hash (a Merkle root over the file's chunks) for files stored in Xet:
+    # it lets a window of the file be proven without the rest (``core.xetproof``).
+    xet_hash: str | None = None
 
     @property
     def check(self) -> FileCheck:
@@ -76,7 +79,9 @@ class HubFile:
 
     def pending_entry(self) -> FileEntry:
         """The file as an entry still to be verified whole against the hub's digest."""
-        return FileEntry(self.path, self.size, self.executable, self.sha256 or "", (), self.check)
+        return FileEntry(
+            self.path, self.size, self.executable, self.sha256 or "", (), self.check, self.xet_hash
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,12 @@ def parse_hf_tree_page(body: bytes, where: str) -> list[HubFile]:
                 raise SourceError(f"{where}: {json.dumps(path)} has no LFS sha256 in the listing")
             if lfs.get("size", size) != size:
                 raise SourceError(f"{where}: {json.dumps(path)} has two sizes in the listing")
-            files.append(HubFile(path, size, sha256=sha256))
+            xet_hash = item.get("xetHash")
+            if xet_hash is not None and (
+                not isinstance(xet_hash, str) or not _SHA256.fullmatch(xet_hash)
+            ):
+                raise SourceError(f"{where}: {json.dumps(path)} has a malformed xetHash")
+            files.append(HubFile(path, size, sha256=sha256, xet_hash=xet_hash))
             continue
         oid = item.get("oid")
         if not isinstance(oid, str) or not _COMMIT.fullmatch(oid):

@@ -49,6 +49,9 @@ class FileEntry:
     # Set when the block digests are not known yet: the file is verified whole on first read,
     # which yields them.
     check: FileCheck | None = None
+    # Files stored in Xet (hub listings): the Hub's Merkle root over the file's chunks, which
+    # proves windows of the file before its block digests are known.
+    xet_hash: str | None = None
 
 
 @dataclass(frozen=True)
