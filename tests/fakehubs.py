@@ -12,6 +12,12 @@ ModelScope: ``/api/v1/models/ORG/NAME/revisions`` (``RevisionMap``), ``.../repo/
 the ``m_session_id`` cookie.
 
 The CDN serves blobs by sha256 with byte ranges, and can be told to corrupt one.
+
+A Hugging Face hub given a ``FakeXetCas`` (tests/fakexet.py) stores its LFS files there too,
+uploaded by the real hf_xet client: the tree lists their ``xetHash``, ``resolve`` adds
+``X-Xet-Hash`` and a ``Link: <...xet-read-token/REV>; rel="xet-auth"``, and
+``/api/{models,datasets}/ORG/NAME/xet-read-token/REV`` mints CAS tokens, so
+``huggingface_hub`` downloads those files through the CAS.
 """
 
 from __future__ import annotations
@@ -26,7 +32,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from tests.fakexet import FakeXetCas
 
 TOKEN = "hf_fake_token_0123456789"
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -76,9 +86,12 @@ class Request:
 class FakeHub:
     """One fake hub (``kind``: "hf" or "modelscope") and its CDN, each on its own port."""
 
-    def __init__(self, kind: str, page_size: int = 3) -> None:
+    def __init__(self, kind: str, page_size: int = 3, cas: FakeXetCas | None = None) -> None:
         self.kind = kind
         self.page_size = page_size
+        self.cas = cas  # LFS files are stored in this Xet CAS too (Hugging Face only)
+        self.xet_hashes: dict[str, str] = {}  # sha256 -> xetHash of files uploaded to ``cas``
+        self.xet_token_ttl = 3600  # seconds a minted CAS read token lives
         self.repos: dict[str, FakeRepo] = {}
         self.blobs: dict[str, bytes] = {}
         self.requests: list[Request] = []
@@ -122,7 +135,27 @@ class FakeHub:
     def push(self, repo: FakeRepo, files: dict[str, bytes], branch: str | None = None) -> str:
         for data in files.values():
             self.blobs[hashlib.sha256(data).hexdigest()] = data
+        if self.cas is not None and self.kind == "hf":
+            self.store_in_xet(files)
         return repo.commit(files, branch or ("main" if self.kind == "hf" else "master"))
+
+    def store_in_xet(self, files: dict[str, bytes]) -> None:
+        """Upload the LFS files the CAS does not hold yet, with the real hf_xet client."""
+        from tests.fakexet import upload
+
+        assert self.cas is not None
+        fresh: dict[str, bytes] = {}
+        for path, data in files.items():
+            if is_lfs(path, data) and hashlib.sha256(data).hexdigest() not in self.xet_hashes:
+                fresh[hashlib.sha256(data).hexdigest()] = data
+        for sha256, xet_hash in upload(self.cas, fresh).items():
+            self.xet_hashes[sha256] = xet_hash
+
+    def xet_hash(self, path: str, data: bytes) -> str | None:
+        """The file's xetHash when it is stored in the attached CAS."""
+        if self.cas is None or not is_lfs(path, data):
+            return None
+        return self.xet_hashes.get(hashlib.sha256(data).hexdigest())
 
     def spoiled(self, data: bytes) -> bytes:
         """``data`` as served: with its middle byte flipped if it was marked corrupt."""
@@ -137,8 +170,8 @@ class FakeHub:
 
 
 @contextmanager
-def fake_hub(kind: str, page_size: int = 3) -> Iterator[FakeHub]:
-    hub = FakeHub(kind, page_size)
+def fake_hub(kind: str, page_size: int = 3, cas: FakeXetCas | None = None) -> Iterator[FakeHub]:
+    hub = FakeHub(kind, page_size, cas)
     try:
         yield hub
     finally:
@@ -287,6 +320,10 @@ class _ApiHandler(_Handler):
             else:
                 self.hf_tree(repo, commit, files, parts.query)
             return
+        token_route = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/xet-read-token/([^/]+)", path)
+        if token_route is not None:
+            self.hf_xet_read_token(token_route[1], token_route[2], unquote(token_route[3]), head)
+            return
         resolve = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if resolve is None:
             self.hf_error(404, "EntryNotFound", "not found", head)
@@ -315,10 +352,37 @@ class _ApiHandler(_Handler):
                 "X-Linked-Size": str(len(data)),
                 "Location": f"{self.hub.cdn_base}/repos/{sha256}?{_signature()}",
             }
+            xet_hash = self.hub.xet_hash(file_path, data)
+            if xet_hash is not None:
+                kind = "datasets" if repo.dataset else "models"
+                route = f"{self.hub.endpoint}/api/{kind}/{repo.repo_id}/xet-read-token/{commit}"
+                headers |= {"X-Xet-Hash": xet_hash, "Link": f'<{route}>; rel="xet-auth"'}
             self.send_body(302, b"Found.", headers, head)
             return
         headers["ETag"] = f'"{git_blob_sha1(data)}"'
         self.send_content(self.hub.spoiled(data), headers, head)
+
+    def hf_xet_read_token(self, kind: str, repo_id: str, revision: str, head: bool) -> None:
+        """A CAS read token for the repository at ``revision``, in the JSON body and in the
+        headers huggingface_hub reads (``X-Xet-Cas-Url``, ``X-Xet-Access-Token``,
+        ``X-Xet-Token-Expiration``)."""
+        repo = self.hf_repo(("datasets/" if kind == "datasets" else "") + repo_id, head, True)
+        if repo is None:
+            return
+        if repo.files_at(revision) is None:
+            self.hf_error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
+            return
+        if self.hub.cas is None:
+            self.hf_error(404, "EntryNotFound", "this repository is not stored in Xet", head)
+            return
+        token, exp = self.hub.cas.mint_token(self.hub.xet_token_ttl)
+        cas_url = self.hub.cas.endpoint
+        headers = {
+            "X-Xet-Cas-Url": cas_url,
+            "X-Xet-Access-Token": token,
+            "X-Xet-Token-Expiration": str(exp),
+        }
+        self.send_json(200, {"accessToken": token, "exp": exp, "casUrl": cas_url}, headers)
 
     def hf_info(self, repo: FakeRepo, commit: str, files: dict[str, bytes]) -> dict[str, object]:
         return {
@@ -351,6 +415,9 @@ class _ApiHandler(_Handler):
                     "size": len(data),
                     "pointerSize": len(pointer),
                 }
+                xet_hash = self.hub.xet_hash(path, data)
+                if xet_hash is not None:
+                    entry["xetHash"] = xet_hash
             else:
                 entry["oid"] = git_blob_sha1(data)
             entries.append(entry)
