@@ -45,6 +45,8 @@ def describe_status(report: dict[str, Any]) -> list[str]:
             note = f"  (verifying whole: {format_size(item['streamed_bytes'])} streamed)"
         elif "verify_whole" in item:
             note = f"  (verified whole on first read, by {item['verify_whole']})"
+        elif item.get("verified_by") == "xet":
+            note = f"  (xet: {format_size(item['verified_bytes'])} proven)"
         lines.append(f"{share:3d}% {format_size(size):>10}  {printable(item['path'])}{note}")
 
     def count(key: str) -> Any:

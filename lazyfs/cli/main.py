@@ -364,6 +364,13 @@ def _log_name(mountpoint: Path) -> str:
     help="Read safetensors and GGUF tensor maps: a read inside a tensor fetches the whole "
     "tensor, and read-ahead and prefetch follow the order loaders want tensors in.",
 )
+@click.option(
+    "--xet/--no-xet",
+    default=True,
+    show_default=True,
+    help="Hugging Face files stored in Xet without block digests: prove each read's window "
+    "of the file against the Hub's xetHash through the Xet CAS (--no-xet: verify them whole).",
+)
 @click.option("--manifest-sha256", help="Refuse to mount unless the manifest has this sha256.")
 @click.option(
     "--manifest",
@@ -436,6 +443,7 @@ def mount(
     cache_size: str,
     read_ahead: str,
     tensor_aware: bool,
+    xet: bool,
     manifest_sha256: str | None,
     manifest_source: str | None,
     token_file: Path | None,
@@ -491,6 +499,7 @@ def mount(
         cache_size=parse_size(cache_size),
         read_ahead=parse_size(read_ahead),
         tensor_aware=tensor_aware,
+        xet=xet,
         manifest_sha256=manifest_sha256,
         allow_other=allow_other,
         prefetch=prefetch_path if prefetch_path else (() if prefetch else None),

@@ -144,6 +144,30 @@ def hf_tree_url(endpoint: str, repo: HubRepo, commit: str) -> str:
     return f"{endpoint}/api/{kind}/{repo.repo_id}/tree/{commit}?recursive=true&expand=false"
 
 
+def hf_xet_token_url(endpoint: str, repo: HubRepo, commit: str) -> str:
+    """Where the Hub hands out read tokens for the repository's Xet storage (CAS)."""
+    kind = "datasets" if repo.dataset else "models"
+    return f"{endpoint}/api/{kind}/{repo.repo_id}/xet-read-token/{commit}"
+
+
+def parse_xet_token(body: bytes, where: str) -> tuple[str, float, str]:
+    """A Xet read token answer: the token, when it expires (Unix time) and the CAS's URL."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise SourceError(f"{where}: the Xet token answer is not JSON") from None
+    if not isinstance(document, dict):
+        raise SourceError(f"{where}: the Xet token answer is not an object")
+    token, expires, cas = document.get("accessToken"), document.get("exp"), document.get("casUrl")
+    if not isinstance(token, str) or not token or not isinstance(cas, str):
+        raise SourceError(f"{where}: the Xet token answer lacks its token or CAS URL")
+    if not isinstance(expires, int | float) or isinstance(expires, bool):
+        raise SourceError(f"{where}: the Xet token answer lacks its expiry")
+    if not cas.startswith(("http://", "https://")):
+        raise SourceError(f"{where}: the Xet CAS URL is not an http(s) URL")
+    return token, float(expires), cas.rstrip("/")
+
+
 def hf_file_url(endpoint: str, repo: HubRepo, commit: str, path: str) -> str:
     kind = "datasets/" if repo.dataset else ""
     return f"{endpoint}/{kind}{repo.repo_id}/resolve/{commit}/{quote(path)}"

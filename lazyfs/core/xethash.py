@@ -130,7 +130,13 @@ def file_hash(chunks: Sequence[Node]) -> bytes:
     """The file's ``xetHash``: its root keyed with the zero salt; an empty file is all zeros."""
     if not chunks:
         return ZERO_HASH
-    return blake3.blake3(merkle_root(chunks), key=FILE_KEY).digest()
+    return file_hash_from_root(merkle_root(chunks))
+
+
+def file_hash_from_root(root: bytes) -> bytes:
+    """The file hash of a non-empty file whose tree has root ``root``."""
+    _check_hash(root)
+    return blake3.blake3(root, key=FILE_KEY).digest()
 
 
 def _check_hash(h: bytes) -> None:

@@ -20,6 +20,8 @@ class MountConfig:
     read_ahead: int = 64 * 1024 * 1024
     # --tensor-aware: reads follow safetensors/GGUF tensor maps.
     tensor_aware: bool = True
+    # --xet: Hugging Face files stored in Xet are proven window by window through its CAS.
+    xet: bool = True
     manifest_sha256: str | None = None
     allow_other: bool = False
     # Paths to fetch into the cache once mounted (empty: everything); None: nothing.

@@ -37,9 +37,25 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
     store = reader.store.sync_index()
     held = reader.store.held
     files = []
-    for entry in map(reader.whole_files.known, tree.entries()):
-        cached = held_bytes(entry.blocks, entry.size, reader.block_size, held)
+    for listed in tree.entries():
+        entry = reader.whole_files.known(listed)
+        keys = entry.blocks
+        xet = reader.xet
+        if xet is not None and entry.path in xet.listed:
+            keys = tuple(reader.cache.stored_as(key) or "" for key in keys)
+        cached = held_bytes(keys, entry.size, reader.block_size, held)
         item: dict[str, Any] = {"path": entry.path, "size": entry.size, "cached_bytes": cached}
+        if xet is not None and entry.path in xet.listed:
+            # Proven against the Hub's xetHash window by window (or whole, when the CAS
+            # cannot prove windows of it).
+            item["verified_by"] = xet.mode[entry.path]
+            item["verified_bytes"] = xet.verified_bytes(entry.path)
+        elif listed.check is not None:
+            item["verified_by"] = "whole"
+            item["verified_bytes"] = entry.size if entry.check is None else 0
+        else:
+            item["verified_by"] = "manifest"
+            item["verified_bytes"] = cached
         if entry.check is not None:
             # Verified whole on first read: nothing counts as cached until all of it matches.
             item["verify_whole"] = entry.check.algorithm

@@ -24,6 +24,7 @@ import trio
 from lazyfs.cache.blocklists import BlockLists
 from lazyfs.cache.directory import prepare_cache_dir
 from lazyfs.cache.store import BlockStore
+from lazyfs.cache.xetlists import XetLists
 from lazyfs.core.hubs import is_hub_source
 from lazyfs.core.manifest import Manifest
 from lazyfs.core.namespace import Tree
@@ -41,7 +42,7 @@ from lazyfs.errors import (
 )
 from lazyfs.read.prefetch import Prefetcher
 from lazyfs.read.reader import open_block_reader
-from lazyfs.sources.hub import HubOrigin, open_hub_manifest
+from lazyfs.sources.hub import HubOrigin, open_hub_manifest, xet_source_for
 from lazyfs.sources.hubsettings import hub_settings
 from lazyfs.sources.origin import HttpOrigin, make_client
 from lazyfs.sources.transport import Transport
@@ -87,6 +88,9 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
         block_lists = BlockLists(config.cache_dir / "verified")
+        xet = None
+        if config.xet and isinstance(origin, HubOrigin):
+            xet = xet_source_for(origin, manifest, client, transport)
         metrics = None if config.metrics is None else _mount_metrics()
         reader = await stack.enter_async_context(
             open_block_reader(
@@ -99,8 +103,11 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 readahead_bytes=config.read_ahead,
                 tensor_aware=config.tensor_aware,
                 observe_fetch=None if metrics is None else metrics.observe_fetch,
+                xet=xet,
+                xet_lists=XetLists(config.cache_dir / "xet"),
             )
         )
+        manifest = await reader.adopt(manifest)
         reader.know_files(manifest.files)
         if metrics is not None and config.metrics is not None:
             stack.callback(metrics.serve(config.metrics, reader))

@@ -50,6 +50,16 @@ class MountCollector(Collector):
                 "Block fetches that failed after retries (the origin and its mirrors)",
                 fetches.errors,
             ),
+            "xet_blocks_proven": (
+                "Blocks proven against the Hub's xetHash through the Xet CAS",
+                counters.xet_blocks_proven,
+            ),
+            "cas_requests": (
+                "Requests to the Xet CAS and its data URLs (tokens, proofs, reconstructions, "
+                "xorb ranges)",
+                counters.cas_requests,
+            ),
+            "cas_bytes": ("Xorb bytes received from the Xet CAS", counters.cas_bytes),
             "blocks_read_ahead": ("Blocks read ahead of readers", counters.blocks_read_ahead),
             "read_ahead_dropped": (
                 "Blocks read ahead and dropped unread (their reader moved on or left)",

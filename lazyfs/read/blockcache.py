@@ -36,6 +36,8 @@ from lazyfs.sources.buffers import BufferPool
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BYTES = 128 * 1024 * 1024
+# Keys of blocks whose digest is not known until they are proven (see ``aliases``).
+STAND_IN = "xet:"
 # Fetched blocks waiting for their disk write; past this, fetching waits for the disk.
 MAX_PENDING_STORES = 8
 # How long a fetched block waits for room among the pending writes before it is served
@@ -184,6 +186,15 @@ class BlockCache:
         # Opened blocks that served a read: each counts once as a cache hit while open.
         self._served: set[str] = set()
         self._warned_at = -math.inf
+        # Stand-in keys (``STAND_IN``...) of blocks whose digest is learnt only when they are
+        # proven (Xet files), by the digest they turned out to have. In memory a block stays
+        # under the key its file uses; on disk it is stored by digest.
+        self.aliases: dict[str, str] = {}
+
+    def stored_as(self, key: str) -> str | None:
+        """The digest the store keeps the block under, or None if it is not known yet."""
+        digest = self.aliases.get(key, key)
+        return None if digest.startswith(STAND_IN) else digest
 
     def in_memory(self, digest: str) -> bool:
         return digest in self.recent or digest in self._unwritten
@@ -201,13 +212,17 @@ class BlockCache:
         """Keep a verified block in memory (the least recently used make room)."""
         self.recent.put(digest, block)
 
-    def on_disk(self, digest: str) -> bool:
-        """Whether the disk store is known to hold ``digest`` (the in-memory index; unchecked:
+    def on_disk(self, key: str) -> bool:
+        """Whether the disk store is known to hold ``key`` (the in-memory index; unchecked:
         reading it checks it)."""
-        return digest in self._opened or digest in self.store.held
+        digest = self.stored_as(key)
+        return digest is not None and (digest in self._opened or digest in self.store.held)
 
-    async def get(self, digest: str) -> Buffer | None:
+    async def get(self, key: str) -> Buffer | None:
         """The whole block from the disk store if it is there and still matches its digest."""
+        digest = self.stored_as(key)
+        if digest is None:
+            return None
         if self.store.held.loaded and not self.on_disk(digest):
             # Known not to be stored (by this process's index): no query. A block another
             # process stored since the index was loaded is fetched again, harmlessly.
@@ -227,9 +242,12 @@ class BlockCache:
         self._hit(digest)
         return block
 
-    async def read_stored(self, digest: str, start: int, end: int) -> Buffer | None:
+    async def read_stored(self, key: str, start: int, end: int) -> Buffer | None:
         """Bytes ``[start, end)`` of the stored block, or None if the store does not hold it
         or it failed its check (then it is dropped, and the caller fetches it)."""
+        digest = self.stored_as(key)
+        if digest is None:
+            return None
         stored = await self._open(digest)
         if stored is None:
             return None
@@ -264,9 +282,12 @@ class BlockCache:
             return part
         return None
 
-    async def load_soon(self, digest: str) -> None:
+    async def load_soon(self, key: str) -> None:
         """Have the kernel read a stored block into the page cache ahead of its reader (a
         warm sequential read's read-ahead: the disk works while earlier blocks are served)."""
+        digest = self.stored_as(key)
+        if digest is None:
+            return
         stored = await self._open(digest)
         if stored is not None:
             # Only a hint: nothing it raises may end the nursery it runs in.
@@ -314,8 +335,11 @@ class BlockCache:
         self._close(digest)
         await self.discard(digest)
 
-    async def contains(self, digest: str) -> bool:
-        """Whether the disk store holds ``digest`` (not checked: reading it would check)."""
+    async def contains(self, key: str) -> bool:
+        """Whether the disk store holds ``key`` (not checked: reading it would check)."""
+        digest = self.stored_as(key)
+        if digest is None:
+            return False
         try:
             return await run_in_thread(self.store.contains, digest, limiter=self._index_thread)
         except CacheError as exc:
@@ -347,10 +371,13 @@ class BlockCache:
         await self._reserve_write(digest)
         await self._write(digest, block)
 
-    async def keep(self, digest: str, block: Buffer) -> bool:
+    async def keep(self, key: str, block: Buffer) -> bool:
         """Make sure the disk holds ``block``: wait for its write if one is under way, else
         write it. Whether the store holds it afterwards (a failing disk, or a cache smaller
         than the work, may not)."""
+        digest = self.stored_as(key)
+        if digest is None:
+            return False
         writing = self._writing.get(digest)
         if writing is not None:
             await writing.wait()

@@ -26,19 +26,22 @@ from typing_extensions import Buffer
 
 from lazyfs.cache.blocklists import BlockLists
 from lazyfs.cache.store import BlockStore
+from lazyfs.cache.xetlists import XetLists
 from lazyfs.core.attempts import AttemptLimits
 from lazyfs.core.blocks import BlockSlice, block_extent, read_plan
-from lazyfs.core.manifest import FileEntry
+from lazyfs.core.manifest import FileEntry, Manifest
 from lazyfs.core.readahead import ReadPattern
 from lazyfs.errors import LazyfsError
 from lazyfs.read.blockcache import DEFAULT_MEMORY_BYTES, BlockCache
-from lazyfs.read.fetcher import BlockFetcher
+from lazyfs.read.fetcher import BlockFetcher, FetchCounters
 from lazyfs.read.readahead import ReadAhead, ReadAheadCounters
 from lazyfs.read.singleflight import SingleFlight
 from lazyfs.read.tensorreads import TensorReads
 from lazyfs.read.transfers import DEMAND, Ticket
 from lazyfs.read.wholefile import WholeFiles
+from lazyfs.read.xetfiles import XetFiles
 from lazyfs.sources.base import BlockSource
+from lazyfs.sources.xet import CasCounters, XetSource
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,11 @@ class ReadCounters:
     read_ahead_peak_bytes: int = 0
     read_ahead_dropped: int = 0
     read_ahead_refused: int = 0
+    # Xet: blocks proven through the CAS, the CAS's requests (token, proofs,
+    # reconstructions, data) and the xorb bytes it sent.
+    xet_blocks_proven: int = 0
+    cas_requests: int = 0
+    cas_bytes: int = 0
 
 
 class BlockReader:
@@ -89,6 +97,8 @@ class BlockReader:
         limits: AttemptLimits = DEFAULT_LIMITS,
         observe_fetch: Callable[[float], None] | None = None,
         tensor_aware: bool = True,
+        xet: XetSource | None = None,
+        xet_lists: XetLists | None = None,
     ) -> None:
         """``limits``: how hard each block fetch tries (attempts, one deadline, backoff);
         ``observe_fetch`` is told how long each fetch took (the metrics histogram)."""
@@ -119,12 +129,29 @@ class BlockReader:
         # Hub files without block digests yet are verified whole on first read, through the
         # same fetcher and cache as any block.
         self.whole_files = WholeFiles(self.fetcher, self.cache, block_size, block_lists)
+        # Hub files stored in Xet: blocks proven window by window (``adopt`` gives them keys).
+        self.xet: XetFiles | None = None
+        if xet is not None:
+            self.xet = XetFiles(
+                xet, self.cache, block_size, self.whole_files, xet_lists, limits, observe_fetch
+            )
+            # One queue for transfers: a read's fetch goes first whichever source serves it.
+            self.xet.fetcher.gate = self.fetcher.gate
         self._read_requests = 0
         self._background = background
         # Model files' tensor maps, once ``know_files`` has said which files there are.
         self.tensors: TensorReads | None = None
         # Prefetch fetches under way, by digest: a reader that waits for one promotes it.
         self._prefetch_tickets: dict[str, Ticket] = {}
+
+    async def adopt(self, manifest: Manifest) -> Manifest:
+        """The mount's files as the reader serves them: Xet files (if there is a Xet source)
+        get stand-in block keys, and the digests earlier mounts proved."""
+        if self.xet is None:
+            return manifest
+        entries = self.xet.entries(manifest.files)
+        await trio.to_thread.run_sync(self.xet.load_lists)
+        return Manifest(manifest.block_size, entries)
 
     def know_files(self, entries: Iterable[FileEntry]) -> None:
         """The mount's files: with them (and ``tensor_aware``), reads of model files follow
@@ -155,23 +182,28 @@ class BlockReader:
     def counters(self) -> ReadCounters:
         cache, fetches = self.cache.counters, self.fetcher.counters
         ahead = ReadAheadCounters() if self.ahead is None else self.ahead.counters
+        proven = FetchCounters() if self.xet is None else self.xet.fetcher.counters
+        cas = CasCounters() if self.xet is None else self.xet.source.counters
         return ReadCounters(
             read_requests=self._read_requests,
-            blocks_fetched=fetches.blocks_fetched,
-            bytes_fetched=fetches.bytes_fetched,
+            blocks_fetched=fetches.blocks_fetched + proven.blocks_fetched,
+            bytes_fetched=fetches.bytes_fetched + proven.bytes_fetched,
             cache_hits=cache.cache_hits,
             memory_hits=cache.memory_hits,
             blocks_read_ahead=ahead.blocks_started,
-            verification_failures=fetches.verification_failures,
+            verification_failures=fetches.verification_failures + cas.proof_failures,
             cache_verification_failures=cache.cache_verification_failures,
             cache_write_failures=cache.cache_write_failures,
             cache_writes_skipped=cache.cache_writes_skipped,
-            fetches_in_flight=fetches.fetches_in_flight,
+            fetches_in_flight=fetches.fetches_in_flight + proven.fetches_in_flight,
             read_ahead_budget=ahead.budget_bytes,
             read_ahead_bytes=ahead.bytes_held,
             read_ahead_peak_bytes=ahead.peak_bytes,
             read_ahead_dropped=ahead.blocks_dropped,
             read_ahead_refused=ahead.blocks_refused,
+            xet_blocks_proven=proven.blocks_fetched,
+            cas_requests=cas.requests + cas.token_refreshes,
+            cas_bytes=cas.data_bytes,
         )
 
     async def read(
@@ -183,6 +215,8 @@ class BlockReader:
         """
         self._read_requests += 1
         entry = await self.whole_files.verified(entry)
+        if self.xet is not None:
+            self.xet.check_readable(entry.path)
         plan = read_plan(offset, length, entry.size, self.block_size)
         if not plan:
             return b""
@@ -283,12 +317,21 @@ class BlockReader:
     async def load(self, entry: FileEntry, index: int, ticket: Ticket = DEMAND) -> Buffer:
         """Block ``index`` of ``entry`` from the disk cache, else fetched (at ``ticket``'s
         place in the queue for transfers) and written to the disk cache; not kept in memory."""
-        digest = entry.blocks[index]
-        block = await self.cache.get(digest)
-        if block is None:
-            start, length = block_extent(index, entry.size, self.block_size)
-            block, _ = await self.fetcher.fetch(entry.path, index, start, length, digest, ticket)
-            await self.cache.put(digest, block)
+        key = entry.blocks[index]
+        block = await self.cache.get(key)
+        if block is not None:
+            return block
+        digest = self.cache.stored_as(key)
+        if digest is None:
+            # A Xet block not proven yet: proving it yields its digest.
+            assert self.xet is not None
+            block = await self.xet.load(entry, index, ticket)
+            if self.xet.complete(entry.path) and self._background is not None:
+                self._background.start_soon(self.xet.check_whole, entry.path)
+            return block
+        start, length = block_extent(index, entry.size, self.block_size)
+        block, _ = await self.fetcher.fetch(entry.path, index, start, length, digest, ticket)
+        await self.cache.put(digest, block)
         return block
 
 

@@ -32,6 +32,7 @@ from lazyfs.errors import (
 )
 from lazyfs.sources.origin import HttpOrigin
 from lazyfs.sources.transport import Transport, parse_retry_after, same_origin
+from lazyfs.sources.xet import XetFile, XetSource
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +191,23 @@ async def open_hub_manifest(
         whole,
     )
     return Manifest(block_size, entries), snapshot.modified or time.time()
+
+
+def xet_source_for(
+    origin: HubOrigin, manifest: Manifest, client: httpx.AsyncClient, transport: Transport
+) -> XetSource | None:
+    """The Xet CAS of a resolved Hugging Face repository, for its files that have a
+    ``xetHash`` and no block digests; None if there are none."""
+    if origin.repo.hub != hubs.HF or origin.commit is None:
+        return None
+    files = {
+        entry.path: XetFile(entry.path, entry.xet_hash, entry.size)
+        for entry in manifest.files
+        if entry.xet_hash is not None and entry.check is not None and entry.size > 0
+    }
+    if not files:
+        return None
+    log.info("%s: %d files stored in Xet are proven window by window", origin.repo.name, len(files))
+    return XetSource(
+        origin.repo, origin.commit, origin.endpoint, origin.headers, client, transport, files
+    )
