@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -115,7 +116,8 @@ class FakeHub:
         server.daemon_threads = True
         server.hub = self  # type: ignore[attr-defined]
         server.name = name  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # A short poll interval: close() waits for each loop to look, 0.5 s by default.
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         return server
 
     def close(self) -> None:
@@ -187,6 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         return None
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm and the
+        # client's delayed ACK hold every answer back for ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _record(self) -> None:
         with self.hub.lock:
@@ -320,7 +328,9 @@ class _ApiHandler(_Handler):
             else:
                 self.hf_tree(repo, commit, files, parts.query)
             return
-        token_route = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/xet-read-token/([^/]+)", path)
+        token_route = re.fullmatch(
+            r"/api/(models|datasets)/([^/]+/[^/]+)/xet-read-token/([^/]+)", path
+        )
         if token_route is not None:
             self.hf_xet_read_token(token_route[1], token_route[2], unquote(token_route[3]), head)
             return

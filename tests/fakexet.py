@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -175,7 +176,8 @@ class FakeXetCas:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _CasHandler)
         self.server.daemon_threads = True
         self.server.cas = self  # type: ignore[attr-defined]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll interval: shutdown() waits for the loop to look, 0.5 s by default.
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
     def endpoint(self) -> str:
@@ -363,11 +365,11 @@ class FakeXetCas:
         offset, terms, fetches = found
         xorbs: dict[str, list[dict[str, object]]] = {}
         for xorb, ranges in fetches.items():
-            entries = []
+            entries: list[dict[str, object]] = []
             for first in range(0, len(ranges), self.max_ranges_per_url):
                 batch = ranges[first : first + self.max_ranges_per_url]
                 url = self.sign(xorb, [(b0, b1 - 1) for _, _, b0, b1 in batch])
-                descriptors = [
+                descriptors: list[dict[str, object]] = [
                     {
                         "chunks": {"start": lo, "end": hi},
                         "bytes": {"start": b0, "end": b1 - 1},
@@ -642,6 +644,12 @@ class _CasHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         return None
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes; without this, Nagle's algorithm and the
+        # client's delayed ACK hold every answer back for ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self.dispatch()
 
@@ -653,7 +661,7 @@ class _CasHandler(BaseHTTPRequestHandler):
 
     def read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                 if size == 0:
@@ -676,7 +684,9 @@ class _CasHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def send_json(self, status: int, document: object, headers: dict[str, str] | None = None) -> None:
+    def send_json(
+        self, status: int, document: object, headers: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(document).encode()
         self.send(status, body, {"Content-Type": "application/json", **(headers or {})})
 
