@@ -45,6 +45,21 @@ LFS_MIN_SIZE = 64 * 1024
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
+_DIGESTS: dict[int, tuple[bytes, str]] = {}
+
+
+def sha256_of(data: bytes) -> str:
+    """The sha256 of a file's bytes, computed once per bytes object: the fake serves the same
+    large files many times, and hashing hundreds of MiB per range request would make it the
+    slowest part of any test or benchmark."""
+    if len(data) < 1 << 20:
+        return hashlib.sha256(data).hexdigest()
+    known = _DIGESTS.get(id(data))
+    if known is None or known[0] is not data:
+        known = _DIGESTS[id(data)] = (data, hashlib.sha256(data).hexdigest())
+    return known[1]
+
+
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
 
@@ -136,7 +151,7 @@ class FakeHub:
 
     def push(self, repo: FakeRepo, files: dict[str, bytes], branch: str | None = None) -> str:
         for data in files.values():
-            self.blobs[hashlib.sha256(data).hexdigest()] = data
+            self.blobs[sha256_of(data)] = data
         if self.cas is not None and self.kind == "hf":
             self.store_in_xet(files)
         return repo.commit(files, branch or ("main" if self.kind == "hf" else "master"))
@@ -148,8 +163,8 @@ class FakeHub:
         assert self.cas is not None
         fresh: dict[str, bytes] = {}
         for path, data in files.items():
-            if is_lfs(path, data) and hashlib.sha256(data).hexdigest() not in self.xet_hashes:
-                fresh[hashlib.sha256(data).hexdigest()] = data
+            if is_lfs(path, data) and sha256_of(data) not in self.xet_hashes:
+                fresh[sha256_of(data)] = data
         for sha256, xet_hash in upload(self.cas, fresh).items():
             self.xet_hashes[sha256] = xet_hash
 
@@ -157,11 +172,11 @@ class FakeHub:
         """The file's xetHash when it is stored in the attached CAS."""
         if self.cas is None or not is_lfs(path, data):
             return None
-        return self.xet_hashes.get(hashlib.sha256(data).hexdigest())
+        return self.xet_hashes.get(sha256_of(data))
 
     def spoiled(self, data: bytes) -> bytes:
         """``data`` as served: with its middle byte flipped if it was marked corrupt."""
-        if not data or hashlib.sha256(data).hexdigest() not in self.corrupt:
+        if not data or sha256_of(data) not in self.corrupt:
             return data
         middle = len(data) // 2
         return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
@@ -354,7 +369,7 @@ class _ApiHandler(_Handler):
             return
         headers = {"X-Repo-Commit": commit}
         if is_lfs(file_path, data):
-            sha256 = hashlib.sha256(data).hexdigest()
+            sha256 = sha256_of(data)
             pointer = _lfs_pointer(data)
             headers |= {
                 "ETag": f'"{git_blob_sha1(pointer)}"',
@@ -421,7 +436,7 @@ class _ApiHandler(_Handler):
                 pointer = _lfs_pointer(data)
                 entry["oid"] = git_blob_sha1(pointer)
                 entry["lfs"] = {
-                    "oid": hashlib.sha256(data).hexdigest(),
+                    "oid": sha256_of(data),
                     "size": len(data),
                     "pointerSize": len(pointer),
                 }
@@ -497,7 +512,7 @@ class _ApiHandler(_Handler):
                     "Path": path,
                     "Type": "blob",
                     "Size": len(data),
-                    "Sha256": hashlib.sha256(data).hexdigest(),
+                    "Sha256": sha256_of(data),
                     "IsLFS": is_lfs(path, data),
                     "Mode": "33188",
                     "Revision": commit,
@@ -514,7 +529,7 @@ class _ApiHandler(_Handler):
         if data is None:
             self.ms_reply(404, None, 10010205002, f"file {file_path} not found")
             return
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = sha256_of(data)
         location = f"{self.hub.cdn_base}/oss/{quote(sha256)}?{_signature()}"
         self.send_body(302, b"", {"Location": location}, head)
 
@@ -525,7 +540,7 @@ def _signature() -> str:
 
 
 def _lfs_pointer(data: bytes) -> bytes:
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = sha256_of(data)
     return (
         f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
     ).encode()

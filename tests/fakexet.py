@@ -21,6 +21,7 @@ and how many xorb bytes went out.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -42,6 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 import lz4.frame
 
 from lazyfs.core.xethash import hash_hex
+from lazyfs.core.xetproof import Subtree
 from lazyfs.core.xorb import HEADER_SIZE, XorbChunk, decode_chunk, group4, parse_chunks
 
 TOKEN_TTL = 3600  # seconds a minted CAS token lives, as the Hub's read tokens roughly do
@@ -167,6 +169,7 @@ class FakeXetCas:
         self.max_ranges_per_url = 64  # a v2 URL lists at most this many byte ranges
         self.forge_gap: str | None = None  # "hash" or "size": alter the first gap subtree
         self.failures: list[Failure] = []
+        self._pieces: dict[tuple[str, int, int, bool, bool], Subtree] = {}
         # Counters.
         self.counts: Counter[str] = Counter()  # requests by kind
         self.statuses: Counter[tuple[str, int]] = Counter()  # (kind, status) answered
@@ -401,19 +404,26 @@ class FakeXetCas:
     def chunk_hashes(self, file_hash: str, dirty: Sequence[tuple[int, int]]) -> object | None:
         """The ``file-chunk-hashes`` answer for the dirty ranges ``[start, end)``, built as
         xet-core's ``ChunkWindowBuilder`` builds it; None when no range overlaps the file."""
-        from lazyfs.core.xetproof import Subtree  # the lead's module; lands on main
 
         xet_file = self.files[file_hash]
         chunks = self.file_chunks(file_hash)
         windows, gaps = build_windows(chunks, xet_file.size, dirty)
         if not windows:
             return None
-        hash_ranges: list[object] = [
-            None
-            if gap_chunks is None
-            else Subtree.from_chunks(at_start, gap_chunks, at_end).to_json()
-            for at_start, gap_chunks, at_end in gaps
-        ]
+        # Gaps are the chunks before, between and after the windows, by chunk index.
+        offsets = list(itertools.accumulate((size for _, size in chunks), initial=0))
+        index_of = {offset: index for index, offset in enumerate(offsets)}
+        bounds = [0, *(index_of[edge] for window in windows for edge in window), len(chunks)]
+        hash_ranges: list[object] = []
+        for place in range(0, len(bounds), 2):
+            low, high = bounds[place], bounds[place + 1]
+            at_start, at_end = place == 0, place == len(bounds) - 2
+            hash_ranges.append(
+                None
+                if low == high
+                else self._gap_subtree(file_hash, chunks, low, high, at_start, at_end).to_json()
+            )
+        assert [gap is None for gap in hash_ranges] == [chunks is None for _, chunks, _ in gaps]
         if self.forge_gap is not None:
             _forge(hash_ranges, self.forge_gap)
         return {
@@ -423,6 +433,35 @@ class FakeXetCas:
             "hashRanges": hash_ranges,
             "gapVerification": _gap_verification(xet_file, windows),
         }
+
+    def _gap_subtree(
+        self,
+        file_hash: str,
+        chunks: Sequence[tuple[bytes, int]],
+        low: int,
+        high: int,
+        at_start: bool,
+        at_end: bool,
+    ) -> Subtree:
+        """The subtree of chunks ``[low, high)``: merged from pieces of GAP_PIECE aligned
+        chunks, each built once per file and kept, so an answer costs O(pieces), not a pass
+        over the whole file (as a real CAS's stored structure does)."""
+        cuts = [low, *range((low // GAP_PIECE + 1) * GAP_PIECE, high, GAP_PIECE), high]
+        merged: Subtree | None = None
+        for place, (start, end) in enumerate(itertools.pairwise(cuts)):
+            first, last = at_start and place == 0, at_end and end == high
+            key = (file_hash, start, end, first, last)
+            piece = self._pieces.get(key)
+            if piece is None:
+                piece = Subtree.from_chunks(first, chunks[start:end], last)
+                if end - start == GAP_PIECE:
+                    self._pieces[key] = piece
+            merged = piece if merged is None else merged.merge(piece)
+        assert merged is not None
+        return merged
+
+
+GAP_PIECE = 512  # chunks per cached piece of a gap subtree
 
 
 def build_windows(

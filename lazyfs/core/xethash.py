@@ -47,7 +47,7 @@ Node = tuple[bytes, int]
 """A tree node: its hash and the number of file bytes below it."""
 
 
-def chunk_hash(data: bytes) -> bytes:
+def chunk_hash(data: bytes | memoryview) -> bytes:
     """The hash of one chunk's uncompressed bytes: a leaf of the file's tree."""
     return blake3.blake3(data, key=CHUNK_KEY).digest()
 

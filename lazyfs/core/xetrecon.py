@@ -123,7 +123,8 @@ def parse_reconstruction(body: bytes, where: str) -> Reconstruction:
 
 
 def term_chunks(
-    reconstruction: Reconstruction, fetched: Mapping[tuple[str, str], Sequence[bytes]]
+    reconstruction: Reconstruction,
+    fetched: Mapping[tuple[str, str], Sequence[bytes | bytearray]],
 ) -> list[XorbChunk]:
     """The chunks of every term in file order, from the bodies ``fetched`` (per fetch's
     (xorb, url), one body per signed range)."""
@@ -205,12 +206,14 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def split_byteranges(content_type: str, body: bytes, ranges: Sequence[XorbRange]) -> list[bytes]:
+def split_byteranges(
+    content_type: str, body: bytes, ranges: Sequence[XorbRange]
+) -> list[bytes | bytearray]:
     """The bodies of ``ranges`` from a ``multipart/byteranges`` answer (RFC 9110 14.6), each
     part read by the length its Content-Range states, so data that happens to contain the
     boundary cannot cut it short."""
     boundary = _boundary(content_type)
-    parts: dict[tuple[int, int], bytes] = {}
+    parts: dict[tuple[int, int], bytes | bytearray] = {}
     delimiter = b"--" + boundary
     position = body.find(delimiter)
     while position >= 0:
@@ -233,7 +236,7 @@ def split_byteranges(content_type: str, body: bytes, ranges: Sequence[XorbRange]
     return [parts[(part.start, part.stop)] for part in ranges]
 
 
-def slice_ranges(body: bytes, ranges: Sequence[XorbRange]) -> list[bytes]:
+def slice_ranges(body: bytes, ranges: Sequence[XorbRange]) -> list[bytes | bytearray]:
     """The ranges cut from a whole object (a server that ignored Range)."""
     if any(part.stop >= len(body) for part in ranges):
         raise OriginProtocolError("the xorb is shorter than the ranges asked for")

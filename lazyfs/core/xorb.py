@@ -27,14 +27,16 @@ MAX_CHUNK_BYTES = 1 << 20
 @dataclass(frozen=True)
 class XorbChunk:
     scheme: int
-    payload: bytes
+    payload: bytes | memoryview
     size: int  # uncompressed
 
 
-def parse_chunks(data: bytes) -> list[XorbChunk]:
+def parse_chunks(data: bytes | bytearray) -> list[XorbChunk]:
     """The chunks of a xorb byte range, in order; every byte must belong to one."""
     chunks = []
     position = 0
+    # Payloads are views into ``data``: a window of chunks is not copied to be decoded.
+    view = memoryview(data)
     while position < len(data):
         header = data[position : position + HEADER_SIZE]
         if len(header) < HEADER_SIZE:
@@ -49,15 +51,15 @@ def parse_chunks(data: bytes) -> list[XorbChunk]:
         if size > MAX_CHUNK_BYTES or (scheme == NONE and stored != size):
             raise OriginProtocolError(f"xorb chunk at {position}: impossible sizes")
         start = position + HEADER_SIZE
-        payload = data[start : start + stored]
+        payload = view[start : start + stored]
         if len(payload) < stored:
             raise OriginProtocolError(f"xorb data ends inside the chunk at {position}")
-        chunks.append(XorbChunk(scheme, bytes(payload), size))
+        chunks.append(XorbChunk(scheme, payload, size))
         position = start + stored
     return chunks
 
 
-def decode_chunk(chunk: XorbChunk) -> bytes:
+def decode_chunk(chunk: XorbChunk) -> bytes | memoryview:
     """A chunk's uncompressed bytes, exactly as long as its header says."""
     if chunk.scheme == NONE:
         decoded = chunk.payload

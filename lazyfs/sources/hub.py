@@ -209,5 +209,12 @@ def xet_source_for(
         return None
     log.info("%s: %d files stored in Xet are proven window by window", origin.repo.name, len(files))
     return XetSource(
-        origin.repo, origin.commit, origin.endpoint, origin.headers, client, transport, files
+        origin.repo,
+        origin.commit,
+        origin.endpoint,
+        origin.headers,
+        client,
+        transport,
+        origin.pool,
+        files,
     )

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -253,10 +253,36 @@ def get_range(
 ) -> RangeBody:
     """Exactly ``length`` bytes of ``url`` from ``start`` and their sha256 (blocking), within
     ``limit`` seconds or the pool's request timeout, whichever is shorter."""
+    return _watched(
+        pool,
+        url,
+        limit,
+        lambda watchdog: _get_range_via_redirects(pool, url, start, length, headers, watchdog),
+    )
+
+
+def get_signed_range(
+    pool: ConnectionPool, url: str, start: int, length: int, limit: float = math.inf
+) -> RangeBody:
+    """Like ``get_range``, for a pre-signed URL asked once for the one range it is signed
+    for: no credentials go with it and nothing about it is remembered. Its bytes are not
+    hashed (they are checked once decoded) and land in a buffer of their own (their sizes
+    vary, so pooled block buffers would only be pushed out)."""
+    return _watched(
+        pool,
+        url,
+        limit,
+        lambda watchdog: _get_range(pool, url, start, length, None, watchdog, hashed=False),
+    )
+
+
+def _watched(
+    pool: ConnectionPool, url: str, limit: float, get: Callable[[_Watchdog], RangeBody]
+) -> RangeBody:
     limit = max(0.0, min(limit, pool.timeouts.request))
     with _Watchdog(limit) as watchdog:
         try:
-            return _get_range_via_redirects(pool, url, start, length, headers, watchdog)
+            return get(watchdog)
         except (ValueError, UnicodeError) as exc:
             # A URL (or a redirect's Location) with a bad port or host name.
             raise OriginProtocolError(f"{url}: unusable URL ({exc})") from None
@@ -318,6 +344,7 @@ def _get_range(
     length: int,
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
+    hashed: bool = True,
 ) -> RangeBody:
     chain = RedirectChain(url)
     while True:
@@ -341,7 +368,7 @@ def _get_range(
             if chain.follow(response.status, response.getheader("location")):
                 _discard(pool, key, connection, response, watchdog)
                 continue
-            body = _read_body(response, url, start, length, pool.buffers)
+            body = _read_body(response, url, start, length, pool.buffers if hashed else None)
         except BaseException:
             connection.close()
             raise
@@ -411,8 +438,14 @@ def _discard(
 
 
 def _read_body(
-    response: http.client.HTTPResponse, url: str, start: int, length: int, buffers: BufferPool
+    response: http.client.HTTPResponse,
+    url: str,
+    start: int,
+    length: int,
+    buffers: BufferPool | None,
 ) -> RangeBody:
+    """The body, hashed as it arrives into a pooled buffer; without ``buffers``, into a
+    buffer of its own and not hashed (``sha256`` is then empty)."""
     if response.status not in (200, 206):
         raise status_error(url, response.status, response.getheader("retry-after"))
     if response.status == 206:
@@ -422,9 +455,9 @@ def _read_body(
             raise OriginProtocolError(
                 f"{url}: asked for bytes {start}-{start + length - 1}, got Content-Range {header!r}"
             )
-    data = buffers.take(length)
+    data = bytearray(length) if buffers is None else buffers.take(length)
     view = memoryview(data)
-    digest = hashlib.sha256()
+    digest = None if buffers is None else hashlib.sha256()
     received = 0
     try:
         if response.status == 200:
@@ -434,7 +467,8 @@ def _read_body(
             count = response.readinto(view[received : received + CHUNK])
             if not count:
                 raise OriginProtocolError(f"{url}: body ended after {received} of {length} bytes")
-            digest.update(view[received : received + count])
+            if digest is not None:
+                digest.update(view[received : received + count])
             received += count
     except TimeoutError:
         raise OriginUnreachable(f"{url}: timed out after {received} of {length} bytes") from None
@@ -446,7 +480,7 @@ def _read_body(
         view.release()
     if response.status == 206 and response.length:
         raise OriginProtocolError(f"{url}: body longer than the {length} bytes asked for")
-    return RangeBody(data, digest.hexdigest(), url)
+    return RangeBody(data, "" if digest is None else digest.hexdigest(), url)
 
 
 def _skip(response: http.client.HTTPResponse, url: str, count: int) -> None:
