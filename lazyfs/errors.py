@@ -5,6 +5,7 @@
     ├── ManifestError                a manifest that does not parse or validate
     ├── SourceError                  the origin could not give us the bytes
     │   ├── OriginUnreachable        connect failure, timeout, reset: nothing usable came back
+    │   ├── OriginOffline            not asked at all: offline by the user's choice (HF_HUB_OFFLINE)
     │   ├── OriginHTTPError          an HTTP status we cannot use (404, 403, 5xx after retries)
     │   ├── OriginCertificateError   a TLS certificate that fails verification (never retried)
     │   └── OriginProtocolError      a response that breaks the protocol (wrong length, bad range)
@@ -40,6 +41,10 @@ class SourceError(LazyfsError):
 
 class OriginUnreachable(SourceError):
     pass
+
+
+class OriginOffline(SourceError):
+    """The source is not to be asked (``HF_HUB_OFFLINE``): never retried."""
 
 
 class OriginHTTPError(SourceError):

@@ -443,13 +443,19 @@ class FakeXetCas:
         at_start: bool,
         at_end: bool,
     ) -> Subtree:
-        """The subtree of chunks ``[low, high)``: merged from pieces of GAP_PIECE aligned
-        chunks, each built once per file and kept, so an answer costs O(pieces), not a pass
-        over the whole file (as a real CAS's stored structure does)."""
+        """The subtree of chunks ``[low, high)``, as xet-core's builder makes it.
+
+        A gap that starts the file is merged left to right from pieces of GAP_PIECE aligned
+        chunks, each built once per file and kept (a run that begins the file merges exactly
+        as one built whole), so its answer costs O(pieces), not a pass over the file. Any
+        other gap is built whole: merging two runs that both start mid-file does not give
+        the run built whole (in xet-core as here), so a client cannot be handed one."""
+        if not at_start:
+            return Subtree.from_chunks(at_start, chunks[low:high], at_end)
         cuts = [low, *range((low // GAP_PIECE + 1) * GAP_PIECE, high, GAP_PIECE), high]
         merged: Subtree | None = None
         for place, (start, end) in enumerate(itertools.pairwise(cuts)):
-            first, last = at_start and place == 0, at_end and end == high
+            first, last = place == 0, at_end and end == high
             key = (file_hash, start, end, first, last)
             piece = self._pieces.get(key)
             if piece is None:

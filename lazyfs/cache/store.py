@@ -3,7 +3,10 @@
 Layout of a cache directory (created 0700):
 
     blocks/      diskcache store; key = block sha256 hex, value = the block, stored as a file
-    manifests/   the last manifest seen per source URL, so a mount works offline
+    manifests/   the last manifest seen per source URL, so a mount works offline (and the
+                 manifests committed to hub repositories, by the listing's digest of them)
+    listings/    hub listings last resolved per revision and per commit (cache.listings)
+    verified/    block lists of hub files verified whole (cache.blocklists)
     logs/        logs of background mounts
 
 All methods here block; callers on the event loop run them in ``trio.to_thread``.

@@ -123,7 +123,7 @@ def cache_prune(size: str, cache_dir: Path | None) -> None:
 @cache_dir_option
 @reports_errors
 def cache_clear(cache_dir: Path | None) -> None:
-    """Remove every cached block and manifest.
+    """Remove every cached block, manifest and hub listing.
 
     \b
     Example:
@@ -134,6 +134,9 @@ def cache_clear(cache_dir: Path | None) -> None:
         removed = store.clear()
     finally:
         store.close()
-    for manifest in (directory / "manifests").glob("*.json"):
-        manifest.unlink(missing_ok=True)
+    for kept in (directory / "manifests").glob("*.json"):
+        kept.unlink(missing_ok=True)
+    # Hub listings go too: without blocks, an offline mount of one could read nothing.
+    for kept in (directory / "listings").glob("*.json"):
+        kept.unlink(missing_ok=True)
     click.echo(f"removed {removed} blocks from {directory}")

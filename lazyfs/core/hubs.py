@@ -33,6 +33,10 @@ DEFAULT_ENDPOINTS = {HF: "https://huggingface.co", MODELSCOPE: "https://www.mode
 ENDPOINT_VARIABLES = {HF: "HF_ENDPOINT", MODELSCOPE: "MODELSCOPE_ENDPOINT"}
 TOKEN_VARIABLES = {HF: "HF_TOKEN", MODELSCOPE: "MODELSCOPE_API_TOKEN"}
 DEFAULT_REVISIONS = {HF: "main", MODELSCOPE: "master"}
+# Variables that keep a hub's own client off the network, read as that client reads them:
+# huggingface_hub takes the first that is set and non-empty. ModelScope's client has none.
+OFFLINE_VARIABLES = {HF: ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"), MODELSCOPE: ()}
+_TRUE_SETTINGS = {"1", "ON", "YES", "TRUE"}
 
 # A petabyte: far past any model file, well inside what FUSE and the block arithmetic take.
 MAX_FILE_SIZE = 2**50
@@ -121,6 +125,16 @@ def parse_hub_source(text: str) -> HubRepo:
     if at and (not revision or _BAD_REVISION.search(revision) or len(revision) > 255):
         raise UsageError(f"not a valid revision: {revision!r}")
     return HubRepo(hub, "/".join(parts), revision or DEFAULT_REVISIONS[hub], dataset)
+
+
+def offline_setting(hub: str, environment: Mapping[str, str]) -> str | None:
+    """The variable that puts ``hub`` offline (its client must not ask it), if one does:
+    ``HF_HUB_OFFLINE=1`` (or ON, YES, TRUE in any case), else ``TRANSFORMERS_OFFLINE``."""
+    for variable in OFFLINE_VARIABLES[hub]:
+        value = environment.get(variable)
+        if value:
+            return variable if value.upper() in _TRUE_SETTINGS else None
+    return None
 
 
 def check_endpoint(hub: str, endpoint: str) -> str:

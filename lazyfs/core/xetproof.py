@@ -159,7 +159,12 @@ class Subtree:
         return self.nodes[left : left + left_count], self.nodes[right : right + right_count]
 
     def merge(self, other: Subtree) -> Subtree:
-        """This run followed by ``other``, the next run of the same file."""
+        """This run followed by ``other``, the next run of the same file.
+
+        Exact (the result is the run built whole) when this run begins the file, as in a
+        proof merged left to right, and ``other`` was built whole. Merging two runs that both
+        start mid-file may not be: each level's edges are merged as if adjacent, without the
+        nodes above them (xet-core's merge has the same limit)."""
         if self.at_end or other.at_start:
             raise WindowProofError("the subtrees to merge are out of order")
         hump = _Hump(self.at_start, other.at_end)

@@ -22,6 +22,7 @@ from lazyfs.core.namespace import Tree
 from lazyfs.daemon.runtime import CLIENT_TIMEOUT
 from lazyfs.errors import LazyfsError
 from lazyfs.read.reader import BlockReader
+from lazyfs.sources.hub import HubOrigin
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,15 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
                 item["streamed_bytes"] = streamed
         files.append(item)
     files.sort(key=lambda item: str(item["path"]))
+    origin = reader.fetcher.rotation.sources[0]
+    offline = (
+        {}
+        if not isinstance(origin, HubOrigin) or origin.offline is None
+        else {"offline": origin.offline.describe()}
+    )
     return {
         "files": files,
+        **offline,
         **dataclasses.asdict(reader.counters),
         "cache_blocks": store.blocks,
         "cache_bytes": store.volume,

@@ -32,6 +32,7 @@ from lazyfs.core.selection import select_entries
 from lazyfs.daemon.config import MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
 from lazyfs.daemon.fs import LazyFS
+from lazyfs.daemon.hubmount import open_hub_mount
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
@@ -42,7 +43,7 @@ from lazyfs.errors import (
 )
 from lazyfs.read.prefetch import Prefetcher
 from lazyfs.read.reader import open_block_reader
-from lazyfs.sources.hub import HubOrigin, open_hub_manifest, xet_source_for
+from lazyfs.sources.hub import HubOrigin, xet_source_for
 from lazyfs.sources.hubsettings import hub_settings
 from lazyfs.sources.origin import HttpOrigin, make_client
 from lazyfs.sources.transport import Transport
@@ -77,7 +78,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             settings = hub_settings(config.url, config.token_file)
             origin = HubOrigin(*settings, client, policy, transport=transport)
             stack.callback(origin.close)
-            manifest, mtime = await open_hub_manifest(origin, given, config.manifest_sha256)
+            manifest, mtime = await open_hub_mount(origin, config, given)
         else:
             origin = HttpOrigin(config.url, client, policy, transport=transport)
             stack.callback(origin.close)

@@ -50,9 +50,9 @@ class MountCollector(Collector):
                 "Block fetches that failed after retries (the origin and its mirrors)",
                 fetches.errors,
             ),
-            "xet_blocks_proven": (
-                "Blocks proven against the Hub's xetHash through the Xet CAS",
-                counters.xet_blocks_proven,
+            "xet_proofs": (
+                "Windows of Xet files proven against the Hub's xetHash (each one or more blocks)",
+                counters.xet_proofs,
             ),
             "cas_requests": (
                 "Requests to the Xet CAS and its data URLs (tokens, proofs, reconstructions, "

@@ -76,9 +76,9 @@ class ReadCounters:
     read_ahead_peak_bytes: int = 0
     read_ahead_dropped: int = 0
     read_ahead_refused: int = 0
-    # Xet: blocks proven through the CAS, the CAS's requests (token, proofs,
+    # Xet: windows proven through the CAS (each one or more blocks), the CAS's requests (token, proofs,
     # reconstructions, data) and the xorb bytes it sent.
-    xet_blocks_proven: int = 0
+    xet_proofs: int = 0
     cas_requests: int = 0
     cas_bytes: int = 0
 
@@ -201,7 +201,7 @@ class BlockReader:
             read_ahead_peak_bytes=ahead.peak_bytes,
             read_ahead_dropped=ahead.blocks_dropped,
             read_ahead_refused=ahead.blocks_refused,
-            xet_blocks_proven=proven.blocks_fetched,
+            xet_proofs=proven.blocks_fetched,
             cas_requests=cas.requests + cas.token_refreshes,
             cas_bytes=cas.data_bytes,
         )
@@ -280,6 +280,8 @@ class BlockReader:
         digest = entry.blocks[index]
         if self.ahead is not None:
             self.ahead.wanted(digest)
+        if self.xet is not None:
+            self.xet.wanted(entry.path, index)
         prefetching = self._prefetch_tickets.get(digest)
         if prefetching is not None:
             self.fetcher.gate.promote(prefetching)

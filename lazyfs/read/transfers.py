@@ -58,6 +58,12 @@ class TransferGate:
             self.background_busy -= background
             self._wake()
 
+    async def room(self, ticket: Ticket) -> None:
+        """Wait until a fetch at ``ticket``'s place could start now (it may still have to
+        wait at ``slot``: this reserves nothing)."""
+        while not self._may_start(ticket):
+            await self._changed.wait()
+
     def promote(self, ticket: Ticket) -> None:
         """A reader now waits for this fetch: it goes first from now on."""
         if ticket.background:

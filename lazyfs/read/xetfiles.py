@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import trio
 from typing_extensions import Buffer
@@ -39,6 +39,28 @@ log = logging.getLogger(__name__)
 
 MODE_XET = "xet"
 MODE_WHOLE = "whole"
+
+
+# Blocks proven together at most: a 32 MiB window, one request of each kind.
+MAX_BATCH_BLOCKS = 8
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Blocks ``[first, end)`` of a file, proven in one window."""
+
+    first: int
+    end: int
+    ticket: Ticket
+    # Closed: started, so no more blocks may join it.
+    closed: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    blocks: dict[int, Buffer] = field(default_factory=dict)
+    error: LazyfsError | None = None
+
+    @property
+    def size(self) -> int:
+        return self.end - self.first
 
 
 def stand_in(xet_hash: str, index: int) -> str:
@@ -69,6 +91,9 @@ class XetFiles:
         self.failed: dict[str, IntegrityError] = {}
         self._checking: set[str] = set()
         self._checked: set[str] = set()
+        # Proofs under way or about to start, per file.
+        self._batches: dict[str, list[_Batch]] = {}
+        source.block_size = block_size
 
     def entries(self, entries: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
         """The mount's entries, Xet files given stand-in block keys (others as they are)."""
@@ -107,22 +132,88 @@ class XetFiles:
             raise failure
 
     async def load(self, entry: FileEntry, index: int, ticket: Ticket) -> Buffer:
-        """Block ``index`` of Xet file ``entry``: proven, stored, its digest recorded."""
-        self.check_readable(entry.path)
-        if self.mode[entry.path] == MODE_WHOLE:
-            return await self._load_whole(entry, index)
-        start, length = block_extent(index, entry.size, self.block_size)
+        """Block ``index`` of Xet file ``entry``: proven, stored, its digest recorded.
+
+        Loads of the next blocks of a file that arrive before a proof starts join it (read-ahead
+        asks for several at once): one window, one proof, one request of each kind for all of
+        them, up to ``MAX_BATCH_BLOCKS``."""
+        while True:
+            self.check_readable(entry.path)
+            if self.mode[entry.path] == MODE_WHOLE:
+                return await self._load_whole(entry, index)
+            batch = self._joinable(entry.path, index)
+            if batch is None:
+                return await self._lead(entry, index, ticket)
+            if not ticket.background:
+                self.fetcher.gate.promote(batch.ticket)
+            await batch.done.wait()
+            if batch.error is not None:
+                raise batch.error
+            block = batch.blocks.get(index)
+            if block is not None:
+                return block
+            # Its leader was cancelled, or the file turned to whole-file mode: ask again.
+
+    def wanted(self, path: str, index: int) -> None:
+        """A reader waits for block ``index``: the proof that will bring it goes first."""
+        for batch in self._batches.get(path, ()):
+            if batch.first <= index < batch.end:
+                self.fetcher.gate.promote(batch.ticket)
+
+    def _joinable(self, path: str, index: int) -> _Batch | None:
+        for batch in self._batches.get(path, ()):
+            if batch.first <= index < batch.end:
+                return batch
+            if not batch.closed and index == batch.end and batch.size < MAX_BATCH_BLOCKS:
+                batch.end += 1
+                return batch
+        return None
+
+    async def _lead(self, entry: FileEntry, index: int, ticket: Ticket) -> Buffer:
+        batch = _Batch(index, index + 1, Ticket(ticket.background))
+        batches = self._batches.setdefault(entry.path, [])
+        batches.append(batch)
         try:
-            block, digest = await self.fetcher.fetch(entry.path, index, start, length, None, ticket)
+            # Loads started with this one (read-ahead's, a tensor's) join before it starts,
+            # and so do those that come while every transfer slot is busy.
+            await trio.sleep(0)
+            await self.fetcher.gate.room(batch.ticket)
+            batch.closed = True
+            await self._prove(entry, batch)
         except XetProofUnavailable as exc:
             if self.mode[entry.path] != MODE_WHOLE:
                 self.mode[entry.path] = MODE_WHOLE
                 log.warning("%s; verifying %s whole instead", exc, entry.path)
+        except LazyfsError as exc:
+            batch.error = exc
+            raise
+        finally:
+            batch.closed = True
+            batches.remove(batch)
+            if not batches:
+                del self._batches[entry.path]
+            batch.done.set()
+        block = batch.blocks.get(index)
+        if block is None:
             return await self._load_whole(entry, index)
-        await self.cache.put(digest, block)
-        self._learn(self.listed[entry.path], {index: digest})
-        await self._record(entry.path, {index: digest})
         return block
+
+    async def _prove(self, entry: FileEntry, batch: _Batch) -> None:
+        start = batch.first * self.block_size
+        stop = min(batch.end * self.block_size, entry.size)
+        data, digests = await self.fetcher.fetch(
+            entry.path, batch.first, start, stop - start, None, batch.ticket
+        )
+        view = memoryview(data)
+        learnt = {}
+        for index, digest in zip(range(batch.first, batch.end), digests.split(" "), strict=True):
+            at = index * self.block_size - start
+            block = view[at : at + self.block_size]
+            await self.cache.put(digest, block)
+            batch.blocks[index] = block
+            learnt[index] = digest
+        self._learn(self.listed[entry.path], learnt)
+        await self._record(entry.path, learnt)
 
     def _learn(self, listed: FileEntry, digests: dict[int, str]) -> None:
         assert listed.xet_hash is not None

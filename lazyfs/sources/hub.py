@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import httpx
+from typing_extensions import Buffer
 
 from lazyfs.core import hubs as hubs
 from lazyfs.core.attempts import RetryPolicy
 from lazyfs.core.filehashes import FileHashes
 from lazyfs.core.hubs import HubFile, HubRepo, Snapshot
+from lazyfs.core.listings import CachedListing
 from lazyfs.core.manifest import (
     DEFAULT_BLOCK_SIZE,
     MANIFEST_NAME,
@@ -27,6 +30,7 @@ from lazyfs.errors import (
     IntegrityError,
     MountError,
     OriginHTTPError,
+    OriginOffline,
     OriginUnreachable,
     SourceError,
 )
@@ -38,6 +42,21 @@ log = logging.getLogger(__name__)
 
 # The tree API pages at 1,000 entries; this bounds a listing at ten million files.
 MAX_LISTING_PAGES = 10_000
+
+
+@dataclass(frozen=True)
+class OfflineMount:
+    """A mount of a kept listing: its commit, when that was resolved, and why the hub was not
+    asked (``forced``: it is not to be asked at all)."""
+
+    commit: str
+    resolved_at: float
+    reason: str
+    forced: bool
+
+    def describe(self) -> str:
+        resolved = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.resolved_at))
+        return f"from the listing of commit {self.commit} resolved {resolved} ({self.reason})"
 
 
 class HubOrigin(HttpOrigin):
@@ -57,6 +76,8 @@ class HubOrigin(HttpOrigin):
         self.repo = repo
         self.endpoint = endpoint
         self.commit: str | None = None
+        # Set when the mount serves a kept listing because the hub could not be asked.
+        self.offline: OfflineMount | None = None
         if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
             if repo.hub == hubs.MODELSCOPE:
@@ -85,7 +106,14 @@ class HubOrigin(HttpOrigin):
         raise OriginHTTPError(message, status, retry_after)
 
     async def resolve(self) -> Snapshot:
-        """Resolve the revision to a commit and list the files there."""
+        """Resolve the revision to a commit, list the files there, and check access."""
+        snapshot = await self.list_files()
+        await self.probe_access(snapshot)
+        return snapshot
+
+    async def list_files(self) -> Snapshot:
+        """Resolve the revision to a commit and list the files there (``OriginUnreachable``
+        when the hub cannot be asked)."""
         try:
             if self.repo.hub == hubs.HF:
                 snapshot = await self._resolve_hf()
@@ -96,12 +124,31 @@ class HubOrigin(HttpOrigin):
             raise OriginUnreachable(f"{hub} unreachable at {self.endpoint}: {exc}") from None
         hubs.check_listing(snapshot)
         self.commit = snapshot.commit
+        return snapshot
+
+    async def probe_access(self, snapshot: Snapshot) -> None:
         nonempty = [file for file in snapshot.files if file.size > 0]
         if nonempty:
             # Listings are public for gated repositories (and on some hubs for private
             # ones); the bytes are not. One byte of one file says which this is.
             await self.probe(min(nonempty, key=lambda file: file.size).path)
+
+    def go_offline(self, listing: CachedListing, reason: str, forced: bool) -> Snapshot:
+        """Serve the commit of a kept listing without asking the hub for it. ``forced``: the
+        hub is not to be asked at all (``HF_HUB_OFFLINE``), not even for blocks."""
+        snapshot = listing.snapshot
+        hubs.check_listing(snapshot)
+        self.commit = snapshot.commit
+        self.offline = OfflineMount(snapshot.commit, listing.resolved_at, reason, forced)
         return snapshot
+
+    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+        if self.offline is not None and self.offline.forced:
+            raise OriginOffline(
+                f"{path}: bytes {start}-{start + length - 1} are not in the cache, and "
+                f"{self.offline.reason}: the hub is not asked"
+            )
+        return await super().fetch_block(path, start, length)
 
     async def _resolve_hf(self) -> Snapshot:
         url = hubs.hf_revision_url(self.endpoint, self.repo)
@@ -154,26 +201,36 @@ class HubOrigin(HttpOrigin):
         return Snapshot(self.repo, commit, hubs.sorted_files(files), modified)
 
 
-async def open_hub_manifest(
-    origin: HubOrigin, given: bytes | None, pin: str | None
-) -> tuple[Manifest, float]:
-    """Resolve the repository and describe the mount: block mode from ``given`` or from a
-    manifest committed to the repository, else whole-file mode."""
-    snapshot = await origin.resolve()
-    raw = given
-    committed = [file for file in snapshot.files if file.path == MANIFEST_NAME]
-    if raw is None and committed:
-        raw = await origin.get(MANIFEST_NAME)
-        # Its bytes may come from a CDN: they count only if the hub's listing vouches for them.
-        hashes = FileHashes(committed[0].pending_entry())
-        hashes.update(raw)
-        check = committed[0].check
-        if len(raw) != committed[0].size or hashes.digest(check.algorithm) != check.digest:
-            raise IntegrityError(
-                f"{snapshot.name}: the committed {MANIFEST_NAME} does not match the hub's "
-                f"{check.algorithm}; refusing it"
-            )
-        log.info("%s: using the manifest committed to the repository", snapshot.name)
+def committed_manifest_file(snapshot: Snapshot) -> HubFile | None:
+    """The listing's entry for a ``lazyfs-manifest.json`` committed to the repository."""
+    return next((file for file in snapshot.files if file.path == MANIFEST_NAME), None)
+
+
+def check_committed_manifest(snapshot: Snapshot, committed: HubFile, raw: bytes) -> None:
+    """Its bytes may come from a CDN (or the cache): they count only if the hub's listing
+    vouches for them."""
+    hashes = FileHashes(committed.pending_entry())
+    hashes.update(raw)
+    check = committed.check
+    if len(raw) != committed.size or hashes.digest(check.algorithm) != check.digest:
+        raise IntegrityError(
+            f"{snapshot.name}: the committed {MANIFEST_NAME} does not match the hub's "
+            f"{check.algorithm}; refusing it"
+        )
+
+
+async def fetch_committed_manifest(
+    origin: HubOrigin, snapshot: Snapshot, committed: HubFile
+) -> bytes:
+    """The repository's committed manifest from the hub, checked against the listing."""
+    raw = await origin.get(MANIFEST_NAME)
+    check_committed_manifest(snapshot, committed, raw)
+    return raw
+
+
+def hub_manifest(snapshot: Snapshot, raw: bytes | None, pin: str | None) -> Manifest:
+    """The mount's manifest: block mode from ``raw`` (given with --manifest, or committed to
+    the repository), else whole-file mode."""
     if raw is None:
         if pin is not None:
             raise MountError(f"--manifest-sha256 given, but {snapshot.name} has no manifest")
@@ -190,7 +247,7 @@ async def open_hub_manifest(
         len(entries) - whole,
         whole,
     )
-    return Manifest(block_size, entries), snapshot.modified or time.time()
+    return Manifest(block_size, entries)
 
 
 def xet_source_for(
@@ -217,4 +274,5 @@ def xet_source_for(
         transport,
         origin.pool,
         files,
+        lambda: origin.offline.reason if origin.offline and origin.offline.forced else None,
     )

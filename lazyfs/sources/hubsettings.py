@@ -23,6 +23,11 @@ def hub_settings(source: str, token_file: Path | None) -> tuple[HubRepo, str, st
     return repo, hub_endpoint(repo.hub), hub_token(repo.hub, token_file)
 
 
+def hub_offline(hub: str) -> str | None:
+    """The environment variable that keeps lazyfs from asking ``hub`` (``HF_HUB_OFFLINE``)."""
+    return hubs.offline_setting(hub, os.environ)
+
+
 def hub_token(hub: str, token_file: Path | None) -> str | None:
     """The token from ``--token-file``, else from the hub's environment variable."""
     if token_file is None:

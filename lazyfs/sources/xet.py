@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -43,7 +43,7 @@ from lazyfs.core.xetrecon import (
     term_chunks,
 )
 from lazyfs.core.xorb import decode_chunk
-from lazyfs.errors import OriginHTTPError, OriginProtocolError, SourceError
+from lazyfs.errors import OriginHTTPError, OriginOffline, OriginProtocolError, SourceError
 from lazyfs.sources.rangeget import ConnectionPool, get_signed_range
 from lazyfs.sources.transport import Transport, parse_retry_after, status_error
 
@@ -103,7 +103,9 @@ class XetSource:
         transport: Transport,
         pool: ConnectionPool,
         files: Mapping[str, XetFile],
+        offline: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``offline`` says why nothing may be asked now (``HF_HUB_OFFLINE``), if so."""
         self.repo = repo
         self.commit = commit
         self.endpoint = endpoint
@@ -112,9 +114,12 @@ class XetSource:
         self.files = dict(files)
         self.counters = CasCounters()
         self.max_transfers = DEFAULT_CAS_TRANSFERS
+        # The mount's block size: digests are given per block (set by the reader).
+        self.block_size = 4 * 1024 * 1024
         # Xorb bodies go through rangeget's worker threads, as block bodies do: reading
         # megabytes through httpx on the event loop would take it from the readers.
         self.pool = pool
+        self._offline = offline
         self._data_threads = trio.CapacityLimiter(DEFAULT_CAS_TRANSFERS)
         self._hub_headers = dict(hub_token_headers)
         self._token: _Token | None = None
@@ -126,7 +131,15 @@ class XetSource:
         return f"{cas}/v2/reconstructions/{found.xet_hash} ({path})"
 
     async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
-        """Bytes ``[start, start + length)`` of ``path``, proven, and their sha256."""
+        """Bytes ``[start, start + length)`` of ``path``, proven, and the sha256 of each
+        ``block_size`` piece of them from ``start``, space-separated (``read.xetfiles`` proves
+        several blocks in one window and keeps each under its own digest)."""
+        reason = self._offline()
+        if reason is not None:
+            raise OriginOffline(
+                f"{path}: bytes {start}-{start + length - 1} are not in the cache, and "
+                f"{reason}: the Xet CAS is not asked"
+            )
         file = self.files[path]
         answer = await self.chunk_windows(file, start, start + length)
         window = window_covering(answer, start, start + length)
@@ -149,8 +162,8 @@ class XetSource:
                 f"do not prove against xetHash {file.xet_hash}: {exc}"
             ) from None
         block = memoryview(data)[start - window[0] : start - window[0] + length]
-        digest = await trio.to_thread.run_sync(_sha256, block)
-        return block, digest
+        digests = await trio.to_thread.run_sync(_sha256_pieces, block, self.block_size)
+        return block, " ".join(digests)
 
     async def chunk_windows(self, file: XetFile, start: int, end: int) -> ChunkWindows:
         self.counters.proof_requests += 1
@@ -339,8 +352,8 @@ def _decode_window(
     return data, nodes, {term.xorb for term in reconstruction.terms}
 
 
-def _sha256(data: Buffer) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _sha256_pieces(data: memoryview, size: int) -> list[str]:
+    return [hashlib.sha256(data[at : at + size]).hexdigest() for at in range(0, len(data), size)]
 
 
 async def _read_limited(response: httpx.Response, limit: int, url: str) -> bytes:

@@ -4,6 +4,7 @@ with ordinary tools; and the proof that the fake Hugging Face hub is faithful: t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -472,3 +473,103 @@ def test_whole_file_fetches_are_counted_once(hf: FakeHub, mounter: Mounter) -> N
     report = json.loads(lazyfs("status", mountpoint, "--json").stdout)
     assert (report["bytes_fetched"], report["blocks_fetched"]) == (0, 0)
     assert scrape(port)["lazyfs_bytes_fetched_total"] == 0
+
+
+# Offline: a kept listing when the hub is unreachable or HF_HUB_OFFLINE is set
+
+
+def listings_kept(mounter: Mounter) -> list[Path]:
+    return sorted((mounter.cache_dir() / "listings").glob("*.json"))
+
+
+@pytest.mark.parametrize("kind", ["hf", "modelscope"])
+def test_a_branch_remounts_from_its_kept_listing_with_the_hub_stopped(
+    mounter: Mounter, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    with fake_hub(kind) as hub:
+        monkeypatch.setenv("HF_ENDPOINT" if kind == "hf" else "MODELSCOPE_ENDPOINT", hub.endpoint)
+        repo = hub.add_repo("org/model", FILES)
+        commit = repo.branches["main" if kind == "hf" else "master"]
+        mountpoint, _ = mounter.mount(f"{kind}://org/model")
+        read = {path: data for path, data in FILES.items() if path != "nested/dir/extra.bin"}
+        for path, data in read.items():
+            assert (mountpoint / path).read_bytes() == data
+        mounter.unmount(mountpoint)
+    # The hub is gone: its port refuses connections (asked twice, not four times: it is down).
+    again, _ = mounter.mount(f"{kind}://org/model", "--retries", "2")
+    log = mounter.log_text()
+    assert log.count("mounted offline") == 1
+    assert f"mounted offline, from the listing of commit {commit} resolved " in log
+    for path, data in read.items():
+        assert (again / path).read_bytes() == data
+    report = json.loads(lazyfs("status", again, "--json").stdout)
+    assert report["offline"].startswith(f"from the listing of commit {commit}")
+    assert "unreachable" in report["offline"]
+    # Every byte came from the cache: nothing fetched, nothing even tried.
+    assert (report["bytes_fetched"], report["fetch_retries"], report["fetch_errors"]) == (0, 0, 0)
+    # A file never read asks the hub (it may be back), and fails with EIO; the mount stays up.
+    with pytest.raises(OSError) as failed:
+        (again / "nested/dir/extra.bin").read_bytes()
+    assert failed.value.errno == errno.EIO
+    assert "read of nested/dir/extra.bin" in mounter.log_text()
+    assert (again / "config.json").read_bytes() == FILES["config.json"]
+    assert f"offline: from the listing of commit {commit}" in lazyfs("status", again).stdout
+
+
+def test_hf_hub_offline_mounts_with_zero_requests_and_keeps_block_mode(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = local_manifest(tmp_path, FILES)
+    repo = hf.add_repo("org/model", {**FILES, MANIFEST_NAME: raw})
+    commit = repo.branches["main"]
+    mountpoint, _ = mounter.mount("hf://org/model")
+    assert read_block(mountpoint / "model.safetensors", 5) == WEIGHTS[5 * BLOCK :][:1000]
+    assert (mountpoint / "config.json").read_bytes() == FILES["config.json"]
+    mounter.unmount(mountpoint)
+    hf.push(repo, {**FILES, "README.md": b"# moved on\n"})  # the branch moves meanwhile
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = len(hf.requests)
+    again, _ = mounter.mount("hf://org/model")
+    assert f"commit {commit} resolved" in mounter.log_text()
+    assert "(HF_HUB_OFFLINE is set)" in mounter.log_text()
+    assert read_block(again / "model.safetensors", 5) == WEIGHTS[5 * BLOCK :][:1000]
+    assert (again / "config.json").read_bytes() == FILES["config.json"]
+    assert (again / "README.md").stat().st_size == len(FILES["README.md"])
+    # A block never fetched: EIO and a line saying why; the mount stays up.
+    with pytest.raises(OSError) as failed:
+        read_block(again / "model.safetensors", 20)
+    assert failed.value.errno == errno.EIO
+    assert "are not in the cache, and HF_HUB_OFFLINE is set: the hub is not asked" in (
+        mounter.log_text()
+    )
+    assert read_block(again / "model.safetensors", 5) == WEIGHTS[5 * BLOCK :][:1000]
+    assert len(hf.requests) == asked
+
+
+def test_offline_without_a_good_kept_listing_is_one_line(
+    hf: FakeHub, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hf.add_repo("org/model", FILES)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
+    _, never = mounter.mount("hf://org/model", expect_ok=False)
+    one_line_error(never, 3, "HF_HUB_OFFLINE is set and no listing of this revision is cached")
+    assert not hf.requests
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    mountpoint, _ = mounter.mount("hf://org/model")
+    mounter.unmount(mountpoint)
+    kept = listings_kept(mounter)
+    assert len(kept) == 2  # under "main" and under the commit
+    for path in kept:
+        path.write_bytes(path.read_bytes()[:-20])  # torn, as by a full disk
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, damaged = mounter.mount("hf://org/model", expect_ok=False)
+    one_line_error(damaged, 3, "no listing of this revision is cached")
+    assert "ignoring the damaged cached listing of hf://org/model@main" in mounter.log_text()
+    # Online, a damaged listing is never read: the mount resolves and keeps a good one.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    mountpoint, _ = mounter.mount("hf://org/model")
+    assert_same_files(mountpoint, FILES)
+    mounter.unmount(mountpoint)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mounter.mount("hf://org/model", mountpoint=mountpoint)
+    assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
