@@ -77,6 +77,11 @@ def describe_status(report: dict[str, Any]) -> list[str]:
         f"{count('whole_file_failures')} whole-file checks failed; "
         f"{count('fetch_retries')} fetch retries, {count('fetch_errors')} fetch errors"
     )
+    if count("cas_requests"):
+        lines.append(
+            f"xet: {count('xet_proofs')} windows proven, {count('cas_requests')} CAS "
+            f"requests, {format_size(count('cas_bytes'))} of xorbs received"
+        )
     lines.extend(_describe_prefetch(report.get("prefetch", {}).get("runs", [])))
     # Counters added later than this summary still show, one per line.
     for key, value in report.items():
@@ -87,6 +92,9 @@ def describe_status(report: dict[str, Any]) -> list[str]:
 
 _DESCRIBED = {
     "files",
+    "xet_proofs",
+    "cas_requests",
+    "cas_bytes",
     "cache_blocks",
     "cache_bytes",
     "cache_limit",

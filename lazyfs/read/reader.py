@@ -76,8 +76,8 @@ class ReadCounters:
     read_ahead_peak_bytes: int = 0
     read_ahead_dropped: int = 0
     read_ahead_refused: int = 0
-    # Xet: windows proven through the CAS (each one or more blocks), the CAS's requests (token, proofs,
-    # reconstructions, data) and the xorb bytes it sent.
+    # Xet: windows proven through the CAS (each one or more blocks), the CAS's requests
+    # (token, proofs, reconstructions, data) and the xorb bytes it sent.
     xet_proofs: int = 0
     cas_requests: int = 0
     cas_bytes: int = 0
