@@ -40,11 +40,8 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
     files = []
     for listed in tree.entries():
         entry = reader.whole_files.known(listed)
-        keys = entry.blocks
         xet = reader.xet
-        if xet is not None and entry.path in xet.listed:
-            keys = tuple(reader.cache.stored_as(key) or "" for key in keys)
-        cached = held_bytes(keys, entry.size, reader.block_size, held)
+        cached = held_bytes(reader.stored_keys(entry), entry.size, reader.block_size, held)
         item: dict[str, Any] = {"path": entry.path, "size": entry.size, "cached_bytes": cached}
         if xet is not None and entry.path in xet.listed:
             # Proven against the Hub's xetHash window by window (or whole, when the CAS

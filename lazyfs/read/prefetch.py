@@ -159,6 +159,7 @@ class Prefetcher:
         for entry in map(self.reader.whole_files.known, entries):
             if entry.path in run.errors:
                 continue
-            held = held_bytes(entry.blocks, entry.size, self.reader.block_size, store.held)
+            keys = self.reader.stored_keys(entry)
+            held = held_bytes(keys, entry.size, self.reader.block_size, store.held)
             if held < entry.size:
                 run.not_kept[entry.path] = entry.size - held

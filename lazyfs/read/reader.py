@@ -173,6 +173,13 @@ class BlockReader:
             self._background,
         )
 
+    def stored_keys(self, entry: FileEntry) -> tuple[str, ...]:
+        """The digests the disk store keeps ``entry``'s blocks under ("" for a Xet block not
+        proven yet): what to look for in the store's index."""
+        if self.xet is None or entry.path not in self.xet.listed:
+            return entry.blocks
+        return tuple(self.cache.stored_as(key) or "" for key in entry.blocks)
+
     def opened(self, entry: FileEntry) -> None:
         """A reader opened ``entry`` (a model file's tensor map is read then)."""
         if self.tensors is not None:

@@ -234,7 +234,7 @@ with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_RE
 """
 
 
-def test_mmap_and_safe_open_of_a_xet_file(
+def test_mmap_safe_open_and_prefetch_of_xet_files(
     cas: FakeXetCas, model: dict[str, bytes], mounter: Mounter
 ) -> None:
     data = model["small.safetensors"]
@@ -258,6 +258,10 @@ def test_mmap_and_safe_open_of_a_xet_file(
     assert loaded.stdout.strip() == hashlib.sha256(data).hexdigest()
     item, _ = file_status(mountpoint, "small.safetensors")
     assert item["verified_by"] == "xet"
+    # Prefetch proves and keeps every block of a Xet file.
+    assert lazyfs("prefetch", str(mountpoint), "small.safetensors").returncode == 0
+    item, _ = file_status(mountpoint, "small.safetensors")
+    assert item["verified_bytes"] == item["cached_bytes"] == len(data)
 
 
 def test_a_remount_reads_proven_blocks_with_the_hub_and_cas_stopped(
