@@ -240,12 +240,15 @@ def hub_manifest(snapshot: Snapshot, raw: bytes | None, pin: str | None) -> Mani
         manifest = parse_manifest(raw)
     block_size, entries = hubs.mount_entries(snapshot, manifest, DEFAULT_BLOCK_SIZE)
     whole = sum(1 for entry in entries if entry.check is not None)
+    xet = sum(1 for entry in entries if entry.check is not None and entry.xet_hash is not None)
     log.info(
-        "%s: %d files, %d with block digests, %d verified whole on first read",
+        "%s: %d files, %d with block digests, %d with a whole-file digest only (%d of them "
+        "stored in Xet)",
         snapshot.name,
         len(entries),
         len(entries) - whole,
         whole,
+        xet,
     )
     return Manifest(block_size, entries)
 
