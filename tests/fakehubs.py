@@ -108,6 +108,8 @@ class FakeHub:
         self.cas = cas  # LFS files are stored in this Xet CAS too (Hugging Face only)
         self.xet_hashes: dict[str, str] = {}  # sha256 -> xetHash of files uploaded to ``cas``
         self.xet_token_ttl = 3600  # seconds a minted CAS read token lives
+        # Listed LFS sha256 by path, instead of the true one (a hub whose listing disagrees).
+        self.listed_sha256: dict[str, str] = {}
         self.repos: dict[str, FakeRepo] = {}
         self.blobs: dict[str, bytes] = {}
         self.requests: list[Request] = []
@@ -436,7 +438,7 @@ class _ApiHandler(_Handler):
                 pointer = _lfs_pointer(data)
                 entry["oid"] = git_blob_sha1(pointer)
                 entry["lfs"] = {
-                    "oid": sha256_of(data),
+                    "oid": self.hub.listed_sha256.get(path, sha256_of(data)),
                     "size": len(data),
                     "pointerSize": len(pointer),
                 }

@@ -79,6 +79,9 @@ class XetLists:
         except OSError as exc:
             raise CacheError(f"cannot keep the block list of Xet file {xet_hash}: {exc}") from None
 
+    def discard(self, xet_hash: str, size: int, block_size: int) -> None:
+        self._path(xet_hash, size, block_size).unlink(missing_ok=True)
+
 
 def _check(index: int, digest: str, xet_hash: str, size: int, block_size: int) -> str:
     text = f"{xet_hash} {size} {block_size} {index} {digest}"

@@ -75,7 +75,9 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
         "cache_blocks": store.blocks,
         "cache_bytes": store.volume,
         "cache_limit": store.limit,
-        "whole_file_failures": reader.whole_files.failures,
+        # Files verified whole that did not match, Xet files proven in full included.
+        "whole_file_failures": reader.whole_files.failures
+        + (0 if reader.xet is None else len(reader.xet.failed)),
         "fetch_retries": reader.fetcher.counters.retries,
         "fetch_errors": reader.fetcher.counters.errors,
     }

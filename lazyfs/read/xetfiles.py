@@ -277,6 +277,13 @@ class XetFiles:
         except IntegrityError as exc:
             self.failed[path] = exc
             log.error("%s; its reads fail from now on", exc)
+            if self.lists is not None:
+                # Proven against a xetHash that disagrees with the commit's sha256: a later
+                # mount proves its blocks again rather than trusting them.
+                assert listed.xet_hash is not None
+                await trio.to_thread.run_sync(
+                    self.lists.discard, listed.xet_hash, listed.size, self.block_size
+                )
         except LazyfsError as exc:
             log.warning("could not check %s against the Hub's sha256 yet: %s", path, exc)
             return

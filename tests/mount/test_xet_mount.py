@@ -191,6 +191,34 @@ def test_an_old_cas_without_chunk_hashes_falls_back_to_whole_file_verification(
     assert sha256sum(mountpoint / "small.safetensors") == hashlib.sha256(data).hexdigest()
 
 
+def test_a_file_proven_whole_is_checked_against_the_listed_sha256(
+    xet_hub: tuple[FakeHub, FakeXetCas], cas: FakeXetCas, model: dict[str, bytes], mounter: Mounter
+) -> None:
+    hub, _ = xet_hub
+    data = model["small.safetensors"]
+    hub.listed_sha256["small.safetensors"] = "0" * 64
+    try:
+        mountpoint, _ = mounter.mount("hf://org/model")
+    finally:
+        del hub.listed_sha256["small.safetensors"]
+    # Every window proves against the xetHash (the read may see the check's verdict at its
+    # very end); the whole file then fails the listed sha256.
+    subprocess.run(["cat", str(mountpoint / "small.safetensors")], capture_output=True)
+    item, _ = file_status(mountpoint, "small.safetensors")
+    assert item["verified_bytes"] == len(data)
+    assert wait_until(lambda: "does not match the hub's sha256" in mounter.log_text())
+    _, status = file_status(mountpoint, "small.safetensors")
+    assert status["whole_file_failures"] == 1
+    # What the kernel still caches of it is dropped here; the mount serves none of it again.
+    descriptor = os.open(mountpoint / "small.safetensors", os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+    assert read_fails(mountpoint / "small.safetensors", 0, 100)
+    assert pread(mountpoint / "config.json", 0, 100) == CONFIG
+
+
 def test_expired_tokens_and_data_urls_mid_read_are_renewed_and_cas_errors_retried(
     cas: FakeXetCas, model: dict[str, bytes], mounter: Mounter
 ) -> None:
