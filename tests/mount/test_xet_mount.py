@@ -219,6 +219,23 @@ def test_a_file_proven_whole_is_checked_against_the_listed_sha256(
     assert pread(mountpoint / "config.json", 0, 100) == CONFIG
 
 
+def test_a_window_that_runs_away_sends_the_file_to_whole_file_verification(
+    mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Constant data makes maximal chunks, and a window only closes between two chunks of
+    # ordinary size: a read near the start would prove the whole run at once.
+    zeros = bytes(40 * 1024 * 1024)
+    with fake_xet_cas() as cas, fake_hub("hf", cas=cas) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        hub.add_repo("org/zeros", {"config.json": CONFIG, "zeros.bin": zeros})
+        mountpoint, _ = mounter.mount("hf://org/zeros")
+        assert pread(mountpoint / "zeros.bin", 1000, 100) == bytes(100)
+        item, _ = file_status(mountpoint, "zeros.bin")
+        assert item["verified_by"] == "whole" and item["verified_bytes"] == len(zeros)
+        assert "verifying zeros.bin whole instead" in mounter.log_text()
+        assert cas.counts["xorb-data"] == 0
+
+
 def test_expired_tokens_and_data_urls_mid_read_are_renewed_and_cas_errors_retried(
     cas: FakeXetCas, model: dict[str, bytes], mounter: Mounter
 ) -> None:
