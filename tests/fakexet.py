@@ -42,8 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import lz4.frame
 
-from lazyfs.core.xethash import hash_hex
-from lazyfs.core.xetproof import Subtree
+from lazyfs.core.xethash import group_length, hash_hex, node_hash
+from lazyfs.core.xetproof import Subtree, stable_start
 from lazyfs.core.xorb import HEADER_SIZE, XorbChunk, decode_chunk, group4, parse_chunks
 
 TOKEN_TTL = 3600  # seconds a minted CAS token lives, as the Hub's read tokens roughly do
@@ -170,6 +170,7 @@ class FakeXetCas:
         self.forge_gap: str | None = None  # "hash" or "size": alter the first gap subtree
         self.failures: list[Failure] = []
         self._pieces: dict[tuple[str, int, int, bool, bool], Subtree] = {}
+        self._levels: dict[str, TreeLevels] = {}
         # Counters.
         self.counts: Counter[str] = Counter()  # requests by kind
         self.statuses: Counter[tuple[str, int]] = Counter()  # (kind, status) answered
@@ -450,6 +451,11 @@ class FakeXetCas:
         as one built whole), so its answer costs O(pieces), not a pass over the file. Any
         other gap is built whole: merging two runs that both start mid-file does not give
         the run built whole (in xet-core as here), so a client cannot be handed one."""
+        if not at_start and at_end:
+            levels = self._levels.get(file_hash)
+            if levels is None or len(levels.nodes[0]) != len(chunks):
+                levels = self._levels[file_hash] = TreeLevels.of(chunks)
+            return levels.trailing_gap(low)
         if not at_start:
             return Subtree.from_chunks(at_start, chunks[low:high], at_end)
         cuts = [low, *range((low // GAP_PIECE + 1) * GAP_PIECE, high, GAP_PIECE), high]
@@ -468,6 +474,56 @@ class FakeXetCas:
 
 
 GAP_PIECE = 512  # chunks per cached piece of a gap subtree
+
+
+@dataclass
+class TreeLevels:
+    """A file's whole Merkle tree, level by level: what a CAS keeps so that the subtree of
+    any tail of the file is read off it instead of built."""
+
+    nodes: list[list[tuple[bytes, int]]]
+    # Per level: the index of each group's first node -> that group's node one level up.
+    group_of: list[dict[int, int]]
+
+    @classmethod
+    def of(cls, chunks: Sequence[tuple[bytes, int]]) -> TreeLevels:
+        level = list(chunks)
+        nodes, group_of = [level], []
+        while len(level) > 1:
+            starts: dict[int, int] = {}
+            upper = []
+            position = 0
+            while position < len(level):
+                length = group_length(level, position)
+                starts[position] = len(upper)
+                upper.append(node_hash(level[position : position + length]))
+                position += length
+            group_of.append(starts)
+            nodes.append(upper)
+            level = upper
+        return cls(nodes, group_of)
+
+    def trailing_gap(self, low: int) -> Subtree:
+        """``Subtree.from_chunks(False, chunks[low:], True)``, read off the tree: at each level
+        the nodes before the tail's first stable group start stay on the edge, and from there
+        on the tail groups exactly as the whole file does (that start is a group start
+        whatever precedes it), so the next level is the tree's own from that group on."""
+        lefts: list[list[tuple[bytes, int]]] = []
+        first, level = low, 0
+        while True:
+            current = self.nodes[level][first:]
+            start = stable_start(current) if len(current) > 1 else None
+            if start is None:
+                lefts.append(current)
+                break
+            lefts.append(current[:start])
+            group = self.group_of[level][first + start]
+            if len(self.nodes[level + 1]) - group == 1:
+                lefts.append(self.nodes[level + 1][group:])
+                break
+            first, level = group, level + 1
+        flat = tuple(node for left in lefts for node in left)
+        return Subtree(flat, tuple((len(left), 0) for left in lefts), False, True)
 
 
 def build_windows(

@@ -21,7 +21,7 @@ import huggingface_hub
 import pytest
 
 from lazyfs.core.xethash import chunk_hash, hash_from_hex
-from lazyfs.core.xetproof import WindowProofError, parse_chunk_windows, prove_windows
+from lazyfs.core.xetproof import Subtree, WindowProofError, parse_chunk_windows, prove_windows
 from lazyfs.core.xorb import decode_chunk, parse_chunks
 from tests.fakehubs import TOKEN, fake_hub
 from tests.fakexet import FakeXetCas, build_windows, fake_xet_cas, upload
@@ -430,3 +430,16 @@ def test_windows_are_built_as_xet_core_builds_them(
     gap_bytes = sum(sum(s for _, s in run) for _, run, _ in gaps if run is not None)
     assert gap_bytes + sum(e - s for s, e in built) == count * size
     assert gaps[0][0] and gaps[-1][2]  # the first gap starts the file, the last one ends it
+
+
+def test_tails_read_off_the_tree_are_the_subtrees_built_whole() -> None:
+    from tests.fakexet import TreeLevels
+    from tests.pure.test_xetproof import make_chunks
+
+    for seed, count in ((1, 1), (2, 7), (3, 300), (4, 2500)):
+        chunks = make_chunks(seed, count)
+        levels = TreeLevels.of(chunks)
+        for low in {0, 1, count // 3, count // 2, count - 2, count - 1} - {-1}:
+            if 0 <= low < count:
+                built = Subtree.from_chunks(False, chunks[low:], True)
+                assert levels.trailing_gap(low) == built, (seed, count, low)
