@@ -127,3 +127,25 @@ def test_a_xorb_range_of_a_petabyte_is_refused_before_anything_is_allocated(
     with pytest.raises(SourceError):
         fetch(xet, 1_000_000, 100_000)
 
+
+@pytest.mark.parametrize(
+    "token",
+    ["xet_secret\r\nX-Injected: 1", "xet_secret_\u00e9t\u00e9"],
+    ids=["newline", "not-ascii"],
+)
+def test_a_token_no_header_can_carry_fails_cleanly_and_is_never_shown(
+    xet: Xet,
+    cas: FakeXetCas,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str,
+) -> None:
+    """The token reaches no header (where it could smuggle another) and no message."""
+    monkeypatch.setattr(cas, "mint_token", lambda ttl=3600: (token, int(time.time()) + ttl))
+    caplog.set_level(logging.DEBUG, logger="lazyfs")
+    before = len(cas.requests)
+    with pytest.raises(SourceError) as failure:
+        fetch(xet, 0, 100_000)
+    assert "secret" not in str(failure.value)
+    assert not [r for r in caplog.records if "secret" in r.getMessage()]
+    assert cas.requests[before:] == []
