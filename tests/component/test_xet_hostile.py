@@ -149,3 +149,117 @@ def test_a_token_no_header_can_carry_fails_cleanly_and_is_never_shown(
     assert "secret" not in str(failure.value)
     assert not [r for r in caplog.records if "secret" in r.getMessage()]
     assert cas.requests[before:] == []
+
+
+def _terms(change: Callable[[list[Any]], list[Any]]) -> Callable[[Any], Any]:
+    def rewrite(answer: dict[str, Any]) -> dict[str, Any]:
+        answer["terms"] = change(answer["terms"])
+        return answer
+
+    return rewrite
+
+
+def _field(name: str, value: Any) -> Callable[[Any], Any]:
+    def rewrite(answer: dict[str, Any]) -> dict[str, Any]:
+        answer[name] = value
+        return answer
+
+    return rewrite
+
+
+def _chunk_count(delta: int) -> Callable[[Any], Any]:
+    def rewrite(answer: dict[str, Any]) -> dict[str, Any]:
+        def change(part: dict[str, Any]) -> None:
+            part["chunks"]["end"] += delta
+
+        _each_range(answer, change)
+        return answer
+
+    return rewrite
+
+
+def _gaps(change: Callable[[list[Any]], Any]) -> Callable[[Any], Any]:
+    def rewrite(answer: dict[str, Any]) -> dict[str, Any]:
+        change(answer["hashRanges"])
+        return answer
+
+    return rewrite
+
+
+def _first_gap(change: Callable[[dict[str, Any]], None]) -> Callable[[list[Any]], None]:
+    def rewrite(gaps: list[Any]) -> None:
+        change(next(gap for gap in gaps if gap is not None))
+
+    return rewrite
+
+
+HOSTILE_RECONSTRUCTIONS: dict[str, Callable[[Any], Any]] = {
+    "duplicate-term": _terms(lambda terms: terms + terms),
+    "no-terms": _terms(lambda terms: []),
+    "reversed-terms": _terms(lambda terms: terms[::-1] if len(terms) > 1 else terms * 2),
+    "offset-huge": _field("offset_into_first_range", 1 << 60),
+    "offset-negative": _field("offset_into_first_range", -1),
+    "terms-not-a-list": _field("terms", {"a": 1}),
+    "not-an-object": lambda answer: "just a string",
+    "more-chunks-than-stored": _chunk_count(+1),
+    "fewer-chunks-than-stored": _chunk_count(-1),
+    "unpacked-length-lies": _terms(
+        lambda terms: [{**term, "unpacked_length": term["unpacked_length"] + 1} for term in terms]
+    ),
+}
+
+HOSTILE_PROOFS: dict[str, Callable[[Any], Any]] = {
+    "window-elsewhere": _field("windows", [{"dirtyByteRange": [0, 1]}]),
+    "window-reversed": _field("windows", [{"dirtyByteRange": [2_000_000, 1_000_000]}]),
+    "file-size-huge": _field("fileSize", 1 << 62),
+    "no-gaps": _field("hashRanges", []),
+    "gap-levels-lie": _gaps(_first_gap(lambda gap: gap.update(levels=[[len(gap["nodes"]), 0]]))),
+    "gap-levels-many": _gaps(
+        _first_gap(lambda gap: gap.update(levels=[[0, 0]] * 50_000 + gap["levels"]))
+    ),
+    "gap-nodes-not-objects": _gaps(_first_gap(lambda gap: gap.update(nodes=["x"]))),
+    "gap-flags-flipped": _gaps(
+        _first_gap(lambda gap: gap.update(at_start=not gap["at_start"], at_end=True))
+    ),
+    "gap-empty": _gaps(_first_gap(lambda gap: gap.update(nodes=[], levels=[]))),
+    "gap-size-zero": _gaps(
+        _first_gap(lambda gap: gap.update(nodes=[{**n, "size": 0} for n in gap["nodes"]]))
+    ),
+    "gaps-dropped": _gaps(lambda gaps: gaps.__setitem__(slice(None), [None] * len(gaps))),
+}
+
+
+def _clean_error_or_the_bytes(xet: Xet, contents: bytes) -> None:
+    """A lie that changes nothing proven (a term repeated after the window, a node placed on
+    another level: a node is only its hash and size) may still read the right bytes; any
+    other outcome must be a SourceError."""
+    try:
+        got = fetch(xet, 1_000_000, 100_000)
+    except SourceError:
+        return
+    assert got == contents[1_000_000:1_100_000]
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_RECONSTRUCTIONS))
+def test_a_lying_reconstruction_is_a_clean_error(
+    xet: Xet, cas: FakeXetCas, contents: bytes, name: str
+) -> None:
+    cas.rewrite["reconstructions-v2"] = _then(HOSTILE_RECONSTRUCTIONS[name], _resign_any(cas))
+    _clean_error_or_the_bytes(xet, contents)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_PROOFS))
+def test_a_lying_proof_is_a_clean_error(
+    xet: Xet, cas: FakeXetCas, contents: bytes, name: str
+) -> None:
+    cas.rewrite["file-chunk-hashes"] = _then(HOSTILE_PROOFS[name])
+    _clean_error_or_the_bytes(xet, contents)
+
+
+def _resign_any(cas: FakeXetCas) -> Callable[[Any], Any]:
+    resign = _resign(cas)
+
+    def rewrite(answer: Any) -> Any:
+        return resign(answer) if isinstance(answer, dict) and "xorbs" in answer else answer
+
+    return rewrite
