@@ -33,11 +33,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import lz4.frame
@@ -168,6 +169,9 @@ class FakeXetCas:
         self.file_chunk_hashes = True  # False: /v2/file-chunk-hashes answers 404 (an old CAS)
         self.max_ranges_per_url = 64  # a v2 URL lists at most this many byte ranges
         self.forge_gap: str | None = None  # "hash" or "size": alter the first gap subtree
+        # A hostile CAS: per kind ("reconstructions-v2", "file-chunk-hashes", ...), a function
+        # that rewrites each JSON answer before it is sent.
+        self.rewrite: dict[str, Callable[[Any], Any]] = {}
         self.failures: list[Failure] = []
         self._pieces: dict[tuple[str, int, int, bool, bool], Subtree] = {}
         self._levels: dict[str, TreeLevels] = {}
@@ -859,7 +863,7 @@ class _CasHandler(BaseHTTPRequestHandler):
         if answer is None:
             self.send_json(416, {"error": "range not satisfiable"})
             return
-        self.send_json(200, answer)
+        self.send_json(200, self.cas.rewrite.get(kind, _unchanged)(answer))
 
     def serve_chunk_hashes(self, file_hash: str) -> None:
         if not self.cas.file_chunk_hashes:
@@ -878,7 +882,7 @@ class _CasHandler(BaseHTTPRequestHandler):
         if answer is None:
             self.send_json(416, {"error": "no dirty range overlaps the file"})
             return
-        self.send_json(200, answer)
+        self.send_json(200, self.cas.rewrite.get("file-chunk-hashes", _unchanged)(answer))
 
     def serve_data(self, xorb: str, query: dict[str, list[str]]) -> None:
         authorization = self.headers.get("Authorization")
@@ -920,6 +924,10 @@ class _CasHandler(BaseHTTPRequestHandler):
         )
         body += f"--{boundary}--\r\n".encode()
         self.send(206, body, {"Content-Type": f"multipart/byteranges; boundary={boundary}"})
+
+
+def _unchanged(answer: Any) -> Any:
+    return answer
 
 
 def _route(method: str, path: str) -> tuple[str, str]:

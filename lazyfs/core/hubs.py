@@ -43,6 +43,8 @@ MAX_FILE_SIZE = 2**50
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# What a bearer token may hold (RFC 6750's b64token, and any other visible ASCII).
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 # Characters a revision never needs, and that would make trouble in a URL or a mount table.
 _BAD_REVISION = re.compile(r"[\x00-\x20\x7f,?#\\]|\.\.")
 
@@ -175,6 +177,9 @@ def parse_xet_token(body: bytes, where: str) -> tuple[str, float, str]:
     token, expires, cas = document.get("accessToken"), document.get("exp"), document.get("casUrl")
     if not isinstance(token, str) or not token or not isinstance(cas, str):
         raise SourceError(f"{where}: the Xet token answer lacks its token or CAS URL")
+    if not _HEADER_TOKEN.fullmatch(token):
+        # Said without the token: it is a credential, and one that cannot go in a header.
+        raise SourceError(f"{where}: the Xet token has characters no header may carry")
     if not isinstance(expires, int | float) or isinstance(expires, bool):
         raise SourceError(f"{where}: the Xet token answer lacks its expiry")
     if not cas.startswith(("http://", "https://")):

@@ -39,6 +39,9 @@ from lazyfs.errors import OriginProtocolError
 
 # A hump holds O(log n) nodes per level; a CAS answer with more is not one.
 MAX_SUBTREE_NODES = 100_000
+# Each tree level at least halves the one below, so a file's tree has at most 64 levels; a
+# hump with more is not one (merging costs the square of its levels).
+MAX_SUBTREE_LEVELS = 64
 
 
 class WindowProofError(OriginProtocolError):
@@ -209,7 +212,7 @@ def subtree_from_json(document: Any, where: str) -> Subtree:
         raise OriginProtocolError(f"{where}: a gap subtree lacks nodes or levels")
     if not isinstance(at_start, bool) or not isinstance(at_end, bool):
         raise OriginProtocolError(f"{where}: a gap subtree lacks at_start or at_end")
-    if len(nodes) > MAX_SUBTREE_NODES or len(levels) > MAX_SUBTREE_NODES:
+    if len(nodes) > MAX_SUBTREE_NODES or len(levels) > MAX_SUBTREE_LEVELS:
         raise OriginProtocolError(f"{where}: a gap subtree is too large")
     parsed_nodes = []
     for node in nodes:

@@ -73,6 +73,10 @@ class Reconstruction:
             chosen.setdefault((fetch.xorb, fetch.url), fetch)
         return list(chosen.values())
 
+    def fetch_size(self) -> int:
+        """The bytes the needed fetches ask the data URLs for, all told."""
+        return sum(part.stop - part.start + 1 for fetch in self.needed() for part in fetch.ranges)
+
     def source_of(self, term: Term) -> tuple[XorbFetch, XorbRange]:
         for fetch in self.fetches:
             if fetch.xorb != term.xorb:

@@ -192,6 +192,7 @@ class XetSource:
         """The window's bytes, its chunks' (hash, size) and the xorbs they came from."""
         for asked in range(2):
             reconstruction = await self.reconstruction(file, *window)
+            _check_fetch_size(reconstruction, window)
             try:
                 fetched = {
                     (fetch.xorb, fetch.url): await self._fetch_xorb_ranges(fetch)
@@ -322,6 +323,17 @@ def _only(answer: ChunkWindows, window: tuple[int, int]) -> ChunkWindows:
     if answer.windows == (window,):
         return answer
     raise OriginProtocolError("the CAS answered one range with several windows")
+
+
+def _check_fetch_size(reconstruction: Reconstruction, window: tuple[int, int]) -> None:
+    """Refuse xorb ranges far larger than the window they rebuild, before a buffer is made
+    for them: stored chunks are at most a little larger than their bytes."""
+    limit = 2 * (window[1] - window[0]) + MAX_WINDOW_SLACK
+    if reconstruction.fetch_size() > limit:
+        raise OriginProtocolError(
+            f"the reconstruction of bytes {window[0]}-{window[1]} asks for "
+            f"{reconstruction.fetch_size()} bytes of xorb data"
+        )
 
 
 def _decode_window(

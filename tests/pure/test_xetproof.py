@@ -245,3 +245,11 @@ def test_malformed_subtrees_are_protocol_errors(document: object) -> None:
 def test_malformed_answers_are_protocol_errors(body: bytes) -> None:
     with pytest.raises(OriginProtocolError):
         parse_chunk_windows(body, "test")
+
+
+def test_a_gap_subtree_with_more_levels_than_a_tree_can_have_is_refused_at_once() -> None:
+    """A hump's merge costs the square of its levels: 50,000 empty ones held a read for
+    minutes."""
+    gap = {"nodes": [], "levels": [[0, 0]] * 50_000, "at_start": True, "at_end": False}
+    with pytest.raises(OriginProtocolError, match="too large"):
+        subtree_from_json(gap, "test")
