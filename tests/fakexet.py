@@ -21,6 +21,7 @@ and how many xorb bytes went out.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -166,6 +167,7 @@ class FakeXetCas:
         self.urls: dict[str, SignedUrl] = {}
         # Knobs.
         self.v2_reconstructions = True  # False: /v2/reconstructions answers 404 (v1 fallback)
+        self.gzip_json = False  # True: JSON answers gzipped for clients that accept it
         self.file_chunk_hashes = True  # False: /v2/file-chunk-hashes answers 404 (an old CAS)
         self.max_ranges_per_url = 64  # a v2 URL lists at most this many byte ranges
         self.forge_gap: str | None = None  # "hash" or "size": alter the first gap subtree
@@ -793,7 +795,11 @@ class _CasHandler(BaseHTTPRequestHandler):
         self, status: int, document: object, headers: dict[str, str] | None = None
     ) -> None:
         body = json.dumps(document).encode()
-        self.send(status, body, {"Content-Type": "application/json", **(headers or {})})
+        extra = dict(headers or {})
+        if self.cas.gzip_json and "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body)
+            extra["Content-Encoding"] = "gzip"
+        self.send(status, body, {"Content-Type": "application/json", **extra})
 
     def dispatch(self) -> None:
         parts = urlsplit(self.path)

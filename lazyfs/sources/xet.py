@@ -279,7 +279,7 @@ class XetSource:
                 ) as response:
                     status = response.status_code
                     if status == 200 or status == 206:
-                        return await _read_limited(response, MAX_ANSWER_BYTES, url)
+                        return await _read_limited(response, MAX_ANSWER_BYTES, url, decoded=True)
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
             except httpx.HTTPError as exc:
                 raise self.transport.error(url, exc) from None
@@ -308,7 +308,7 @@ class XetSource:
                 "GET", url, headers=self._hub_headers, follow_redirects=False
             ) as response:
                 status = response.status_code
-                body = await _read_limited(response, MAX_ANSWER_BYTES, url)
+                body = await _read_limited(response, MAX_ANSWER_BYTES, url, decoded=True)
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
         except httpx.HTTPError as exc:
             raise self.transport.error(url, exc) from None
@@ -368,9 +368,14 @@ def _sha256_pieces(data: memoryview, size: int) -> list[str]:
     return [hashlib.sha256(data[at : at + size]).hexdigest() for at in range(0, len(data), size)]
 
 
-async def _read_limited(response: httpx.Response, limit: int, url: str) -> bytes:
+async def _read_limited(
+    response: httpx.Response, limit: int, url: str, decoded: bool = False
+) -> bytes:
+    """The body, at most ``limit`` bytes; ``decoded``: after any Content-Encoding (JSON
+    answers may come gzipped; the limit then bounds what it inflates to)."""
     body = bytearray()
-    async for piece in response.aiter_raw():
+    pieces = response.aiter_bytes() if decoded else response.aiter_raw()
+    async for piece in pieces:
         body += piece
         if len(body) > limit:
             raise OriginProtocolError(f"{_shown(url)}: the answer is larger than {limit} bytes")

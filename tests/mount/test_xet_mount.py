@@ -70,6 +70,7 @@ def cas(
         cas.file_chunk_hashes = True
         cas.v2_reconstructions = True
         cas.forge_gap = None
+        cas.gzip_json = False
         cas.failures.clear()
 
 
@@ -259,6 +260,9 @@ def test_expired_tokens_and_data_urls_mid_read_are_renewed_and_cas_errors_retrie
     cas.v2_reconstructions = False
     assert pread(path, 42 * BLOCK, 4096) == data[42 * BLOCK : 42 * BLOCK + 4096]
     assert cas.counts["reconstructions-v1"] >= 1
+    cas.gzip_json = True
+    assert pread(path, 52 * BLOCK, 4096) == data[52 * BLOCK : 52 * BLOCK + 4096]
+    assert "whole instead" not in mounter.log_text()
     log = mounter.log_text()
     assert "ERROR" not in log
     for token in cas.tokens:
