@@ -46,3 +46,5 @@ def configure_logging(level: str, log_file: Path | None) -> None:
     root.setLevel(level.upper())
     # httpx logs every request at INFO; that is noise beside our own per-block messages.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpcore's debug trace can show request headers, and with them a token.
+    logging.getLogger("httpcore").setLevel(logging.INFO)
