@@ -237,7 +237,9 @@ at 4 KiB-aligned offsets
   cache dropped. First tensor: one pread of the whole tensor nearest the middle
   ({p.xet_tensor}) in a helper process, timed there, bytes checked; data fetched is the CAS's
   xorb bytes plus the CDN's bytes from the mount's start to its unmount. Sequential: `dd
-  bs=1M` of the file; CPU as in 5; requests are every request the Hub, its CDN and the CAS
+  bs=1M` of the file; CPU as in 5, and the fakes' as this process's CPU time over the read
+  (it only waits for dd meanwhile): where it nears a core, the origin bounds the figure;
+  requests are every request the Hub, its CDN and the CAS
   answered from the mount's start to its unmount, per GiB of the file, and Xet mode's split
   by kind (CAS read tokens are the Hub's `xet-read-token`)."""
 
