@@ -21,7 +21,7 @@ from scripts.benchmark.stage import Stage
 from scripts.benchmark.subjects import SUBJECTS, Subject
 from scripts.benchmark.workload import Workload
 from scripts.benchmark.workloads import SECTIONS, WORKLOADS
-from scripts.benchmark.xet import XET_SUBJECTS, XetOrigin
+from scripts.benchmark.xet import ORIGIN, XET_SUBJECTS, XetOrigin
 
 # Every subject a workload may name: what a run that died may have left behind is theirs.
 ALL_SUBJECTS: tuple[type[Subject], ...] = (*SUBJECTS, *XET_SUBJECTS)
@@ -66,7 +66,7 @@ def benchmark(stage: Stage, runs: int, command: str, only: str = "") -> Results:
         report_logs(stage.logs)
     for note in stage.notes:
         results.note(note)
-    results.machine = describe(stage.work, load_start)
+    results.machine = [*describe(stage.work, load_start, nginx=not only), ORIGIN]
     results.minutes = (time.monotonic() - started) / 60
     return results
 

@@ -16,6 +16,7 @@ so they do not compete with the measuring for the GIL.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import time
@@ -46,6 +47,10 @@ from scripts.benchmark.workload import Workload, unexpected
 from tests.fakehubs import FakeHub, fake_hub, sha256_of
 from tests.fakexet import FakeXetCas, fake_xet_cas, upload
 
+ORIGIN = (
+    f"Xet section's origin: the tests' fake Hub, CDN and Xet CAS (Python http.server) in the "
+    f"bench process on 127.0.0.1; hf_xet {importlib.metadata.version('hf_xet')} uploaded to it"
+)
 REPO = "bench/xet-model"
 MANIFEST_BRANCH = "with-manifest"  # the same files, and a lazyfs-manifest.json
 TENSOR_VALUES = 1 << 20  # float32: each layer's large tensor is 4 MiB ...
