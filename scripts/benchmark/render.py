@@ -236,7 +236,8 @@ at 4 KiB-aligned offsets
   status` says the file is verified that way. Every step: a new mount on an empty cache, page
   cache dropped. First tensor: one pread of the whole tensor nearest the middle
   ({p.xet_tensor}) in a helper process, timed there, bytes checked; data fetched is the CAS's
-  xorb bytes plus the CDN's bytes from the mount's start to its unmount. Sequential: `dd
+  xorb bytes plus the CDN's bytes from the mount's start to its unmount, and the fakes' CPU
+  time is this process's over the same span. Sequential: `dd
   bs=1M` of the file; CPU as in 5, and the fakes' as this process's CPU time over the read
   (it only waits for dd meanwhile): where it nears a core, the origin bounds the figure;
   requests are every request the Hub, its CDN and the CAS
