@@ -228,21 +228,21 @@ at 4 KiB-aligned offsets
   (`np.array_equal`) those of a load of the local copy.
 - 13 (issue 13): a safetensors file ({p.xet}: layers of a 4 MiB and a 16 KiB float32
   tensor of whole numbers) uploaded by the real `hf_xet` client to the tests' fake Xet CAS
-  (tests/fakexet.py) and served with the fake Hub (tests/fakehubs.py: listing with
-  `xetHash`, `resolve` through its CDN), both in the bench process on 127.0.0.1, Python
-  servers (not nginx). Three mounts of the same repository: Xet mode (the default),
+  (tests/fakexet.py) and served with the fake Hub (tests/fakehubs.py: a listing with
+  `xetHash`, `resolve` through its CDN), both in the bench process on 127.0.0.1: Python
+  servers, not nginx. Three mounts of the same repository: Xet mode (the default),
   whole-file mode (`--no-xet`) and block-manifest mode (a branch that also commits a
-  `lazyfs-manifest.json` of {BLOCK_SIZE[:-1]} MiB blocks); each step fails unless `lazyfs
-  status` says the file is verified that way. Every step: a new mount on an empty cache, page
-  cache dropped. First tensor: one pread of the whole tensor nearest the middle
-  ({p.xet_tensor}) in a helper process, timed there, bytes checked; data fetched is the CAS's
-  xorb bytes plus the CDN's bytes from the mount's start to its unmount, and the fakes' CPU
-  time is this process's over the same span. Sequential: `dd
-  bs=1M` of the file; CPU as in 5, and the fakes' as this process's CPU time over the read
-  (it only waits for dd meanwhile): where it nears a core, the origin bounds the figure;
-  requests are every request the Hub, its CDN and the CAS
-  answered from the mount's start to its unmount, per GiB of the file, and Xet mode's split
-  by kind (CAS read tokens are the Hub's `xet-read-token`)."""
+  `lazyfs-manifest.json` of {BLOCK_SIZE[:-1]} MiB blocks); a step fails unless `lazyfs
+  status` says the file is verified that way. Every step: a new mount on an empty cache,
+  page cache dropped. First tensor: one pread of the whole tensor nearest the middle
+  ({p.xet_tensor}) in a helper process, timed there, its bytes checked; data fetched is the
+  CAS's xorb bytes plus the CDN's bytes from the mount's start to its unmount, and the
+  fakes' CPU time is the bench process's over the same span (it only waits for its helpers
+  meanwhile). Sequential: `dd bs=1M` of the file; the daemon's CPU as in 5, the fakes' as
+  the bench process's over the read: where it nears a core, the origin bounds the figure.
+  Requests: every request the Hub, its CDN and the CAS answered from the mount's start to
+  its unmount, per GiB of the file, and Xet mode's split by kind (CAS read tokens are the
+  Hub's `xet-read-token`)."""
 
 
 def document(results: Results) -> str:

@@ -42,7 +42,7 @@ class Parameters:
     gguf: str = ""  # "403 MB, 25 tensors"
     sentence: str = ""  # "43 MB"
     # Issue 13's Xet file (empty in results from before it)
-    xet: str = ""  # "1.07 GB safetensors, 510 tensors"
+    xet: str = ""  # "1.07 GB, 510 tensors"
     xet_tensor: str = ""  # "4.0 MiB at 50%"
 
 

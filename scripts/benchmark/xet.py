@@ -127,7 +127,7 @@ class XetOrigin:
         tensors = sum(1 for name in header if name != "__metadata__")
         offset = self.probe.offsets[0]
         return {
-            "xet": f"{self.size / 1e9:.2f} GB safetensors, {tensors} tensors",
+            "xet": f"{self.size / 1e9:.2f} GB, {tensors} tensors",
             "xet_tensor": f"{self.probe.size / MIB:.1f} MiB at {offset / self.size:.0%}",
         }
 
@@ -240,7 +240,8 @@ MANIFEST = Series(XetManifest, f"block manifest ({BLOCK_SIZE[:-1]} MiB blocks)")
 XET_FIRST_TENSOR = Metric(
     "xet_first_tensor",
     13,
-    "Xet file ({xet}): first tensor from the middle ({xet_tensor}), one pread, cold mount",
+    "Xet file (safetensors, {xet}): first tensor from the middle ({xet_tensor}), one pread, "
+    "cold mount",
     MILLISECONDS,
     (XET, WHOLE, MANIFEST),
 )

@@ -69,7 +69,7 @@ from tests.support.processes import AccessRecord
 
 PARAMETERS = Parameters(big="2G", model="1G", tensor="layers.3.weight", first_mib_offset=123)
 XET_PARAMETERS = Parameters(
-    big="2G", model="1G", xet="1.07 GB safetensors, 510 tensors", xet_tensor="4.0 MiB at 50%"
+    big="2G", model="1G", xet="1.07 GB, 510 tensors", xet_tensor="4.0 MiB at 50%"
 )
 COMMIT = "c6b90e8" + "0" * 33
 
@@ -340,7 +340,7 @@ def test_a_section_run_alone_shows_its_own_rows_and_goals_and_never_becomes_the_
     share = "| 13 | Xet mode: first tensor, data fetched, % of the file < 5 % | 5.00 % | no |"
     assert share in text  # strictly below
     assert (
-        "13. Xet file (1.07 GB safetensors, 510 tensors): first tensor from the middle "
+        "13. Xet file (safetensors, 1.07 GB, 510 tensors): first tensor from the middle "
         "(4.0 MiB at 50%)" in text
     )
     with pytest.raises(ResultsError, match="--only xet"):
