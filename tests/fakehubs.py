@@ -114,6 +114,7 @@ class FakeHub:
         self.blobs: dict[str, bytes] = {}
         self.requests: list[Request] = []
         self.corrupt: set[str] = set()  # sha256 of files whose served bytes get one flipped
+        self.cdn_bytes_sent = 0  # body bytes the CDN sent (file data, ranges included)
         self.api_failures: list[tuple[int, str | None]] = []  # (status, Retry-After) to answer
         self.next_page_override: str | None = None  # a hostile Link: rel="next" target
         self.lock = threading.Lock()
@@ -143,9 +144,16 @@ class FakeHub:
             server.server_close()
 
     def add_repo(
-        self, repo_id: str, files: dict[str, bytes], branch: str | None = None, **options: bool
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        branch: str | None = None,
+        *,
+        dataset: bool = False,
+        private: bool = False,
+        gated: bool = False,
     ) -> FakeRepo:
-        repo = FakeRepo(repo_id, **options)
+        repo = FakeRepo(repo_id, dataset=dataset, private=private, gated=gated)
         key = ("datasets/" if repo.dataset else "") + repo_id
         self.repos[key] = repo
         self.push(repo, files, branch)
@@ -226,14 +234,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_body(
         self, status: int, body: bytes, headers: dict[str, str] | None = None, head: bool = False
-    ) -> None:
+    ) -> int:
+        """Send an answer; the body bytes sent."""
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
-            self.wfile.write(body)
+        if head:
+            return 0
+        self.wfile.write(body)
+        return len(body)
 
     def send_json(
         self, status: int, document: object, headers: dict[str, str] | None = None
@@ -244,20 +255,19 @@ class _Handler(BaseHTTPRequestHandler):
             {"Content-Type": "application/json", **(headers or {})},
         )
 
-    def send_content(self, data: bytes, headers: dict[str, str], head: bool) -> None:
-        """The bytes, or the range of them asked for (206), as a real server sends them."""
+    def send_content(self, data: bytes, headers: dict[str, str], head: bool) -> int:
+        """The bytes, or the range of them asked for (206), as a real server sends them; the
+        body bytes sent."""
         match = _RANGE.fullmatch(self.headers.get("Range", "").strip())
         headers = {"Accept-Ranges": "bytes", **headers}
         if match is None:
-            self.send_body(200, data, headers, head)
-            return
+            return self.send_body(200, data, headers, head)
         start = int(match[1])
         end = min(int(match[2]) if match[2] else len(data) - 1, len(data) - 1)
         if start >= len(data) or start > end:
-            self.send_body(416, b"", {"Content-Range": f"bytes */{len(data)}"}, head)
-            return
+            return self.send_body(416, b"", {"Content-Range": f"bytes */{len(data)}"}, head)
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        self.send_body(206, data[start : end + 1], headers, head)
+        return self.send_body(206, data[start : end + 1], headers, head)
 
     def token(self) -> str | None:
         authorization = self.headers.get("Authorization", "")
@@ -289,7 +299,9 @@ class _CdnHandler(_Handler):
         if data is None or "X-Amz-Signature" not in parse_qs(parts.query):
             self.send_body(403, b"<Error>AccessDenied</Error>", head=head)
             return
-        self.send_content(self.hub.spoiled(data), {"ETag": f'"{sha256}"'}, head)
+        sent = self.send_content(self.hub.spoiled(data), {"ETag": f'"{sha256}"'}, head)
+        with self.hub.lock:
+            self.hub.cdn_bytes_sent += sent
 
 
 class _ApiHandler(_Handler):

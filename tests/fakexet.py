@@ -698,7 +698,7 @@ print(json.dumps([info.hash for info in infos]))
 """
 
 
-def upload(cas: FakeXetCas, files: dict[str, bytes]) -> dict[str, str]:
+def upload(cas: FakeXetCas, files: dict[str, bytes], timeout: float = 120) -> dict[str, str]:
     """Upload ``files`` (name -> bytes) to ``cas`` with the real hf_xet client; name -> xetHash.
 
     The client runs in a child process with a fresh HF_HOME, so its local shard cache cannot
@@ -728,7 +728,7 @@ def upload(cas: FakeXetCas, files: dict[str, bytes]) -> dict[str, str]:
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         if done.returncode != 0:

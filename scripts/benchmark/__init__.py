@@ -14,8 +14,12 @@ downloading them first, on one machine, with nginx on 127.0.0.1 as the origin fo
   (``modelload``, driven by ``modeljob``), of models written once with random weights
   (``models``, ``modelmake``); torch and the rest come from the ``bench`` extra, which
   scripts/bench installs and the tests never need;
-- ``goals``: issue 11's and issue 12's goals, each a metric, a reference and a threshold;
-- ``harness``: runs every workload on each of its subjects --runs times, into ``Results``;
+- ``xet``: issue 13's, a safetensors file stored in Xet (uploaded by the real hf_xet client to
+  the tests' fake Xet CAS, served with the fake Hub in this process) read through three mounts
+  of one repository: Xet mode, whole-file mode (--no-xet) and a committed block manifest;
+- ``goals``: issues 11, 12 and 13's goals, each a metric, a reference and a threshold;
+- ``harness``: runs every workload (or one section's, --only) on each of its subjects --runs
+  times, into ``Results``;
 - ``render``: results (JSON) to the tables and to docs/performance.md.
 
 Measuring and publishing are separate: a run saves its results as JSON keyed by commit, and the

@@ -16,7 +16,7 @@ from scripts.benchmark.modelworkloads import MODEL_RUNS
 from scripts.benchmark.render import DOC, DOC_RESULTS, publish, summary
 from scripts.benchmark.results import Results, ResultsError
 from scripts.benchmark.stage import Stage
-from scripts.benchmark.workloads import all_metrics
+from scripts.benchmark.workloads import SECTIONS, all_metrics
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -53,6 +53,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "WORK/models are always kept)",
     )
     parser.add_argument(
+        "--only",
+        choices=sorted(SECTIONS),
+        default="",
+        help="measure one section alone (xet: issue 13's Xet file); its results are saved, "
+        "never rendered as the doc",
+    )
+    parser.add_argument(
         "--render",
         metavar="RESULTS.json",
         help="measure nothing: write docs/performance.md from saved results",
@@ -84,7 +91,7 @@ def measure(options: argparse.Namespace, command: str) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
     try:
-        results = benchmark(stage, runs, command)
+        results = benchmark(stage, runs, command, options.only)
     except KeyboardInterrupt:
         print("bench: interrupted; cleaned up", file=sys.stderr)
         return 130
@@ -92,9 +99,10 @@ def measure(options: argparse.Namespace, command: str) -> int:
         print(f"bench: {one_line(exc)}", file=sys.stderr)
         return 1
     suffix = ("-quick" if results.quick else "") + ("" if results.committed else "-dirty")
+    suffix = (f"-{results.only}" if results.only else "") + suffix
     saved = stage.work / "results" / f"{results.commit[:12]}{suffix}.json"
     results.save(saved)
-    print(summary(results))
+    print(summary(results, SECTIONS.get(results.only)))
     progress(f"results in {saved}")
     try:
         publish(results)

@@ -1,4 +1,4 @@
-"""Issue 11's and issue 12's goals, each declared once: a metric, what it is held against
+"""Issues 11, 12 and 13's goals, each declared once: a metric, what it is held against
 (another series of the metric, as a ratio, or a fixed threshold in the metric's unit), and the
 threshold. The goals table in the summary and in docs/performance.md is rendered from these and
 nothing else.
@@ -6,6 +6,7 @@ nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scripts.benchmark.metrics import Metric, Series
@@ -40,6 +41,7 @@ from scripts.benchmark.workloads import (
     STARTUP_MOUNT,
     STARTUP_STATUS,
 )
+from scripts.benchmark.xet import MANIFEST, WHOLE, XET_FIRST_SHARE, XET_FIRST_TENSOR, XET_SEQ_COLD
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class Goal:
         return f"{ratio:.2f}x ({shown} against {against})", ratio >= self.threshold
 
 
+FIRST_SHARE_GOAL = 5.0  # %: a tensor from the middle of a Xet file fetches a small part of it
+FIRST_TENSOR_SPEEDUP = 10.0  # and takes at most a tenth of whole-file mode's time
 RANDOM_4K_WARM_P50 = LATENCY["warm", RANDOM_4K, "p50"]
 RANDOM_4K_WARM_P99 = LATENCY["warm", RANDOM_4K, "p99"]
 RANDOM_4K_COLD_P50 = LATENCY["cold", RANDOM_4K, "p50"]
@@ -163,13 +167,33 @@ GOALS: tuple[Goal, ...] = (
         HOT_SHARE_GOAL,
         issue=12,
     ),
+    # issue 13: Xet files
+    Goal("Xet mode: cold sequential read", XET_SEQ_COLD, 0.8, MANIFEST, issue=13),
+    Goal(
+        "Xet mode: first tensor, data fetched, % of the file",
+        XET_FIRST_SHARE,
+        FIRST_SHARE_GOAL,
+        strict=True,
+        issue=13,
+    ),
+    Goal(
+        "Xet mode: first tensor",
+        XET_FIRST_TENSOR,
+        FIRST_TENSOR_SPEEDUP,
+        WHOLE,
+        against="whole-file mode's (--no-xet)",
+        issue=13,
+    ),
 )
 
 
-def goals_table(results: Results) -> str:
-    """Labels are written for tables already (curl \\| openssl)."""
+def goals_table(results: Results, metrics: Sequence[Metric] | None = None) -> str:
+    """Labels are written for tables already (curl \\| openssl). ``metrics``: the goals on
+    these only (a section run alone)."""
     lines = ["| issue | goal | measured | reached |", "|---|---|---|---|"]
     for goal in GOALS:
+        if metrics is not None and goal.metric not in metrics:
+            continue
         measured, reached = goal.judge(results)
         verdict = {True: "yes", False: "no", None: "-"}[reached]
         lines.append(f"| {goal.issue} | {goal.text} | {measured} | {verdict} |")

@@ -20,17 +20,25 @@ from scripts.benchmark.results import Parameters, Results, StepRecorder
 from scripts.benchmark.stage import Stage
 from scripts.benchmark.subjects import SUBJECTS, Subject
 from scripts.benchmark.workload import Workload
-from scripts.benchmark.workloads import WORKLOADS
+from scripts.benchmark.workloads import SECTIONS, WORKLOADS
+from scripts.benchmark.xet import ORIGIN, XET_SUBJECTS, XetOrigin
+
+# Every subject a workload may name: what a run that died may have left behind is theirs.
+ALL_SUBJECTS: tuple[type[Subject], ...] = (*SUBJECTS, *XET_SUBJECTS)
 
 
-def benchmark(stage: Stage, runs: int, command: str) -> Results:
+def benchmark(stage: Stage, runs: int, command: str, only: str = "") -> Results:
+    """Every section, or only the one ``only`` names (a key of SECTIONS)."""
     started, load_start = time.monotonic(), os.getloadavg()[0]
     commit, changes = tree_state()
     if changes:
         progress(f"warning: measuring with {len(changes)} uncommitted change(s)")
+    workloads = SECTIONS[only] if only else WORKLOADS
     try:
         clean_up(stage)  # what a run that died left behind
-        stage.prepare()
+        stage.prepare(everything=not only)
+        stage.xet = XetOrigin.start(stage)
+        described = {} if only else stage.models.describe()
         results = Results(
             commit=commit,
             changes=changes,
@@ -44,19 +52,21 @@ def benchmark(stage: Stage, runs: int, command: str) -> Results:
                 tensor=stage.tensor,
                 first_mib_offset=stage.first_mib.offsets[0] if stage.first_mib else 0,
                 shard=size_label(stage.shard_size),
-                **stage.models.describe(),
+                **described,
+                **stage.xet.describe(),
             ),
+            only=only,
         )
         for number in range(1, runs + 1):
             progress(f"== run {number} of {runs}")
-            run_workloads(WORKLOADS, stage, results, number)
+            run_workloads(workloads, stage, results, number)
     finally:
         clean_up(stage)
         stage.close()
         report_logs(stage.logs)
     for note in stage.notes:
         results.note(note)
-    results.machine = describe(stage.work, load_start)
+    results.machine = [*describe(stage.work, load_start, nginx=not only), ORIGIN]
     results.minutes = (time.monotonic() - started) / 60
     return results
 
@@ -89,7 +99,7 @@ def step(workload: Workload, subject: Subject, stage: Stage, results: Results) -
 
 
 def clean_up(stage: Stage) -> None:
-    for subject in SUBJECTS:
+    for subject in ALL_SUBJECTS:
         subject.clean_up(stage)
 
 

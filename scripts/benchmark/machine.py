@@ -30,8 +30,9 @@ def tree_state() -> tuple[str, list[str]]:
     return commit, changes
 
 
-def describe(work: Path, load_start: float) -> list[str]:
-    """Lines for the doc's Machine section (the commit is the renderer's: it knows the changes)."""
+def describe(work: Path, load_start: float, nginx: bool = True) -> list[str]:
+    """Lines for the doc's Machine section (the commit is the renderer's: it knows the changes);
+    ``nginx``: it was the origin (not in a run of the Xet section alone)."""
     model = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
@@ -44,7 +45,7 @@ def describe(work: Path, load_start: float) -> list[str]:
             if line.startswith("MemTotal:"):
                 memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
     device = first_line(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--target", str(work)])
-    return [
+    lines = [
         f"CPU: {os.cpu_count()} x {model} (nproc {first_line(['nproc'])})",
         f"memory: {memory}",
         f"kernel: {platform.release()}; {platform.python_implementation()} "
@@ -53,7 +54,11 @@ def describe(work: Path, load_start: float) -> list[str]:
         f"work dir {work} on {device}",
         f"load average (1 min) at the start and the end: {load_start:.2f}, "
         f"{os.getloadavg()[0]:.2f} (anything else running shares the CPUs)",
-        f"origin: {first_line([str(NGINX), '-v'])} (2 workers, sendfile) on 127.0.0.1; "
-        f"{first_line(['rclone', 'version'])}; {first_line(['curl', '--version'])[:40]}; "
-        f"{first_line(['openssl', 'version'])}",
     ]
+    if nginx:
+        lines.append(
+            f"origin: {first_line([str(NGINX), '-v'])} (2 workers, sendfile) on 127.0.0.1; "
+            f"{first_line(['rclone', 'version'])}; {first_line(['curl', '--version'])[:40]}; "
+            f"{first_line(['openssl', 'version'])}"
+        )
+    return lines

@@ -33,6 +33,7 @@ MEBIBYTES = Unit("MiB", higher_is_better=False, digits=".0f")
 CPU_PER_GB = Unit("CPU s per GB", higher_is_better=False, digits=".2f")
 MEGABYTES = Unit("MB", higher_is_better=False, digits=".0f")  # 10^6 bytes: the goal's unit
 REQUESTS = Unit("requests", higher_is_better=False, digits=".0f")
+REQUESTS_PER_GIB = Unit("requests per GiB", higher_is_better=False, digits="")
 TIMES = Unit("x", higher_is_better=False, digits=".2f")  # one size over another
 PERCENT = Unit("%", higher_is_better=False, digits=".2f")
 

@@ -132,9 +132,11 @@ def machine(results: Results) -> list[str]:
     return lines
 
 
-def summary(results: Results) -> str:
-    """What a run prints on stdout."""
-    lines = ["", header(results), table(results), "", goals_table(results), "", *machine(results)]
+def summary(results: Results, workloads: Sequence[Workload] | None = None) -> str:
+    """What a run prints on stdout: of ``workloads`` only, if given (a section run alone)."""
+    metrics = table_metrics(workloads) if workloads is not None else None
+    lines = ["", header(results), table(results, metrics), "", goals_table(results, metrics)]
+    lines += ["", *machine(results)]
     lines += [f"note: {note}" for note in notes(results)]
     if not results.committed:
         lines.append("MEASURED WITH UNCOMMITTED CHANGES: " + "; ".join(results.changes[:5]))
@@ -223,13 +225,32 @@ at 4 KiB-aligned offsets
 - 11: `gguf.GGUFReader(FILE)` (numpy's memory map, as llama.cpp maps a file), then every
   tensor's data hashed in file order; hashes checked as in 9.
 - 12: `SentenceTransformer(DIR)` and `encode` of 4 sentences; the embeddings must equal
-  (`np.array_equal`) those of a load of the local copy."""
+  (`np.array_equal`) those of a load of the local copy.
+- 13 (issue 13): a safetensors file ({p.xet}: layers of a 4 MiB and a 16 KiB float32
+  tensor of whole numbers) uploaded by the real `hf_xet` client to the tests' fake Xet CAS
+  (tests/fakexet.py) and served with the fake Hub (tests/fakehubs.py: a listing with
+  `xetHash`, `resolve` through its CDN), both in the bench process on 127.0.0.1: Python
+  servers, not nginx. Three mounts of the same repository: Xet mode (the default),
+  whole-file mode (`--no-xet`) and block-manifest mode (a branch that also commits a
+  `lazyfs-manifest.json` of {BLOCK_SIZE[:-1]} MiB blocks); a step fails unless `lazyfs
+  status` says the file is verified that way. Every step: a new mount on an empty cache,
+  page cache dropped. First tensor: one pread of the whole tensor nearest the middle
+  ({p.xet_tensor}) in a helper process, timed there, its bytes checked; data fetched is the
+  CAS's xorb bytes plus the CDN's bytes from the mount's start to its unmount, and the
+  fakes' CPU time is the bench process's over the same span (it only waits for its helpers
+  meanwhile). Sequential: `dd bs=1M` of the file; the daemon's CPU as in 5, the fakes' as
+  the bench process's over the read: where it nears a core, the origin bounds the figure.
+  Requests: every request the Hub, its CDN and the CAS answered from the mount's start to
+  its unmount, per GiB of the file, and Xet mode's split by kind (CAS read tokens are the
+  Hub's `xet-read-token`)."""
 
 
 def document(results: Results) -> str:
     """docs/performance.md; refuses results that must not be published."""
     if results.quick:
         raise ResultsError("not rendering a --quick smoke run as docs/performance.md")
+    if results.only:
+        raise ResultsError(f"not rendering a run of one section (--only {results.only})")
     if not results.committed:
         changed = ", ".join(line[3:] for line in results.changes[:5])
         more = f" and {len(results.changes) - 5} more" if len(results.changes) > 5 else ""
@@ -252,7 +273,7 @@ def document(results: Results) -> str:
             "",
             "## Goals",
             "",
-            "Issue 11's and issue 12's goals, each held against this run's figures "
+            "Issues 11, 12 and 13's goals, each held against this run's figures "
             "(scripts/benchmark/goals.py).",
             "",
             goals_table(results),

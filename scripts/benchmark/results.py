@@ -41,6 +41,9 @@ class Parameters:
     first_tensor_size: str = ""  # "8.0 MiB"
     gguf: str = ""  # "403 MB, 25 tensors"
     sentence: str = ""  # "43 MB"
+    # Issue 13's Xet file (empty in results from before it)
+    xet: str = ""  # "1.07 GB, 510 tensors"
+    xet_tensor: str = ""  # "4.0 MiB at 50%"
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Results:
     values: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    only: str = ""  # the section measured alone (scripts/bench --only); "": every section
 
     @property
     def committed(self) -> bool:

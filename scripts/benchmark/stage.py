@@ -11,11 +11,15 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scripts.benchmark.commands import LAZYFS, StepError, one_line, progress, run
 from scripts.benchmark.models import Models
 from scripts.benchmark.reads import GIB, KIB, MIB, Probe, size_label, tensor_names
 from tests.support.processes import Origin, cmdline, kill_pid, start_nginx_origin
+
+if TYPE_CHECKING:
+    from scripts.benchmark.xet import XetOrigin
 
 SEED = 20240601
 BLOCK_SIZE = "4M"
@@ -78,6 +82,7 @@ class Stage:
     probes: dict[Pattern, Probe] = field(default_factory=dict)
     first_mib: Probe | None = None
     origin: Origin | None = None
+    xet: XetOrigin | None = None  # the fake Hub and Xet CAS issue 13's workloads read from
     _drop_warned: bool = False
     _scratch_count: int = 0
 
@@ -97,6 +102,7 @@ class Stage:
         self.bin = self.work / "bin"  # a private PATH entry: `fusermount` for rclone
         self.nginx_dir = self.work / "nginx"
         self.models = Models(self.work, self.www, self.quick)
+        self.xet_size = 256 * MIB if self.quick else GIB
 
     # -- what is served --
     @property
@@ -132,7 +138,9 @@ class Stage:
         return self.work / f"mnt-{name}"
 
     # -- setup and teardown --
-    def prepare(self) -> None:
+    def prepare(self, everything: bool = True) -> None:
+        """The work directory; and, unless only issue 13's section runs (``everything``
+        False), the files nginx serves and nginx. The Xet origin is ``XetOrigin.start``'s."""
         for path in (self.work, self.www, self.logs, self.bin, self.hash_dir):
             path.mkdir(parents=True, exist_ok=True)
         for old in self.logs.iterdir():  # the logs of the last run
@@ -140,6 +148,8 @@ class Stage:
                 old.unlink()
         self.stop_stale_nginx()
         self.clear_scratch()
+        if not everything:
+            return
         fusermount3 = shutil.which("fusermount3")
         link = self.bin / "fusermount"
         if fusermount3 and not link.exists():
@@ -203,6 +213,8 @@ class Stage:
                 kill_pid(pid, conf)
 
     def close(self) -> None:
+        if self.xet is not None:
+            self.xet.close()
         if self.origin is not None:
             self.origin.stop()
         shutil.rmtree(self.scratch, ignore_errors=True)

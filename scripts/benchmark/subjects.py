@@ -143,12 +143,13 @@ class LazyfsMount(Mount):
     def opened(self, served: Served, state: Path) -> Iterator[Target]:
         mountpoint = self.stage.mountpoint(self.name)
         mountpoint.mkdir(exist_ok=True)
-        mount = [*LAZYFS, "mount", served.dir_url, str(mountpoint), *self.options]
+        mount = [*LAZYFS, "mount", self.source(served), str(mountpoint), *self.options]
         try:
             started = time.perf_counter()
             run(
                 [*mount, "--cache-dir", str(state), "--cache-size", "50G"],
                 MOUNT_TIMEOUT,
+                env=self.environment(),
                 what="lazyfs mount",
             )
             mounted_in = time.perf_counter() - started
@@ -161,6 +162,14 @@ class LazyfsMount(Mount):
         finally:
             self.clean_up(self.stage)
             self.keep_logs(state)
+
+    def source(self, served: Served) -> str:
+        """What `lazyfs mount` is given: the served file's directory on nginx."""
+        return served.dir_url
+
+    def environment(self) -> dict[str, str] | None:
+        """The environment of `lazyfs mount` (and so of its daemon); None: this process's."""
+        return None
 
     @classmethod
     def daemons(cls, stage: Stage) -> list[int]:

@@ -56,6 +56,7 @@ from scripts.benchmark.workload import (
     Workload,
     unexpected,
 )
+from scripts.benchmark.xet import XET_WORKLOADS
 from tests.support.processes import AccessRecord
 
 SEQ_COLD = Metric(
@@ -432,7 +433,10 @@ WORKLOADS: tuple[Workload, ...] = (
     ManyReaders(),
     Startup(),
     *MODEL_WORKLOADS,
+    *XET_WORKLOADS,
 )
+# What `scripts/bench --only NAME` runs alone.
+SECTIONS: dict[str, tuple[Workload, ...]] = {"xet": XET_WORKLOADS}
 
 
 def all_metrics() -> list[Metric]:

@@ -15,7 +15,7 @@ import pytest
 from scripts.benchmark.__main__ import main
 from scripts.benchmark.commands import StepError
 from scripts.benchmark.goals import GOALS, Goal, goals_table
-from scripts.benchmark.harness import step
+from scripts.benchmark.harness import ALL_SUBJECTS, step
 from scripts.benchmark.metrics import Metric
 from scripts.benchmark.modelworkloads import SENTENCE_LOAD
 from scripts.benchmark.render import document, publish, summary, table, table_metrics
@@ -27,7 +27,7 @@ from scripts.benchmark.results import (
     UndeclaredMetric,
 )
 from scripts.benchmark.stage import Served, Stage
-from scripts.benchmark.subjects import SUBJECTS, LazyfsMount, LocalDisk, Subject
+from scripts.benchmark.subjects import LazyfsMount, LocalDisk, Subject
 from scripts.benchmark.workload import (
     THROUGH_LAZYFS,
     THROUGH_PASSTHROUGH,
@@ -44,6 +44,7 @@ from scripts.benchmark.workloads import (
     READERS,
     READERS_DUPLICATES,
     READERS_RSS,
+    SECTIONS,
     SEQ_COLD,
     SEQ_HOT,
     SEQ_WARM,
@@ -54,10 +55,22 @@ from scripts.benchmark.workloads import (
     all_metrics,
     fetched,
 )
+from scripts.benchmark.xet import (
+    MANIFEST,
+    WHOLE,
+    XET,
+    XET_FIRST_SHARE,
+    XET_FIRST_TENSOR,
+    XET_REQUESTS_BY_KIND,
+    XET_SEQ_COLD,
+)
 from tests.support.pagecache import resident_bytes
 from tests.support.processes import AccessRecord
 
 PARAMETERS = Parameters(big="2G", model="1G", tensor="layers.3.weight", first_mib_offset=123)
+XET_PARAMETERS = Parameters(
+    big="2G", model="1G", xet="1.07 GB, 510 tensors", xet_tensor="4.0 MiB at 50%"
+)
 COMMIT = "c6b90e8" + "0" * 33
 
 
@@ -94,13 +107,14 @@ def test_every_key_is_declared_once_and_every_title_renders() -> None:
     for metric in all_metrics():
         assert metric.heading(asdict(PARAMETERS))  # no placeholder the parameters lack
     for workload in WORKLOADS:
-        assert set(workload.subjects()) <= set(SUBJECTS)
+        assert set(workload.subjects()) <= set(ALL_SUBJECTS)
 
 
 def test_table_rows_go_by_section_then_declaration() -> None:
     rows = table_metrics()
     assert [metric.section for metric in rows] == sorted(metric.section for metric in rows)
-    assert rows[0] is SEQ_COLD and rows[-1] is SENTENCE_LOAD
+    assert rows[0] is SEQ_COLD and rows[-1] is XET_REQUESTS_BY_KIND["xorb_data"]
+    assert rows[rows.index(SENTENCE_LOAD) + 1] is XET_FIRST_TENSOR  # issue 13's after 12's
     assert TTFT_MOUNT not in rows  # a figure for a note, not a row
     random_rows = [metric for metric in rows if metric.section == 4]
     assert random_rows == [*LATENCY.values(), *FETCHED.values()]
@@ -295,8 +309,42 @@ def test_every_goal_is_in_the_goals_table_once() -> None:
     assert all(line.endswith("| not measured | - |") for line in lines[2:])
     assert len({goal.text for goal in GOALS}) == len(GOALS)
     assert "| 11 | cold sequential read ≥ 0.8x curl \\| openssl dgst -sha256 |" in lines[2]
-    issue_12 = [line for line in lines if line.startswith("| 12 | ")]
-    assert len(issue_12) == 6 and lines[-6:] == issue_12  # issue 12's after issue 11's
+    issues = [int(line.split(" | ")[0].strip("| ")) for line in lines[2:]]
+    assert issues == sorted(issues) and issues.count(12) == 6 and issues.count(13) == 3
+    issue_13 = [line for line in lines if line.startswith("| 13 | ")]
+    assert issue_13 == [
+        "| 13 | Xet mode: cold sequential read ≥ 0.8x block manifest (4 MiB blocks) "
+        "| not measured | - |",
+        "| 13 | Xet mode: first tensor, data fetched, % of the file < 5 % | not measured | - |",
+        "| 13 | Xet mode: first tensor ≤ 1/10 of whole-file mode's (--no-xet) | not measured | - |",
+    ]
+
+
+def test_a_section_run_alone_shows_its_own_rows_and_goals_and_never_becomes_the_doc() -> None:
+    run = results(only="xet", parameters=XET_PARAMETERS)
+    run.values = {
+        XET_SEQ_COLD.key(XET): [0.4],
+        XET_SEQ_COLD.key(MANIFEST): [0.5],
+        XET_FIRST_TENSOR.key(XET): [30.0],
+        XET_FIRST_TENSOR.key(WHOLE): [900.0],
+        XET_FIRST_SHARE.key(XET): [5.0],
+    }
+    text = summary(run, SECTIONS["xet"])
+    assert "| 1. " not in text and "| 12 |" not in text  # no other section's rows or goals
+    assert row(text, "13. cold sequential read of the Xet file", MANIFEST.label)[4] == "0.80"
+    assert (
+        "| 13 | Xet mode: cold sequential read ≥ 0.8x block manifest (4 MiB blocks) "
+        "| 0.80x (0.40 GB/s against 0.50 GB/s) | yes |" in text
+    )
+    assert "| 13 | Xet mode: first tensor ≤ 1/10 of whole-file mode's (--no-xet) | 30.00x " in text
+    share = "| 13 | Xet mode: first tensor, data fetched, % of the file < 5 % | 5.00 % | no |"
+    assert share in text  # strictly below
+    assert (
+        "13. Xet file (safetensors, 1.07 GB, 510 tensors): first tensor from the middle "
+        "(4.0 MiB at 50%)" in text
+    )
+    with pytest.raises(ResultsError, match="--only xet"):
+        document(run)
 
 
 def test_the_doc_has_the_goals_table_then_the_bounds_text(

@@ -1,14 +1,34 @@
 """The benchmark's lazyfs subjects on real mounts: tensor-aware (said explicitly) and
---no-tensor-aware, and the counters a model workload reads from `lazyfs status --json`."""
+--no-tensor-aware, and the counters a model workload reads from `lazyfs status --json`; issue
+13's section on the fake Hub and Xet CAS: each mode it names, and what the fakes counted."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pytest
+
 from scripts.benchmark.commands import LAZYFS, run
+from scripts.benchmark.harness import step
+from scripts.benchmark.reads import MIB
+from scripts.benchmark.results import Parameters, Results
 from scripts.benchmark.stage import Stage
 from scripts.benchmark.subjects import LazyfsMount, LazyfsPlain
+from scripts.benchmark.xet import (
+    MANIFEST,
+    REQUEST_KINDS,
+    XET,
+    XET_FIRST_FETCHED,
+    XET_REQUESTS,
+    XET_REQUESTS_BY_KIND,
+    XET_SEQ_COLD,
+    XET_SUBJECTS,
+    XET_WORKLOADS,
+    XetManifest,
+    XetMount,
+    XetOrigin,
+)
 from tests.support.processes import cmdline, is_mounted, start_nginx_origin
 
 
@@ -41,3 +61,38 @@ def test_each_lazyfs_subject_mounts_in_its_mode_and_counts_reads_and_bytes(tmp_p
         LazyfsMount.clean_up(stage)
         LazyfsPlain.clean_up(stage)
         stage.running_origin.stop()
+
+
+def test_the_xet_section_reads_the_mode_it_names_and_counts_what_the_fakes_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two of its five steps (a mount takes a second or two here): the first tensor through the
+    committed manifest, the sequential read in Xet mode."""
+    stage = Stage(tmp_path / "work", quick=True)
+    stage.xet_size = 9 * MIB  # two layers: four tensors over three 4 MiB blocks
+    stage.prepare(everything=False)
+    monkeypatch.setattr(stage, "drop_caches", lambda: None)  # the machine's, not the test's
+    results = Results("0" * 40, [], "test", "2026-11-30", 1, True, Parameters("2G", "1G"))
+    first_tensor, sequential = XET_WORKLOADS
+    try:
+        stage.xet = XetOrigin.start(stage)
+        size = stage.xet.size
+        step(first_tensor, XetManifest(stage), stage, results)
+        step(sequential, XetMount(stage), stage, results)
+    finally:
+        for subject in XET_SUBJECTS:
+            subject.clean_up(stage)
+        stage.close()
+    # A step fails unless `lazyfs status` says the file is verified as its subject says.
+    assert results.errors == {}
+    fetched = results.values[XET_FIRST_FETCHED.key(MANIFEST)][0] * MIB
+    assert 4 * MIB <= fetched <= size  # the tensor's blocks, from the CDN
+    assert XET_FIRST_FETCHED.key(XET) not in results.values
+    for name in REQUEST_KINDS:  # a token, proofs, reconstructions and data: each asked
+        assert results.values[XET_REQUESTS_BY_KIND[name].key(XET)][0] > 0, name
+    total = results.values[XET_REQUESTS.key(XET)][0]
+    split = sum(results.values[metric.key(XET)][0] for metric in XET_REQUESTS_BY_KIND.values())
+    assert total >= split  # and the listing's requests besides
+    assert results.values[XET_SEQ_COLD.key(XET)][0] > 0
+    for subject in XET_SUBJECTS:
+        assert not is_mounted(stage.mountpoint(subject.name))
