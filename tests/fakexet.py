@@ -497,7 +497,7 @@ class TreeLevels:
         nodes, group_of = [level], []
         while len(level) > 1:
             starts: dict[int, int] = {}
-            upper = []
+            upper: list[tuple[bytes, int]] = []
             position = 0
             while position < len(level):
                 length = group_length(level, position)
