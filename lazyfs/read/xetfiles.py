@@ -93,7 +93,6 @@ class XetFiles:
         self._checked: set[str] = set()
         # Proofs under way or about to start, per file.
         self._batches: dict[str, list[_Batch]] = {}
-        source.block_size = block_size
 
     def entries(self, entries: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
         """The mount's entries, Xet files given stand-in block keys (others as they are)."""

@@ -277,5 +277,6 @@ def xet_source_for(
         transport,
         origin.pool,
         files,
+        manifest.block_size,
         lambda: origin.offline.reason if origin.offline and origin.offline.forced else None,
     )

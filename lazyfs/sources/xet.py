@@ -103,9 +103,11 @@ class XetSource:
         transport: Transport,
         pool: ConnectionPool,
         files: Mapping[str, XetFile],
+        block_size: int,
         offline: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """``offline`` says why nothing may be asked now (``HF_HUB_OFFLINE``), if so."""
+        """``block_size``: the mount's (a fetch's digests are given per block); ``offline``
+        says why nothing may be asked now (``HF_HUB_OFFLINE``), if so."""
         self.repo = repo
         self.commit = commit
         self.endpoint = endpoint
@@ -114,8 +116,7 @@ class XetSource:
         self.files = dict(files)
         self.counters = CasCounters()
         self.max_transfers = DEFAULT_CAS_TRANSFERS
-        # The mount's block size: digests are given per block (set by the reader).
-        self.block_size = 4 * 1024 * 1024
+        self.block_size = block_size
         # Xorb bodies go through rangeget's worker threads, as block bodies do: reading
         # megabytes through httpx on the event loop would take it from the readers.
         self.pool = pool

@@ -70,6 +70,7 @@ def fetch(xet: Xet, start: int, length: int) -> bytes:
                 transport,
                 ConnectionPool(TIMEOUTS, transport),
                 {PATH: XetFile(PATH, xet_hash, SIZE)},
+                4 * 1024 * 1024,
             )
             with trio.fail_after(30):
                 block, _ = await source.fetch_block(PATH, start, length)
