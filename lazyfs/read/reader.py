@@ -208,7 +208,7 @@ class BlockReader:
             read_ahead_peak_bytes=ahead.peak_bytes,
             read_ahead_dropped=ahead.blocks_dropped,
             read_ahead_refused=ahead.blocks_refused,
-            xet_proofs=proven.blocks_fetched,
+            xet_proofs=0 if self.xet is None else self.xet.proofs,
             cas_requests=cas.requests + cas.token_refreshes,
             cas_bytes=cas.data_bytes,
         )

@@ -93,6 +93,8 @@ class XetFiles:
         self._checked: set[str] = set()
         # Proofs under way or about to start, per file.
         self._batches: dict[str, list[_Batch]] = {}
+        # Windows proven (each serves one or more blocks).
+        self.proofs = 0
 
     def entries(self, entries: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
         """The mount's entries, Xet files given stand-in block keys (others as they are)."""
@@ -203,6 +205,9 @@ class XetFiles:
         data, digests = await self.fetcher.fetch(
             entry.path, batch.first, start, stop - start, None, batch.ticket
         )
+        self.proofs += 1
+        # The fetcher counted one block per proof.
+        self.fetcher.counters.blocks_fetched += batch.size - 1
         view = memoryview(data)
         learnt = {}
         for index, digest in zip(range(batch.first, batch.end), digests.split(" "), strict=True):
