@@ -32,11 +32,13 @@ __all__ = [
     "make_test_ca",
     "read_access_log",
     "read_proxy_log",
+    "start_cache_tier",
     "start_lazyfs_origin",
     "start_nginx_origin",
     "start_tinyproxy",
 ]
 TINYPROXY = Path("/usr/bin/tinyproxy")
+CACHE_CONFIG = Path(__file__).resolve().parents[1] / "scripts" / "cluster" / "cache-config"
 
 
 def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
@@ -51,6 +53,21 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
     origin = Origin("lazyfs", root, workdir, log, command, banner=True)
     origin.start()
     return origin
+
+
+def start_cache_tier(upstream: Origin, workdir: Path, block_size: str) -> tuple[Origin, Path]:
+    """The shipped block cache tier (scripts/cluster/cache-config, run as a user runs it) in an
+    nginx of its own in front of ``upstream``; returns it and its cache directory. Its access
+    log lists the requests readers made of it, ``upstream``'s those that went through."""
+    cache_dir = workdir / "blocks"
+
+    def site(port: int) -> str:
+        command = [sys.executable, str(CACHE_CONFIG), "--upstream", upstream.url]
+        command += ["--block-size", block_size, "--cache-dir", str(cache_dir)]
+        command += ["--listen", f"127.0.0.1:{port}", "--max-size", "2G"]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    return start_nginx_origin(workdir, workdir, site=site), cache_dir
 
 
 @dataclass(frozen=True)

@@ -266,13 +266,17 @@ def start_nginx_origin(
     listing: bool = False,
     access_log: bool = True,
     tls: TlsFiles | None = None,
+    limit_rate: str | None = None,
+    site: Callable[[int], str] | None = None,
 ) -> Origin:
     """nginx with a config of its own in ``workdir``; every path it writes is under ``workdir``.
 
     The tests' origin by default. ``listing``: directories answer with nginx's autoindex page (what
     ``rclone mount :http:`` lists) instead of 404 (what ``lazyfs serve`` answers).
     ``access_log=False`` spares a benchmark the write per request. With ``tls``, it speaks only
-    https, with that certificate."""
+    https, with that certificate. ``limit_rate``: each response at most this fast (nginx's
+    syntax, ``20m``: bytes per second). ``site``: instead of serving ``root``, the http-level
+    configuration it returns for the port to listen on (the shipped cache tier, say)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "nginx-access.log"
     tls_lines = ""
@@ -287,12 +291,24 @@ def start_nginx_origin(
     logging = f"access_log {log} lazyfs;" if access_log else "access_log off;"
     # `try_files $uri =404`: a directory is a 404, as with lazyfs (nginx would 301 or 403).
     location = "autoindex on; autoindex_exact_size on;" if listing else "try_files $uri =404;"
+    if limit_rate is not None:
+        location += f" limit_rate {limit_rate};"
     conf_path = workdir / "nginx.conf"
     pid_file = workdir / "nginx.pid"  # nginx writes it once its socket is bound
 
     def command(port: int) -> list[str]:
         # Written per start: a port another server took first means a new port, a new config.
         # `user root`: pytest's tmp dirs are 0700, unreadable to nginx's default worker user.
+        server = f"""\
+    server {{
+        listen 127.0.0.1:{port}{tls_lines};
+        root {root};
+        location / {{ {location} }}
+    }}"""
+        if site is not None:
+            site_path = workdir / "site.conf"
+            site_path.write_text(site(port))
+            server = f"    include {site_path};"
         conf_path.write_text(f"""\
 daemon off;
 master_process on;
@@ -309,11 +325,7 @@ http {{
     types {{ }}
     sendfile on;
     keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{port}{tls_lines};
-        root {root};
-        location / {{ {location} }}
-    }}
+{server}
 }}
 """)
         # -e: the compiled-in error log (/var/log/nginx) is opened before the config is read.

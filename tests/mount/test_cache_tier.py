@@ -1,0 +1,90 @@
+"""Origin once: mounts on many nodes reading the same file through the shipped nginx cache tier
+(scripts/cluster/) cost the origin one transfer of each block, and every reader gets the right
+bytes (issue 14)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounts import Mounter, publish
+from tests.origins import Origin, start_cache_tier, start_nginx_origin
+
+MIB = 1 << 20
+BLOCK = 4 * MIB  # lazyfs's default block size, and the tier's slice
+FILE_SIZE = 256 * MIB
+MOUNTS = 3
+CHUNK = MIB  # what each reader asks for at a time
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[Origin]:
+    # Rate-limited, so the mounts' misses of one block overlap at the tier, as a fleet's do.
+    root = tmp_path / "origin"
+    root.mkdir()
+    served = start_nginx_origin(root, tmp_path / "origin-nginx", limit_rate="100m")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture
+def tier(origin: Origin, tmp_path: Path) -> Iterator[Origin]:
+    cache, _ = start_cache_tier(origin, tmp_path / "tier-nginx", "4M")
+    try:
+        yield cache
+    finally:
+        cache.stop()
+
+
+def _read_all(path: Path, expected: bytes, failures: list[str]) -> None:
+    try:
+        with open(path, "rb") as handle:
+            for offset in range(0, len(expected), CHUNK):
+                if handle.read(CHUNK) != expected[offset : offset + CHUNK]:
+                    failures.append(f"{path}: wrong bytes at {offset}")
+                    return
+            if handle.read(1):
+                failures.append(f"{path}: longer than {len(expected)} bytes")
+    except OSError as error:
+        failures.append(f"{path}: {error}")
+
+
+def test_three_mounts_through_the_tier_cost_the_origin_each_block_once(
+    origin: Origin, tier: Origin, mounter: Mounter
+) -> None:
+    # Every block differs (identical blocks would be stored, and fetched, once per mount), and
+    # costs no random bytes of its own: its number, then the same 4 MiB.
+    noise = os.urandom(BLOCK)
+    data = b"".join(n.to_bytes(8, "big") + noise[8:] for n in range(FILE_SIZE // BLOCK))
+    (origin.root / "weights.bin").write_bytes(data)
+    publish(origin.root, "4M")
+    mountpoints = [
+        mounter.mount(f"{tier.url}/", cache_dir=mounter.cache_dir(f"cache{n}"))[0]
+        for n in range(MOUNTS)
+    ]
+
+    failures: list[str] = []
+    readers = [
+        threading.Thread(target=_read_all, args=(mountpoint / "weights.bin", data, failures))
+        for mountpoint in mountpoints
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert failures == []
+
+    transfers = [r for r in origin.requests() if r.path == "/weights.bin"]
+    ranges = sorted(record.range or "" for record in transfers)
+    blocks = [f"bytes={start}-{start + BLOCK - 1}" for start in range(0, FILE_SIZE, BLOCK)]
+    assert ranges == sorted(blocks)  # each block once, as one slice
+    assert sum(record.bytes_sent for record in transfers) == FILE_SIZE
+    assert {record.status for record in transfers} == {206}
+    # The readers' requests all went to the tier, none around it.
+    assert len([r for r in tier.requests() if r.path == "/weights.bin"]) >= len(blocks)
