@@ -81,7 +81,9 @@ class FakeSource:
     def url_for(self, path: str) -> str:
         return f"http://origin.test/repo/{path}"
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[bytes, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[bytes, str]:
         data = await self.fetch_range(path, start, length)
         return data, hashlib.sha256(data).hexdigest()
 
