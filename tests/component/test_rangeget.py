@@ -500,9 +500,10 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         length: int,
         headers: dict[str, str],
         limit: float = math.inf,
+        no_cache: bool = False,
     ) -> RangeBody:
         calls.append(url)
-        return get_range(pool, url, start, length, headers, limit)
+        return get_range(pool, url, start, length, headers, limit, no_cache)
 
     monkeypatch.setattr(lazyfs.sources.origin, "get_range", counting)
     return calls
