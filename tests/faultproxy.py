@@ -15,6 +15,10 @@ fault is drawn per request from ``Faults`` (rates are fractions of requests):
 
 Draws come from one seeded generator, so a run's faults are reproducible in kind and rate.
 
+As a stale cache: a Range header in ``bad_copies`` is answered with its first byte inverted
+until a request for it carries ``Cache-Control: no-cache`` (then "refetched", it is good from
+then on). ``seen`` lists every GET as (path, Range, Cache-Control).
+
 Apart from the drawn faults, ``hold(predicate)`` stalls every request whose path and Range
 header the predicate picks until ``release_held()`` (then it is forwarded as usual); ``held``
 counts the requests stalled now.
@@ -77,6 +81,8 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.requests = 0
         self.held = 0
+        self.bad_copies: set[str] = set()
+        self.seen: list[tuple[str, str | None, str | None]] = []
         self._hold: Callable[[str, str | None], bool] | None = None
         self._released = threading.Event()
         self.server = _QuietServer(("127.0.0.1", 0), _ProxyHandler)
@@ -97,6 +103,16 @@ class FaultProxy:
             if fault is not None:
                 self.injected[fault] += 1
             return fault, self.generator.random()
+
+    def serves_bad_copy(self, range_header: str | None, cache_control: str | None) -> bool:
+        """Whether this request gets the stale cache's bad copy (see the module's text)."""
+        with self.lock:
+            if range_header not in self.bad_copies:
+                return False
+            if "no-cache" in (cache_control or ""):
+                self.bad_copies.discard(range_header)  # refetched from upstream: repaired
+                return False
+            return True
 
     def hold(self, predicate: Callable[[str, str | None], bool]) -> None:
         """Stall the requests ``predicate(path, range_header)`` picks until ``release_held``."""
@@ -153,7 +169,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         proxy = self.proxy
-        proxy.wait_if_held(self.path, self.headers.get("Range"))
+        range_header, cache_control = self.headers.get("Range"), self.headers.get("Cache-Control")
+        with proxy.lock:
+            proxy.seen.append((self.path, range_header, cache_control))
+        proxy.wait_if_held(self.path, range_header)
         fault, where = proxy.next_fault()
         if fault in ("status_503", "status_429"):
             status = 503 if fault == "status_503" else 429
@@ -179,6 +198,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             status = response.status
         finally:
             upstream.close()
+        if proxy.serves_bad_copy(range_header, cache_control) and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
         if fault == "flip" and body:
             position = int(where * len(body))
             body = body[:position] + bytes([body[position] ^ 0x5A]) + body[position + 1 :]

@@ -11,8 +11,13 @@ The rules:
   its share of what is left, so one hung source cannot keep the others from being asked;
 - at most ``attempts`` fetches, and at least one per source; a copy that does not match its
   digest costs an attempt like a transport error does;
-- a source that failed or sent a bad copy is not asked again for this block while a source
-  not yet asked remains; after that, the source asked least often (the first on a tie);
+- a source that sends a bad copy is asked once more at once, with ``no_cache`` (a cache in
+  front of the files refetches its copy from upstream, which repairs it), unless the
+  attempts left are owed to sources not asked yet; only once that re-ask fails too is the
+  source at fault (``Fetch.no_cache`` tells the fetcher not to bench it yet);
+- otherwise a source that failed or sent a bad copy is not asked again for this block while
+  a source not yet asked remains; after that, the source asked least often (the first on a
+  tie);
 - an error that asking again cannot help (404, a refused certificate) rules its source out
   for this block; with none left, the fetch gives up at once;
 - a source asked again after an error is asked after a pause (doubling backoff with jitter,
@@ -93,10 +98,11 @@ class Wanted:
 @dataclass(frozen=True)
 class Fetch:
     """Ask source ``source`` (a position in the policy's sources) for a copy, for at most
-    ``timeout`` seconds."""
+    ``timeout`` seconds; ``no_cache``: the re-ask after its bad copy, past any cache."""
 
     source: int
     timeout: float
+    no_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,10 @@ class AttemptPolicy:
         self._ruled_out = [False] * len(self.sources)
         self._owes_pause = [False] * len(self.sources)
         self._bad_copies: list[tuple[int, str]] = []
+        # The source owed its re-ask (its first bad copy was the last outcome), and those
+        # that have had theirs: one per source per block.
+        self._reask: int | None = None
+        self._reasked: set[int] = set()
         self._under_way: Fetch | None = None
         self._pauses = 0
         self._resume_at: float | None = None
@@ -172,7 +182,12 @@ class AttemptPolicy:
             return GiveUp(self._bad_copy_error() or self._deadline_error())
         if self.attempts >= self.budget or all(self._ruled_out):
             return GiveUp(self._bad_copy_error() or self._last_errors())
-        source = self._choose()
+        source, no_cache = self._choose(), False
+        if self._reask is not None:
+            if self._reask_affordable():
+                source, no_cache = self._reask, True
+                self._reasked.add(source)
+            self._reask = None
         if self._owes_pause[source]:
             pause = self._pause(source, now)
             if pause is not None:
@@ -182,7 +197,7 @@ class AttemptPolicy:
         share = remaining if len(self.sources) == 1 else remaining / (self.budget - self.attempts)
         self.attempts += 1
         self._asked[source] += 1
-        self._under_way = Fetch(source, share)
+        self._under_way = Fetch(source, share, no_cache)
         return self._under_way
 
     def _pause(self, source: int, now: float) -> Wait | None:
@@ -206,6 +221,13 @@ class AttemptPolicy:
         self._resume_at = None
         return None
 
+    def _reask_affordable(self) -> bool:
+        """Whether a re-ask leaves an attempt for each source not asked yet."""
+        unasked = sum(
+            1 for i in range(len(self.sources)) if not self._asked[i] and not self._ruled_out[i]
+        )
+        return self.budget - self.attempts > unasked
+
     def _choose(self) -> int:
         usable = [i for i in range(len(self.sources)) if not self._ruled_out[i]]
         return min(usable, key=lambda i: (self._asked[i], i))
@@ -218,6 +240,8 @@ class AttemptPolicy:
 
     def bad_copy(self, source: int, actual: str) -> None:
         self._finish(source)
+        if source not in self._reasked:
+            self._reask = source
         self._bad_copies.append((source, actual))
         self._failures.append(f"{self.sources[source]} sent a copy with sha256 {actual}")
 

@@ -4,11 +4,13 @@ its digest, within one deadline.
 ``core.attempts`` decides which source to ask, for how long, when to pause and when to give
 up; the fetcher carries that out. Each attempt is one ``fetch_block`` of a ``BlockSource``,
 run under the time the policy gave it; sources that fail are benched in the rotation, so the
-next block asks a good one first. Every fetch from a source goes through here, whoever wants
-the block (a read, read-ahead, prefetch, a file verified whole), so each byte fetched is
-counted once, and the metrics observer (given at construction) is told how long each took.
-Each attempt holds a transfer slot (``TransferGate``), where a read's fetch goes before any
-read-ahead's; waiting for the slot is not part of the attempt's time.
+next block asks a good one first. A bad copy is not yet a failure: the policy has its source
+asked again past its cache (``no_cache``), and it is benched only if that fails too. Every
+fetch from a source goes through here, whoever wants the block (a read, read-ahead,
+prefetch, a file verified whole), so each byte fetched is counted once, and the metrics
+observer (given at construction) is told how long each took. Each attempt holds a transfer
+slot (``TransferGate``), where a read's fetch goes before any read-ahead's; waiting for the
+slot is not part of the attempt's time.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ class BlockFetcher:
         while True:
             decision = policy.next(trio.current_time())
             if problem is not None:
-                problem.log(wanted.label, decision, policy.attempts)
+                problem.log(wanted.label, decision, policy.attempts, policy.sources)
+                if len(order) > 1 and not problem.reasked_by(decision):
+                    self.rotation.failed(order[problem.source])
                 problem = None
             if isinstance(decision, GiveUp):
                 self.counters.errors += 1
@@ -112,8 +116,6 @@ class BlockFetcher:
             if not isinstance(outcome, _Problem):
                 return outcome
             problem = outcome
-            if len(order) > 1:
-                self.rotation.failed(source)
 
     async def _attempt(
         self,
@@ -128,7 +130,7 @@ class BlockFetcher:
         asked = decision.source
         try:
             with trio.move_on_after(decision.timeout) as slot:
-                block, actual = await self._transfer(source, path, start, length)
+                block, actual = await self._transfer(source, path, start, length, decision.no_cache)
         except SourceError as exc:
             policy.source_error(asked, exc, is_retryable(exc), requested_pause(exc))
             return _Problem(asked, f": {exc}")
@@ -147,12 +149,12 @@ class BlockFetcher:
         )
 
     async def _transfer(
-        self, source: BlockSource, path: str, start: int, length: int
+        self, source: BlockSource, path: str, start: int, length: int, no_cache: bool
     ) -> tuple[Buffer, str]:
         began = time.monotonic()
         self.counters.fetches_in_flight += 1
         try:
-            fetched = await source.fetch_block(path, start, length)
+            fetched = await source.fetch_block(path, start, length, no_cache=no_cache)
         finally:
             self.counters.fetches_in_flight -= 1
         if self._observe is not None:
@@ -169,12 +171,20 @@ class _Problem:
     source: int
     what: str
 
-    def log(self, label: str, decision: Decision, attempts: int) -> None:
+    def reasked_by(self, decision: Decision) -> bool:
+        """Whether ``decision`` asks the same source again past its cache: not its fault yet."""
+        return isinstance(decision, Fetch) and decision.no_cache and decision.source == self.source
+
+    def log(self, label: str, decision: Decision, attempts: int, sources: Sequence[str]) -> None:
         if isinstance(decision, GiveUp):
             return  # the read that fails logs the error
         if isinstance(decision, Wait):
             level = logging.INFO if attempts == 1 else logging.WARNING
             log.log(level, "%s%s; retry %d in %.2fs", label, self.what, attempts, decision.seconds)
+        elif self.reasked_by(decision):
+            log.warning(
+                "%s%s; asking %s again without its cache", label, self.what, sources[self.source]
+            )
         elif isinstance(decision, Fetch) and decision.source != self.source:
             log.warning("%s%s; trying another source", label, self.what)
         else:

@@ -20,6 +20,10 @@ from typing_extensions import Buffer
 class BlockSource(Protocol):
     def url_for(self, path: str) -> str: ...
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
-        """Exactly ``length`` bytes from ``start`` and their sha256 hex digest."""
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[Buffer, str]:
+        """Exactly ``length`` bytes from ``start`` and their sha256 hex digest. ``no_cache``:
+        the last copy was bad; an HTTP source asks past any cache on the way
+        (``Cache-Control: no-cache``), one without caches in front may ignore it."""
         ...

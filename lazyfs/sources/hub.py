@@ -142,13 +142,15 @@ class HubOrigin(HttpOrigin):
         self.offline = OfflineMount(snapshot.commit, listing.resolved_at, reason, forced)
         return snapshot
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[Buffer, str]:
         if self.offline is not None and self.offline.forced:
             raise OriginOffline(
                 f"{path}: bytes {start}-{start + length - 1} are not in the cache, and "
                 f"{self.offline.reason}: the hub is not asked"
             )
-        return await super().fetch_block(path, start, length)
+        return await super().fetch_block(path, start, length, no_cache=no_cache)
 
     async def _resolve_hf(self) -> Snapshot:
         url = hubs.hf_revision_url(self.endpoint, self.repo)

@@ -171,9 +171,12 @@ class HttpOrigin:
         """Raise the error for a response that is not what was asked for (hubs say more)."""
         raise status_error(url, response.status_code, response.headers.get("retry-after"))
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[Buffer, str]:
         """Exactly ``length`` bytes of ``path`` from ``start`` and their sha256: one range GET
-        in a worker thread (see rangeget), no retries (the caller's policy decides those)."""
+        in a worker thread (see rangeget), no retries (the caller's policy decides those);
+        ``no_cache``: past any cache on the way."""
         # The caller's time limit for this attempt also bounds the thread: abandoned when the
         # limit passes, it must not hold its worker and connection any longer.
         limit = trio.current_effective_deadline() - trio.current_time()
@@ -185,6 +188,7 @@ class HttpOrigin:
             length,
             self.headers,
             limit,
+            no_cache,
             # A cancelled read must not wait for the socket: the thread ends on its own within
             # the limit or the pool's timeouts.
             abandon_on_cancel=True,

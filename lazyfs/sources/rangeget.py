@@ -250,14 +250,19 @@ def get_range(
     length: int,
     headers: dict[str, str] | None = None,
     limit: float = math.inf,
+    no_cache: bool = False,
 ) -> RangeBody:
     """Exactly ``length`` bytes of ``url`` from ``start`` and their sha256 (blocking), within
-    ``limit`` seconds or the pool's request timeout, whichever is shorter."""
+    ``limit`` seconds or the pool's request timeout, whichever is shorter. ``no_cache``: ask
+    past any cache on the way (``Cache-Control: no-cache``, at every hop: unlike credentials
+    it is meant for the CDN a URL redirects to too)."""
     return _watched(
         pool,
         url,
         limit,
-        lambda watchdog: _get_range_via_redirects(pool, url, start, length, headers, watchdog),
+        lambda watchdog: _get_range_via_redirects(
+            pool, url, start, length, headers, watchdog, no_cache
+        ),
     )
 
 
@@ -299,6 +304,7 @@ def _get_range_via_redirects(
     length: int,
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
+    no_cache: bool = False,
 ) -> RangeBody:
     """Go straight to where ``url`` redirected lately, if anywhere; if that fails in any
     way, forget it and ask ``url`` again. Not known yet: find out, one thread at a time."""
@@ -307,20 +313,21 @@ def _get_range_via_redirects(
         with pool.resolving(url):
             target = pool.redirect_for(url)
             if target is None:
-                return _get_range_and_remember(pool, url, start, length, headers, watchdog)
+                return _get_range_and_remember(
+                    pool, url, start, length, headers, watchdog, no_cache
+                )
     if target == url:
         # It answers itself (a published origin): nothing to fall back to.
-        return _get_range(pool, url, start, length, headers, watchdog)
+        return _get_range(pool, url, start, length, headers, watchdog, no_cache=no_cache)
     # Headers are for url's own origin only, as when following the redirect.
     try:
-        return _get_range(
-            pool, target, start, length, headers if same_origin(target, url) else None, watchdog
-        )
+        own = headers if same_origin(target, url) else None
+        return _get_range(pool, target, start, length, own, watchdog, no_cache=no_cache)
     except SourceError:
         if watchdog.fired:
             raise
         pool.forget_redirect(url)
-    return _get_range_and_remember(pool, url, start, length, headers, watchdog)
+    return _get_range_and_remember(pool, url, start, length, headers, watchdog, no_cache)
 
 
 def _get_range_and_remember(
@@ -330,8 +337,9 @@ def _get_range_and_remember(
     length: int,
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
+    no_cache: bool = False,
 ) -> RangeBody:
-    body = _get_range(pool, url, start, length, headers, watchdog)
+    body = _get_range(pool, url, start, length, headers, watchdog, no_cache=no_cache)
     # Also where it did not redirect: the next fetches need not ask one at a time.
     pool.remember_redirect(url, body.url)
     return body
@@ -345,8 +353,11 @@ def _get_range(
     headers: dict[str, str] | None,
     watchdog: _Watchdog,
     hashed: bool = True,
+    no_cache: bool = False,
 ) -> RangeBody:
     chain = RedirectChain(url)
+    # Past every cache on the way, the CDN a URL redirects to included (it is no credential).
+    past_caches = {"Cache-Control": "no-cache"} if no_cache else {}
     while True:
         url = chain.url
         parts = urlsplit(url)
@@ -361,6 +372,7 @@ def _get_range(
             # Credentials go only to the host (and scheme) they were given for, never across
             # a redirect to another.
             **chain.credentials(headers),
+            **past_caches,
             **route.headers,
         }
         connection, response = _send(pool, key, route, request_headers, url, watchdog)

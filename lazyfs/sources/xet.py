@@ -131,10 +131,13 @@ class XetSource:
         cas = self._token.cas_url if self._token is not None else "xet:"
         return f"{cas}/v2/reconstructions/{found.xet_hash} ({path})"
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[Buffer, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[Buffer, str]:
         """Bytes ``[start, start + length)`` of ``path``, proven, and the sha256 of each
         ``block_size`` piece of them from ``start``, space-separated (``read.xetfiles`` proves
-        several blocks in one window and keeps each under its own digest)."""
+        several blocks in one window and keeps each under its own digest). ``no_cache`` is
+        ignored: a proof that fails is the CAS's answer, which no cache header changes."""
         reason = self._offline()
         if reason is not None:
             raise OriginOffline(

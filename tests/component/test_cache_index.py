@@ -44,7 +44,9 @@ class NoSource:
     def url_for(self, path: str) -> str:
         return f"http://origin.test/{path}"
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[bytes, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[bytes, str]:
         raise AssertionError("status never fetches")
 
 

@@ -314,7 +314,9 @@ def pending(path: str, data: bytes, check: FileCheck) -> FileEntry:
 class ShuffledSource(FakeSource):
     """Answers fetches in a random order, to prove the whole-file hash is fed in order."""
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[bytes, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[bytes, str]:
         await trio.sleep(random.random() / 100)
         return await super().fetch_block(path, start, length)
 

@@ -74,6 +74,27 @@ def test_reader_fails_over_on_errors_and_bad_copies(tmp_path: Path) -> None:
     assert (ENTRY.path, 2) not in failing.calls + corrupt.calls
 
 
+def test_a_bad_copy_is_asked_for_again_and_benched_only_if_that_is_bad_too(
+    tmp_path: Path,
+) -> None:
+    stale, corrupt, good = (FakeSource({ENTRY.path: DATA}) for _ in range(3))
+    stale.corrupt_once.add((ENTRY.path, 0))  # repaired by asking again
+    corrupt.corrupt_always.add((ENTRY.path, 1))
+    reader = reader_with([stale, good], tmp_path, attempts=4)
+    assert bytes(trio.run(reader.read, ENTRY, 0, 10)) == DATA[:10]
+    assert stale.calls == [(ENTRY.path, 0)] * 2 and stale.uncached == [(ENTRY.path, 0)]
+    assert bytes(trio.run(reader.read, ENTRY, BS, 10)) == DATA[BS : BS + 10]
+    assert stale.calls[-1] == (ENTRY.path, 1) and not good.calls  # still first
+
+    reader = reader_with([corrupt, good], tmp_path / "2", attempts=4)
+    assert bytes(trio.run(reader.read, ENTRY, BS, 10)) == DATA[BS : BS + 10]
+    assert corrupt.calls == [(ENTRY.path, 1)] * 2 and corrupt.uncached == [(ENTRY.path, 1)]
+    assert reader.counters.verification_failures == 2
+    # Its re-ask was bad too: benched, the next block goes to the good source first.
+    assert bytes(trio.run(reader.read, ENTRY, 2 * BS, 10)) == DATA[2 * BS : 2 * BS + 10]
+    assert (ENTRY.path, 2) not in corrupt.calls
+
+
 def test_reader_with_every_copy_bad_names_every_source(tmp_path: Path) -> None:
     sources = [FakeSource({ENTRY.path: DATA}) for _ in range(2)]
     for source in sources:

@@ -500,9 +500,10 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         length: int,
         headers: dict[str, str],
         limit: float = math.inf,
+        no_cache: bool = False,
     ) -> RangeBody:
         calls.append(url)
-        return get_range(pool, url, start, length, headers, limit)
+        return get_range(pool, url, start, length, headers, limit, no_cache)
 
     monkeypatch.setattr(lazyfs.sources.origin, "get_range", counting)
     return calls
@@ -955,6 +956,20 @@ def test_a_redirect_is_remembered_so_later_blocks_go_straight_there(
         "bytes=200-209",
     ]
     assert not [r for r in cdn.requests if "authorization" in r.headers]
+
+
+def test_no_cache_goes_to_every_hop_and_credentials_only_to_their_own(
+    pool: ConnectionPool,
+) -> None:
+    secret = {"Authorization": "Bearer s3cret"}
+    with Server(then=partial) as cdn, Server(then=redirect(cdn.url + "/blob/w.bin")) as origin:
+        # The first follows the redirect; the others go straight to the remembered CDN.
+        for no_cache in (True, False, True):
+            body = get_range(pool, origin.url + "/w.bin", 0, 10, secret, no_cache=no_cache)
+            assert bytes(body.data) == DATA[:10]
+    assert [r.headers.get("cache-control") for r in origin.requests] == ["no-cache"]
+    asked = [(r.headers.get("cache-control"), "authorization" in r.headers) for r in cdn.requests]
+    assert asked == [("no-cache", False), (None, False), ("no-cache", False)]
 
 
 def test_concurrent_first_reads_ask_the_redirecting_url_once(pool: ConnectionPool) -> None:

@@ -70,6 +70,7 @@ class FakeSource:
         self.files = files
         self.block_size = block_size
         self.calls: list[Key] = []
+        self.uncached: list[Key] = []  # the fetches asked past any cache (no_cache)
         self.corrupt_once: set[Key] = set()
         self.corrupt_always: set[Key] = set()
         self.errors: dict[Key, SourceError] = {}
@@ -81,7 +82,11 @@ class FakeSource:
     def url_for(self, path: str) -> str:
         return f"http://origin.test/repo/{path}"
 
-    async def fetch_block(self, path: str, start: int, length: int) -> tuple[bytes, str]:
+    async def fetch_block(
+        self, path: str, start: int, length: int, *, no_cache: bool = False
+    ) -> tuple[bytes, str]:
+        if no_cache:
+            self.uncached.append((path, start // self.block_size))
         data = await self.fetch_range(path, start, length)
         return data, hashlib.sha256(data).hexdigest()
 

@@ -97,6 +97,7 @@ class Run:
     policy: AttemptPolicy
     decisions: list[tuple[float, Decision]] = field(default_factory=list)  # (when, what)
     asked: list[int] = field(default_factory=list)  # the source of each Fetch, in order
+    fetches: list[Fetch] = field(default_factory=list)  # each Fetch, in order
     end: str = "still going"  # or "verified", "gave up" (else the outcomes ran out)
     error: BaseException | None = None
     bad_copies: int = 0
@@ -122,6 +123,7 @@ def drive(sources: int, limits: AttemptLimits, script: list[Outcome], draw: floa
             now += decision.seconds
             continue
         run.asked.append(decision.source)
+        run.fetches.append(decision)
         outcome = next(steps, None)
         if outcome is None:
             return run
@@ -179,10 +181,44 @@ def test_nothing_is_asked_after_giving_up(run: Run) -> None:
 @given(driven)
 def test_every_source_is_asked_before_any_is_asked_again(run: Run) -> None:
     for position, source in enumerate(run.asked):
-        if source in run.asked[:position]:
+        if source in run.asked[:position] and not run.fetches[position].no_cache:
             assert set(run.asked[:position]) == set(range(run.sources))
         # A source ruled out (404) is never asked again.
         assert position < run.ruled_out.get(source, math.inf)
+
+
+def reasks_owed(run: Run) -> list[tuple[int, int]]:
+    """(fetch, source) of each bad copy that is its source's first for the block: each is
+    owed a re-ask past the cache."""
+    owed, seen = [], set()
+    for position, (source, outcome) in enumerate(zip(run.asked, run.script, strict=False)):
+        if isinstance(outcome, BadCopy) and source not in seen:
+            seen.add(source)
+            owed.append((position, source))
+    return owed
+
+
+@runs
+@given(driven)
+@example(drive(2, AttemptLimits(4, math.inf, 0.0, 0.0), [BadCopy(0.0), Verified(0.0)]))
+@example(drive(2, AttemptLimits(2, math.inf, 0.0, 0.0), [BadCopy(0.0), Verified(0.0)]))
+def test_a_bad_copy_is_asked_for_again_past_the_cache_before_any_other_source(run: Run) -> None:
+    for position, source in reasks_owed(run):
+        if position + 1 >= len(run.fetches):
+            continue  # given up (deadline, budget) or the script ran out
+        after = run.fetches[position + 1]
+        unasked = set(range(run.sources)) - set(run.asked[: position + 1])
+        left = run.policy.budget - (position + 1)
+        if left > len(unasked):
+            assert after.source == source and after.no_cache
+        else:
+            # Every attempt left is owed to a source not asked yet: that goes first.
+            assert after.source in unasked and not after.no_cache
+    # Past the cache only as a re-ask: right after the source's first bad copy, once.
+    owed = dict(reasks_owed(run))
+    for position, fetch in enumerate(run.fetches):
+        if fetch.no_cache:
+            assert owed.get(position - 1) == fetch.source
 
 
 @runs
@@ -261,7 +297,8 @@ def test_one_source_retries_errors_after_pauses_and_bad_copies_at_once() -> None
     assert policy.next(1.1) == Wait(pytest.approx(0.15))  # asked early: the rest of the pause
     assert policy.next(1.25) == Fetch(0, 58.75)
     policy.bad_copy(0, "b" * 64)
-    assert policy.next(2.0) == Fetch(0, 58.0)  # a bad copy is fetched again at once
+    # A bad copy is fetched again at once, past the cache.
+    assert policy.next(2.0) == Fetch(0, 58.0, no_cache=True)
     policy.source_error(0, error, True, retry_after=3.0)
     assert policy.next(2.0) == Wait(3.0)  # the second pause: 0.5 s, or what the server asks
     assert policy.next(5.0) == Fetch(0, 55.0)
@@ -297,19 +334,28 @@ def test_mirrors_are_tried_in_turn_and_named_when_all_fail() -> None:
 
 
 def test_after_every_source_the_least_asked_usable_one_goes_next() -> None:
-    policy = AttemptPolicy(urls(3), AttemptLimits(attempts=5), WANTED, 0.0, draw=lambda: 0.0)
-    for source in range(3):
-        assert policy.next(0.0) == Fetch(source, math.inf)
-        if source == 0:
-            policy.bad_copy(0, "b" * 64)
-        elif source == 1:
-            policy.source_error(1, OriginHTTPError("x: HTTP 403", 403), False)
-        else:
-            policy.source_error(2, OriginUnreachable("x: reset"), True)
-    assert policy.next(0.0) == Fetch(0, math.inf)  # 0 sent a bad copy: no pause needed
+    policy = AttemptPolicy(urls(3), AttemptLimits(attempts=6), WANTED, 0.0, draw=lambda: 0.0)
+    assert policy.next(0.0) == Fetch(0, math.inf)
     policy.bad_copy(0, "b" * 64)
+    assert policy.next(0.0) == Fetch(0, math.inf, no_cache=True)  # the re-ask, at once
+    policy.bad_copy(0, "b" * 64)
+    assert policy.next(0.0) == Fetch(1, math.inf)  # once re-asked, no more
+    policy.source_error(1, OriginHTTPError("x: HTTP 403", 403), False)
+    assert policy.next(0.0) == Fetch(2, math.inf)
+    policy.source_error(2, OriginUnreachable("x: reset"), True)
     assert policy.next(0.0) == Wait(0.125)  # 2 failed: it is asked after a pause
-    assert policy.next(0.125) == Fetch(2, math.inf)
+    assert policy.next(0.125) == Fetch(2, math.inf)  # asked less often than 0
+    policy.bad_copy(2, "b" * 64)
+    assert policy.next(0.125) == Fetch(2, math.inf, no_cache=True)
+
+
+def test_a_re_ask_is_not_made_when_its_attempt_is_owed_to_a_source_not_asked_yet() -> None:
+    policy = AttemptPolicy(urls(2), AttemptLimits(attempts=2), WANTED, 0.0)
+    assert policy.next(0.0) == Fetch(0, math.inf)
+    policy.bad_copy(0, "b" * 64)
+    assert policy.next(0.0) == Fetch(1, math.inf)
+    policy.bad_copy(1, "b" * 64)
+    assert isinstance(policy.next(0.0), GiveUp)
 
 
 @pytest.mark.parametrize("unanswered", [False, True])
