@@ -32,7 +32,7 @@ def origin(tmp_path: Path) -> Iterator[Origin]:
         served.stop()
 
 
-def _cached_slice(cache_dir: Path, key: str) -> Path:
+def cached_slice(cache_dir: Path, key: str) -> Path:
     """Where nginx keeps a key: levels=1:2 of its md5, from the end."""
     digest = hashlib.md5(key.encode()).hexdigest()  # nginx names cache files so
     return cache_dir / digest[-1] / digest[-3:-1] / digest
@@ -53,7 +53,7 @@ def test_no_cache_refetches_a_block_and_replaces_the_bad_cached_copy(
             assert (first.status_code, first.content) == (206, good)
             assert first.headers["x-cache-status"] == "MISS"
 
-            stored = _cached_slice(cache_dir, f"/weights.bin{block['Range']}")
+            stored = cached_slice(cache_dir, f"/weights.bin{block['Range']}")
             raw = bytearray(stored.read_bytes())
             raw[-100] ^= 0x01  # in the body, which ends the file
             stored.write_bytes(raw)

@@ -9,8 +9,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.component.test_cache_tier_config import cached_slice
 from tests.mounts import Mounter, publish
 from tests.origins import Origin, start_cache_tier, start_nginx_origin
 
@@ -88,3 +90,35 @@ def test_three_mounts_through_the_tier_cost_the_origin_each_block_once(
     assert {record.status for record in transfers} == {206}
     # The readers' requests all went to the tier, none around it.
     assert len([r for r in tier.requests() if r.path == "/weights.bin"]) >= len(blocks)
+
+
+def test_a_bad_cached_block_is_repaired_through_the_tier_and_never_served(
+    origin: Origin, mounter: Mounter, tmp_path: Path
+) -> None:
+    block = 64 * 1024
+    data = os.urandom(4 * block)
+    (origin.root / "weights.bin").write_bytes(data)
+    publish(origin.root)
+    tier, cache_dir = start_cache_tier(origin, tmp_path / "small-tier", "64K")
+    try:
+        # The tier holds block 2, then its copy rots on disk.
+        bad = f"bytes={2 * block}-{3 * block - 1}"
+        with httpx.Client(base_url=tier.url) as client:
+            assert client.get("/weights.bin", headers={"Range": bad}).status_code == 206
+            stored = cached_slice(cache_dir, f"/weights.bin{bad}")
+            raw = bytearray(stored.read_bytes())
+            raw[-100] ^= 0x01
+            stored.write_bytes(raw)
+            before = len(origin.requests())
+            mountpoint, _ = mounter.mount(tier.url)
+            assert (mountpoint / "weights.bin").read_bytes() == data
+            # The mount asked the tier again past its cache: one more request for that block
+            # reached the origin, and the tier now holds a good copy.
+            again = [r.range for r in origin.requests()[before:] if r.path == "/weights.bin"]
+            assert again.count(bad) == 1
+            after = client.get("/weights.bin", headers={"Range": bad})
+            assert after.headers["x-cache-status"] == "HIT"
+            assert after.content == data[2 * block : 3 * block]
+        assert "without its cache" in mounter.log_text()
+    finally:
+        tier.stop()
