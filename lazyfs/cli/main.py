@@ -31,6 +31,24 @@ DEFAULT_CACHE_SIZE = "50G"
 DEFAULT_READ_AHEAD = "64M"
 
 
+class OctalMode(click.ParamType[int]):
+    """Permission bits in octal, as chmod takes them (0644)."""
+
+    name = "MODE"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        from lazyfs.core.ownership import parse_mode
+
+        try:
+            return parse_mode(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lazyfs")
 def cli() -> None:
@@ -102,7 +120,7 @@ def manifest_build(
       lazyfs manifest build hf://ORG/NAME@main -o org-name.lazyfs-manifest.json
     """
     from lazyfs.cache.atomic import write_atomically
-    from lazyfs.core.hubs import is_hub_source
+    from lazyfs.core.hubs import is_hub_source, split_hub_path
     from lazyfs.core.manifest import MANIFEST_NAME, check_block_size, manifest_digest
     from lazyfs.publish.build import build_manifest
 
@@ -115,6 +133,9 @@ def manifest_build(
     if is_hub_source(source):
         if output is None:
             raise UsageError("a hub source needs -o FILE for the manifest")
+        source, folder = split_hub_path(source)
+        if folder:
+            raise UsageError(f"a manifest is of a whole repository, not of a folder: {folder}")
         source = normalize_source(source, token_file)
         built = _build_hub_manifest(source, size, token_file, ca_file)
     else:
@@ -411,6 +432,33 @@ def _log_name(mountpoint: Path) -> str:
     show_default=True,
     help="Seconds a block fetch may take, all attempts included; then the read fails (EIO).",
 )
+@click.option(
+    "--subdir",
+    metavar="DIR",
+    help="Show only this folder of the repository at the mount point (hubs: also "
+    "hf://ORG/NAME@REV/DIR, as huggingface_hub's HfFileSystem writes it).",
+)
+@click.option(
+    "--uid",
+    type=click.IntRange(0, 2**32 - 2),
+    help="Owner the mount shows [default: the mounting user]; readers other than the "
+    "mounter also need --allow-other.",
+)
+@click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Group the mount shows.")
+@click.option(
+    "--file-mode",
+    type=OctalMode(),
+    default="0444",
+    show_default=True,
+    help="Permissions files show; executables add x where it gives r (0640: 0750).",
+)
+@click.option(
+    "--dir-mode",
+    type=OctalMode(),
+    default="0555",
+    show_default=True,
+    help="Permissions folders show.",
+)
 @click.option("--allow-other", is_flag=True, help="Let users other than the mounter read it.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground, logging to stderr.")
 @click.option("--log-file", type=click.Path(path_type=Path), help="Log here instead.")
@@ -452,6 +500,11 @@ def mount(
     retries: int,
     timeout: float | None,
     deadline: float,
+    subdir: str | None,
+    uid: int | None,
+    gid: int | None,
+    file_mode: int,
+    dir_mode: int,
     allow_other: bool,
     foreground: bool,
     log_file: Path | None,
@@ -464,23 +517,32 @@ def mount(
     """Mount the repository at URL on MOUNTPOINT, read-only and lazily.
 
     URL is a published repository (http:// or https://) or a hub repository:
-    hf://ORG/NAME[@REV], hf://datasets/ORG/NAME[@REV] or modelscope://ORG/NAME[@REV]
-    (see docs/hubs.md). Returns once the mount is live (exit 0) or has failed (one line
-    saying why).
+    hf://ORG/NAME[@REV], hf://datasets/ORG/NAME[@REV] or modelscope://ORG/NAME[@REV],
+    optionally followed by /DIR to mount one folder (see docs/hubs.md). Returns once the
+    mount is live (exit 0) or has failed (one line saying why).
 
     \b
     Examples:
       lazyfs mount http://127.0.0.1:8000 /mnt/models/demo --cache-size 20G
       lazyfs mount hf://Qwen/Qwen2.5-0.5B /mnt/models/qwen
+      lazyfs mount hf://ORG/NAME@main/onnx /mnt/models/onnx --uid 1000 --allow-other
     """
     from lazyfs.cache.directory import prepare_cache_dir
     from lazyfs.core.attempts import RetryPolicy
-    from lazyfs.core.hubs import is_hub_source
+    from lazyfs.core.hubs import is_hub_source, split_hub_path
+    from lazyfs.core.namespace import check_subdir
+    from lazyfs.core.ownership import Ownership
     from lazyfs.daemon.background import start_background
     from lazyfs.daemon.config import MountConfig
 
     # Everything this mount writes (cache, block lists, logs) is for its user alone.
     os.umask(0o077)
+    url, url_subdir = split_hub_path(url)
+    if url_subdir and subdir is not None:
+        raise UsageError("name the folder once: in the hub URL's path or with --subdir")
+    subdir = subdir if subdir is not None else (url_subdir or None)
+    if subdir is not None:
+        subdir = check_subdir(subdir)
     url = normalize_source(url, token_file)
     if mirrors and is_hub_source(url):
         raise UsageError("--mirror is for http(s) origins; for a hub mirror set its endpoint")
@@ -509,6 +571,13 @@ def mount(
         mirrors=mirrors,
         policy=policy,
         ca_file=ca_file.absolute() if ca_file else None,
+        ownership=Ownership(
+            os.getuid() if uid is None else uid,
+            os.getgid() if gid is None else gid,
+            file_mode,
+            dir_mode,
+        ),
+        subdir=subdir,
     )
     if foreground:
         from lazyfs.daemon.lifecycle import run_foreground

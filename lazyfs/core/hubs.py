@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TypeGuard
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from lazyfs.core.manifest import (
     MANIFEST_NAME,
@@ -107,6 +107,35 @@ class Snapshot:
 
 def is_hub_source(text: str) -> bool:
     return text.startswith((f"{HF}://", f"{MODELSCOPE}://"))
+
+
+# Revisions with a slash that a hub path may name, as huggingface_hub's HfFileSystem knows them.
+_SLASHED_REVISION = re.compile(r"refs/pr/\d+|refs/convert/\w+")
+
+
+def split_hub_path(text: str) -> tuple[str, str]:
+    """A hub source in the path form of huggingface_hub's ``HfFileSystem``,
+    ``hf://[datasets/]ORG/NAME[@REV]/path/in/repo``, split into the source (``...@REV``) and
+    the path in the repository ("" for none). As HfFileSystem reads it, the revision ends at
+    the first slash, unless it is ``refs/pr/N`` or ``refs/convert/NAME``; a branch whose name
+    has a slash is written with it percent-encoded (``@feature%2Fx``)."""
+    hub, sep, rest = text.strip().partition("://")
+    if not sep or hub not in HUB_NAMES:
+        return text, ""
+    name, at, revision = rest.partition("@")
+    kind = ""
+    if hub == HF and name.startswith("datasets/"):
+        kind, name = "datasets/", name.removeprefix("datasets/")
+    if not at:
+        org, _, remainder = name.partition("/")
+        repo, _, path = remainder.partition("/")
+        return f"{hub}://{kind}{org}/{repo}", path
+    special = _SLASHED_REVISION.match(revision)
+    if special is not None and revision[special.end() : special.end() + 1] in ("", "/"):
+        revision, path = special[0], revision[special.end() + 1 :]
+    else:
+        revision, _, path = revision.partition("/")
+    return f"{hub}://{kind}{name}@{unquote(revision)}", path
 
 
 def parse_hub_source(text: str) -> HubRepo:

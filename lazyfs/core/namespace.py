@@ -4,6 +4,10 @@ Built once per mount. What a directory operation needs is computed here at build
 children sorted by name, the number of subdirectories), so listing a directory of n entries
 costs O(n) in all, however many requests the kernel splits it into, and a directory's
 attributes cost O(1).
+
+A subfolder mount (``--subdir``) shows one folder of the repository: the tree is built from
+the manifest's files under ``root``, named relative to it, while each node keeps its entry (and
+so the repository path the bytes are fetched by).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lazyfs.core.manifest import FileEntry, Manifest
+from lazyfs.errors import UsageError
 
 ROOT_INODE = 1
 
@@ -33,11 +38,40 @@ class Node:
         return self.entry is None
 
 
+def check_subdir(text: str) -> str:
+    """A ``--subdir`` as the repository path of a folder: relative, no ``.`` or ``..``
+    parts, no empty ones (a trailing slash is allowed)."""
+    path = text.removesuffix("/")
+    parts = path.split("/")
+    if text.startswith("/") or not path or any(part in ("", ".", "..") for part in parts):
+        raise UsageError(
+            f"--subdir wants a folder's path inside the repository, such as onnx: {text!r}"
+        )
+    if any(ord(char) < 0x20 or char == "\\" for char in path):
+        raise UsageError(f"--subdir has a control character or a backslash: {text!r}")
+    return path
+
+
+def files_under(manifest: Manifest, subdir: str) -> Manifest:
+    """The manifest's files in folder ``subdir`` (a ``check_subdir`` path), for a subfolder
+    mount; a folder the repository does not have, or a file, is refused."""
+    prefix = f"{subdir}/"
+    inside = tuple(entry for entry in manifest.files if entry.path.startswith(prefix))
+    if not inside:
+        if any(entry.path == subdir for entry in manifest.files):
+            raise UsageError(f"--subdir {subdir} is a file, not a folder of the repository")
+        raise UsageError(f"--subdir {subdir}: no such folder in the repository")
+    return Manifest(manifest.block_size, inside)
+
+
 class Tree:
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, root: str = "") -> None:
+        """The tree of ``manifest``'s files; with ``root`` (a folder every file is under,
+        see ``files_under``), of that folder."""
         self.nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "", ROOT_INODE)}
+        self._prefix = f"{root}/" if root else ""
         for entry in sorted(manifest.files, key=lambda e: e.path):
-            *directories, filename = entry.path.split("/")
+            *directories, filename = self.shown_path(entry).split("/")
             parent = ROOT_INODE
             for name in directories:
                 parent = self._child_dir(parent, name)
@@ -72,5 +106,15 @@ class Tree:
         child = node.children.get(name)
         return None if child is None else self.nodes[child]
 
+    def shown_path(self, entry: FileEntry) -> str:
+        """Where ``entry`` is in the mount: its repository path below the root folder."""
+        if not entry.path.startswith(self._prefix):
+            raise ValueError(f"{entry.path} is not under {self._prefix}")
+        return entry.path[len(self._prefix) :]
+
     def entries(self) -> list[FileEntry]:
         return [node.entry for node in self.nodes.values() if node.entry is not None]
+
+    def files(self) -> dict[str, FileEntry]:
+        """Every file by its path in the mount."""
+        return {self.shown_path(entry): entry for entry in self.entries()}

@@ -3,7 +3,7 @@ wait."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lazyfs.core.manifest import FileEntry
 
@@ -24,8 +24,8 @@ def select_paths(paths: Sequence[str], wanted: Sequence[str]) -> tuple[list[str]
 
 
 def select_entries(
-    entries: Sequence[FileEntry], wanted: Sequence[str]
+    by_path: Mapping[str, FileEntry], wanted: Sequence[str]
 ) -> tuple[list[FileEntry], list[str]]:
-    by_path = {entry.path: entry for entry in entries}
+    """The entries ``wanted`` names, given each by its path in the mount (``Tree.files``)."""
     chosen, unknown = select_paths(list(by_path), wanted)
     return [by_path[path] for path in chosen], unknown

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lazyfs.core.attempts import RetryPolicy
+from lazyfs.core.ownership import Ownership
 
 
 @dataclass(frozen=True)
@@ -35,3 +36,8 @@ class MountConfig:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # --ca-file: the CAs to trust for https instead of the system's.
     ca_file: Path | None = None
+    # --uid, --gid, --file-mode, --dir-mode: what the mount shows (None: the mounting user,
+    # 0444 for files, 0555 for folders and executables).
+    ownership: Ownership | None = None
+    # --subdir (or a hub URL's path): the repository folder the mount shows.
+    subdir: str | None = None

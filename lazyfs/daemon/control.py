@@ -42,7 +42,11 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
         entry = reader.whole_files.known(listed)
         xet = reader.xet
         cached = held_bytes(reader.stored_keys(entry), entry.size, reader.block_size, held)
-        item: dict[str, Any] = {"path": entry.path, "size": entry.size, "cached_bytes": cached}
+        item: dict[str, Any] = {
+            "path": tree.shown_path(entry),
+            "size": entry.size,
+            "cached_bytes": cached,
+        }
         if xet is not None and entry.path in xet.listed:
             # Proven against the Hub's xetHash window by window (or whole, when the CAS
             # cannot prove windows of it).

@@ -23,6 +23,7 @@ from pyfuse3 import FUSEError
 from typing_extensions import Buffer
 
 from lazyfs.core.namespace import Node, Tree
+from lazyfs.core.ownership import Ownership
 from lazyfs.core.readahead import ReadPattern
 from lazyfs.errors import LazyfsError
 from lazyfs.read.reader import BlockReader
@@ -130,13 +131,14 @@ class ReadOnlyOperations(GuardedOperations):
 
 
 class LazyFS(ReadOnlyOperations):
-    def __init__(self, tree: Tree, reader: BlockReader, mtime: float) -> None:
+    def __init__(
+        self, tree: Tree, reader: BlockReader, mtime: float, ownership: Ownership | None = None
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.reader = reader
         self._mtime_ns = int(mtime * 1e9)
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        self._ownership = ownership or Ownership(os.getuid(), os.getgid())
         # Per open file: its inode and its read history (for read-ahead).
         self._handles: dict[int, tuple[int, ReadPattern]] = {}
         self._next_handle = 1
@@ -156,18 +158,18 @@ class LazyFS(ReadOnlyOperations):
         attributes = pyfuse3.EntryAttributes()
         attributes.st_ino = pyfuse3.InodeT(node.inode)
         if node.entry is None:
-            attributes.st_mode = pyfuse3.ModeT(stat.S_IFDIR | 0o555)
+            attributes.st_mode = pyfuse3.ModeT(stat.S_IFDIR | self._ownership.dir_mode)
             attributes.st_nlink = 2 + node.subdirectories
             attributes.st_size = 0
         else:
-            permissions = 0o555 if node.entry.executable else 0o444
+            permissions = self._ownership.file_permissions(node.entry.executable)
             attributes.st_mode = pyfuse3.ModeT(stat.S_IFREG | permissions)
             attributes.st_nlink = 1
             attributes.st_size = node.entry.size
         attributes.st_blksize = self.reader.block_size
         attributes.st_blocks = (attributes.st_size + 511) // 512
-        attributes.st_uid = self._uid
-        attributes.st_gid = self._gid
+        attributes.st_uid = self._ownership.uid
+        attributes.st_gid = self._ownership.gid
         attributes.st_atime_ns = attributes.st_mtime_ns = self._mtime_ns
         attributes.st_ctime_ns = self._mtime_ns
         attributes.attr_timeout = CACHE_TIMEOUT

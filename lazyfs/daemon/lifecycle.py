@@ -27,7 +27,7 @@ from lazyfs.cache.store import BlockStore
 from lazyfs.cache.xetlists import XetLists
 from lazyfs.core.hubs import is_hub_source
 from lazyfs.core.manifest import Manifest
-from lazyfs.core.namespace import Tree
+from lazyfs.core.namespace import Tree, files_under
 from lazyfs.core.selection import select_entries
 from lazyfs.daemon.config import MountConfig
 from lazyfs.daemon.control import Handler, mount_status, serve_control
@@ -83,6 +83,9 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             origin = HttpOrigin(config.url, client, policy, transport=transport)
             stack.callback(origin.close)
             manifest, mtime = await open_manifest(origin, config, given)
+        if config.subdir is not None:
+            # Only the folder's files: nothing else is listed, proven or prefetched.
+            manifest = files_under(manifest, config.subdir)
         mirrors = [HttpOrigin(url, client, policy, transport=transport) for url in config.mirrors]
         for mirror in mirrors:
             stack.callback(mirror.close)
@@ -112,7 +115,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         reader.know_files(manifest.files)
         if metrics is not None and config.metrics is not None:
             stack.callback(metrics.serve(config.metrics, reader))
-        operations = LazyFS(Tree(manifest), reader, mtime)
+        operations = LazyFS(Tree(manifest, config.subdir or ""), reader, mtime, config.ownership)
         await _run_fuse(operations, config, on_ready, manifest)
 
 
@@ -145,7 +148,7 @@ async def _run_fuse(
             handler = _control_handler(operations, prefetcher)
             await nursery.start(serve_control, control_path, handler)
             if config.prefetch is not None:
-                chosen, unknown = select_entries(operations.tree.entries(), config.prefetch)
+                chosen, unknown = select_entries(operations.tree.files(), config.prefetch)
                 for name in unknown:
                     log.warning("--prefetch: %s is not in the mount", name)
                 prefetcher.start(chosen)
@@ -182,9 +185,10 @@ def _control_handler(operations: LazyFS, prefetcher: Prefetcher) -> Handler:
             paths = request.get("paths") or []
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 return {"error": "paths must be a list of strings"}
-            chosen, unknown = select_entries(operations.tree.entries(), paths)
+            chosen, unknown = select_entries(operations.tree.files(), paths)
             run = None if unknown else prefetcher.start(chosen).id
-            return {"unknown": unknown, "files": [entry.path for entry in chosen], "run": run}
+            shown = [operations.tree.shown_path(entry) for entry in chosen]
+            return {"unknown": unknown, "files": shown, "run": run}
         if command == "cancel_prefetch":
             run_id = request.get("run")
             if run_id is not None and (not isinstance(run_id, int) or isinstance(run_id, bool)):

@@ -573,3 +573,11 @@ def test_offline_without_a_good_kept_listing_is_one_line(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     mounter.mount("hf://org/model", mountpoint=mountpoint)
     assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_a_hub_path_mounts_one_folder_as_hffilesystem_names_it(
+    hf: FakeHub, mounter: Mounter
+) -> None:
+    hf.add_repo("org/model", FILES, dataset=True)
+    mountpoint, _ = mounter.mount("hf://datasets/org/model@main/nested")
+    assert_same_files(mountpoint, {"dir/extra.bin": FILES["nested/dir/extra.bin"]})

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from lazyfs.cli.main import mount
+from lazyfs.cli.main import OctalMode, mount
 from lazyfs.cli.mounthelper import translate
 from lazyfs.errors import UsageError
 from tests.mounts import LAZYFS, publish
@@ -26,6 +26,11 @@ def test_options_translate_to_lazyfs_mount_flags() -> None:
     ]  # fmt: skip
     assert translate(["https://h/r", "/m", "-o", "ca_file=/etc/ssl/corp-ca.pem"]) == [
         "mount", "https://h/r", "/m", "--ca-file", "/etc/ssl/corp-ca.pem"
+    ]  # fmt: skip
+    ownership = "uid=1000,gid=1000,file_mode=0640,subdir=onnx"
+    assert translate(["http://h/r", "/m", "-o", ownership]) == [
+        "mount", "http://h/r", "/m", "--uid", "1000", "--gid", "1000", "--file-mode", "0640",
+        "--subdir", "onnx"
     ]  # fmt: skip
     for bad in (["http://h/r"], ["http://h/r", "/m", "-o", "colour=blue"], ["a", "b", "-z"]):
         with pytest.raises(UsageError):
@@ -51,6 +56,8 @@ def test_every_lazyfs_mount_option_works_as_dash_o() -> None:
             value = "2.5"
         elif isinstance(parameter.type, click.Choice):
             value = str(parameter.type.choices[0])
+        elif isinstance(parameter.type, OctalMode):
+            value = "0640"
         option = name if value is None else f"{name}={value}"
         translated = translate(["http://h/r", "/m", "-o", option])
         direct = ["mount", "http://h/r", "/m", flag] + ([] if value is None else [value])
@@ -58,9 +65,9 @@ def test_every_lazyfs_mount_option_works_as_dash_o() -> None:
         with mount.make_context("mount", translated[1:]) as context:
             assert context.params[parameter.name or ""] not in (None, (), False), name
         checked.append(name)
-    assert {"mirror", "retries", "timeout", "deadline", "manifest", "token_file", "ca_file"} <= set(
-        checked
-    )
+    expected = {"mirror", "retries", "timeout", "deadline", "manifest", "token_file", "ca_file"}
+    expected |= {"uid", "gid", "file_mode", "dir_mode", "subdir"}
+    assert expected <= set(checked)
 
 
 def test_mount_t_lazyfs_and_an_fstab_line(origin: Origin, tmp_path: Path) -> None:
