@@ -411,6 +411,16 @@ def _log_name(mountpoint: Path) -> str:
     "verified, so a mirror needs no trust.",
 )
 @click.option(
+    "--tier",
+    "tiers",
+    multiple=True,
+    metavar="URL|URL...",
+    help="A tier of caches in front of the repository's URL (repeatable, the nearest first): "
+    "'http://c1/repo|http://c2/repo'. Blocks are asked of the first tier, whose members share "
+    "them by digest (failing over to each other), then of the next tier, then of the URL; "
+    "the manifest only ever comes from the URL. Blocks are verified, so no cache needs trust.",
+)
+@click.option(
     "--retries",
     type=click.IntRange(1, 100),
     default=4,
@@ -497,6 +507,7 @@ def mount(
     token_file: Path | None,
     ca_file: Path | None,
     mirrors: tuple[str, ...],
+    tiers: tuple[str, ...],
     retries: int,
     timeout: float | None,
     deadline: float,
@@ -546,7 +557,13 @@ def mount(
     url = normalize_source(url, token_file)
     if mirrors and is_hub_source(url):
         raise UsageError("--mirror is for http(s) origins; for a hub mirror set its endpoint")
+    if tiers and is_hub_source(url):
+        raise UsageError("--tier is for http(s) origins; for a hub cache set its endpoint")
+    for mirror in mirrors:
+        if "|" in mirror:
+            raise UsageError(f"--mirror takes one URL; a group of caches is a --tier: {mirror}")
     mirrors = tuple(normalize_url(mirror) for mirror in mirrors)
+    tier_groups = tuple(tuple(normalize_url(url) for url in tier.split("|")) for tier in tiers)
     policy = RetryPolicy(attempts=retries, deadline=deadline)
     if timeout is not None:
         policy = dataclasses.replace(policy, connect_timeout=timeout, read_timeout=timeout)
@@ -569,6 +586,7 @@ def mount(
         manifest_source=manifest_source,
         token_file=token_file.absolute() if token_file else None,
         mirrors=mirrors,
+        tiers=tier_groups,
         policy=policy,
         ca_file=ca_file.absolute() if ca_file else None,
         ownership=Ownership(

@@ -33,6 +33,8 @@ class MountConfig:
     token_file: Path | None = None
     # --mirror: the same published tree at other addresses; blocks only (not the manifest).
     mirrors: tuple[str, ...] = ()
+    # --tier: groups of caches in front of the URL, the nearest first; blocks only.
+    tiers: tuple[tuple[str, ...], ...] = ()
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # --ca-file: the CAs to trust for https instead of the system's.
     ca_file: Path | None = None

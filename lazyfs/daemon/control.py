@@ -66,7 +66,7 @@ def mount_status(tree: Tree, reader: BlockReader) -> dict[str, Any]:
                 item["streamed_bytes"] = streamed
         files.append(item)
     files.sort(key=lambda item: str(item["path"]))
-    origin = reader.fetcher.rotation.sources[0]
+    origin = reader.fetcher.primary
     offline = (
         {}
         if not isinstance(origin, HubOrigin) or origin.offline is None

@@ -87,8 +87,12 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             # Only the folder's files: nothing else is listed, proven or prefetched.
             manifest = files_under(manifest, config.subdir)
         mirrors = [HttpOrigin(url, client, policy, transport=transport) for url in config.mirrors]
-        for mirror in mirrors:
-            stack.callback(mirror.close)
+        tiers = [
+            [HttpOrigin(url, client, policy, transport=transport) for url in tier]
+            for tier in config.tiers
+        ]
+        for extra in (*mirrors, *(member for tier in tiers for member in tier)):
+            stack.callback(extra.close)
         store = BlockStore(config.cache_dir / "blocks", config.cache_size)
         stack.callback(store.close)
         block_lists = BlockLists(config.cache_dir / "verified")
@@ -109,6 +113,7 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
                 observe_fetch=None if metrics is None else metrics.observe_fetch,
                 xet=xet,
                 xet_lists=XetLists(config.cache_dir / "xet"),
+                tiers=tiers,
             )
         )
         manifest = await reader.adopt(manifest)

@@ -62,20 +62,31 @@ class BlockFetcher:
         sources: Sequence[BlockSource],
         limits: AttemptLimits | None = None,
         observe: Callable[[float], None] | None = None,
+        tiers: Sequence[Sequence[BlockSource]] = (),
     ) -> None:
-        """``sources``: the primary first, then its mirrors. ``observe`` is told the seconds
-        each completed transfer took (the metrics histogram)."""
-        self.rotation = SourceRotation(list(sources))
+        """``sources``: the primary first, then its mirrors; ``tiers``: groups of caches in
+        front of them, asked first, a tier's members sharing the blocks (``core.rotation``).
+        ``observe`` is told the seconds each completed transfer took (the metrics
+        histogram)."""
+        cached = [member for tier in tiers for member in tier]
+        self.rotation = SourceRotation(
+            [*cached, *sources],
+            tiers=[number for number, tier in enumerate(tiers, 1) for _ in tier]
+            + [0] * len(sources),
+            labels=[source.url_for("") for source in (*cached, *sources)],
+        )
+        self.primary = sources[0]
         self.limits = limits or AttemptLimits()
         self.counters = FetchCounters()
         self._observe = observe
-        # The primary serves nearly every fetch (mirrors are for when it fails): its limit
-        # is the mount's.
-        self.gate = TransferGate(getattr(sources[0], "max_transfers", DEFAULT_TRANSFERS))
+        # The first source asked serves nearly every fetch (mirrors are for when it fails):
+        # its limit is the mount's.
+        first = cached[0] if cached else sources[0]
+        self.gate = TransferGate(getattr(first, "max_transfers", DEFAULT_TRANSFERS))
 
     def url_for(self, path: str) -> str:
         """The primary source's URL of ``path``: the one errors about a whole file name."""
-        return self.rotation.sources[0].url_for(path)
+        return self.primary.url_for(path)
 
     async def fetch(
         self,
@@ -90,7 +101,7 @@ class BlockFetcher:
         a copy whose digest is ``expected``, or, without one, the first complete copy.
         ``ticket``: the fetch's place in the queue for transfer slots (read-ahead's, or a
         read's)."""
-        order = self.rotation.order()
+        order = self.rotation.order(expected or f"{path}#{index}")
         wanted = Wanted(f"block {index} of {path}", path, index, expected)
         urls = [source.url_for(path) for source in order]
         policy = AttemptPolicy(urls, self.limits, wanted, trio.current_time())

@@ -99,13 +99,14 @@ class BlockReader:
         tensor_aware: bool = True,
         xet: XetSource | None = None,
         xet_lists: XetLists | None = None,
+        tiers: Sequence[Sequence[BlockSource]] = (),
     ) -> None:
         """``limits``: how hard each block fetch tries (attempts, one deadline, backoff);
         ``observe_fetch`` is told how long each fetch took (the metrics histogram)."""
         self.store = store
         self.tensor_aware = tensor_aware
         self.block_size = block_size
-        self.fetcher = BlockFetcher([source, *mirrors], limits, observe_fetch)
+        self.fetcher = BlockFetcher([source, *mirrors], limits, observe_fetch, tiers)
         self.max_window = min(MAX_READAHEAD_BLOCKS, readahead_bytes // block_size)
         # ``memory_bytes`` bounds the blocks in memory, read-ahead's included; read-ahead holds
         # its own (up to its budget), the cache the rest: at least the block a reader is in

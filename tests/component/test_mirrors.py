@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.cache.store import BlockStore
@@ -125,3 +126,33 @@ def test_a_hung_source_gets_only_its_share_of_the_deadline(tmp_path: Path) -> No
     assert trio.run(main) == DATA[:10]
     assert bytes(trio.run(reader.read, ENTRY, BS, 10)) == DATA[BS : BS + 10]
     assert hung.calls == [(ENTRY.path, 0)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 1000))
+def test_a_tiers_members_share_blocks_and_a_change_moves_only_its_own(
+    members: int, seed: int
+) -> None:
+    names = [f"http://cache{n}.{seed}/repo" for n in range(members)]
+    keys = [f"{seed}-{n}" for n in range(600)]
+
+    def first_choice(labels: list[str]) -> dict[str, str]:
+        rotation = SourceRotation(
+            [*labels, "origin"], tiers=[1] * len(labels) + [0], labels=[*labels, "origin"]
+        )
+        chosen = {}
+        for key in keys:
+            order = rotation.order(key)
+            # Every member once, the tier before the origin.
+            assert sorted(order[:-1]) == sorted(labels) and order[-1] == "origin"
+            chosen[key] = order[0]
+        return chosen
+
+    before = first_choice(names)
+    counts = Counter(before.values())
+    assert all(abs(counts[name] - len(keys) / members) < len(keys) / members / 2 for name in names)
+    # One member leaves: only the blocks it ranked first move.
+    after = first_choice(names[1:])
+    assert {key for key in keys if before[key] != after[key]} == {
+        key for key in keys if before[key] == names[0]
+    }

@@ -122,3 +122,52 @@ def test_a_bad_cached_block_is_repaired_through_the_tier_and_never_served(
         assert "without its cache" in mounter.log_text()
     finally:
         tier.stop()
+
+
+def test_a_tier_of_two_caches_shares_the_blocks_and_survives_one_stopping(
+    origin: Origin, mounter: Mounter, tmp_path: Path
+) -> None:
+    block = 64 * 1024
+    data = os.urandom(64 * block)
+    (origin.root / "weights.bin").write_bytes(data)
+    publish(origin.root)
+    first, _ = start_cache_tier(origin, tmp_path / "tier-a", "64K")
+    second, _ = start_cache_tier(origin, tmp_path / "tier-b", "64K")
+    try:
+        mountpoint, _ = mounter.mount(origin.url, "--tier", f"{first.url}|{second.url}")
+        path = mountpoint / "weights.bin"
+        half = 32 * block
+        with open(path, "rb") as handle:
+            assert handle.read(half) == data[:half]
+        asked = [
+            len([r for r in cache.requests() if r.path == "/weights.bin"])
+            for cache in (first, second)
+        ]
+        # Each member got a share of the blocks, none twice (the shares add up to the blocks
+        # read, give or take read-ahead).
+        assert all(count >= 4 for count in asked), asked
+        # The manifest never comes from a tier.
+        assert not [
+            r for cache in (first, second) for r in cache.requests() if "manifest" in r.path
+        ]
+        second.stop()
+        with open(path, "rb") as handle:
+            handle.seek(half)
+            assert handle.read() == data[half:]
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_group_of_caches_is_a_tier_not_a_mirror(mounter: Mounter) -> None:
+    from tests.mounts import lazyfs
+
+    result = lazyfs(
+        "mount",
+        "http://127.0.0.1:9/repo",
+        mounter.new_mountpoint(),
+        "--mirror",
+        "http://127.0.0.1:9/a|http://127.0.0.1:9/b",
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "a group of caches is a --tier" in result.stderr
