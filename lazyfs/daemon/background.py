@@ -10,6 +10,7 @@ cwd ``/``, no inherited descriptors, and no working directory on ``sys.path``.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -60,8 +61,12 @@ def start_background(config: MountConfig, log_file: Path, serve: Serve) -> None:
         error = MountError(text)
         error.exit_code = int(code)
         raise error
-    os.kill(pid, signal.SIGKILL)
-    _wait_for_exit(pid, EXIT_TIMEOUT)
+    # It may have exited, and been waited for, already (that is often the message): then
+    # there is nothing left to kill or wait for.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        _wait_for_exit(pid, EXIT_TIMEOUT)
     raise MountError(f"{message}; see {log_file}")
 
 

@@ -73,7 +73,8 @@ class BlockFetcher:
             [*cached, *sources],
             tiers=[number for number, tier in enumerate(tiers, 1) for _ in tier]
             + [0] * len(sources),
-            labels=[source.url_for("") for source in (*cached, *sources)],
+            # A tier member is ranked by its URL; the others keep their places.
+            labels=[member.url_for("") for member in cached] + [""] * len(sources),
         )
         self.primary = sources[0]
         self.limits = limits or AttemptLimits()
