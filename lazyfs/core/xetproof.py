@@ -19,7 +19,7 @@ rest).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,39 +58,31 @@ def stable_start(nodes: Sequence[Node]) -> int | None:
     one past the middle of three natural cuts spaced so that no group can jump them."""
     if len(nodes) < MIN_GROUP + 1:
         return None
-    before_previous: int | None = None
-    previous: int | None = None
-    for index, (h, _) in enumerate(nodes):
-        if not closes_group(h):
-            continue
-        if (
-            previous is not None
-            and before_previous is not None
-            and _valid_gap(index - previous)
-            and _valid_gap(previous - before_previous)
-        ):
-            return previous + 1
-        before_previous, previous = previous, index
-    return None
+    return _past_middle_cut(i for i, (h, _) in enumerate(nodes) if closes_group(h))
 
 
 def stable_end(nodes: Sequence[Node]) -> int | None:
     """The mirror of ``stable_start``: the last index where a group starts whatever follows."""
     if len(nodes) < MIN_GROUP + 1:
         return None
-    after_next: int | None = None
-    following: int | None = None
-    for index in range(len(nodes) - 1, -1, -1):
-        if not closes_group(nodes[index][0]):
-            continue
+    cuts = (i for i in range(len(nodes) - 1, -1, -1) if closes_group(nodes[i][0]))
+    return _past_middle_cut(cuts)
+
+
+def _past_middle_cut(cuts: Iterable[int]) -> int | None:
+    """One past the middle of the first three consecutive ``cuts`` (natural cut positions,
+    scanned in either direction) whose two gaps are both valid."""
+    first: int | None = None
+    middle: int | None = None
+    for cut in cuts:
         if (
-            following is not None
-            and after_next is not None
-            and _valid_gap(following - index)
-            and _valid_gap(after_next - following)
+            middle is not None
+            and first is not None
+            and _valid_gap(abs(cut - middle))
+            and _valid_gap(abs(middle - first))
         ):
-            return following + 1
-        after_next, following = following, index
+            return middle + 1
+        first, middle = middle, cut
     return None
 
 
