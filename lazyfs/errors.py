@@ -3,6 +3,8 @@
     LazyfsError                      base; ``str(exc)`` is one line fit for a user
     ├── UsageError                   bad command-line input (a size, a path, a URL)
     ├── ManifestError                a manifest that does not parse or validate
+    │   └── SignatureError           a required signature missing, not verifying, or not
+    │                                covering the manifest (--signature-key and friends)
     ├── SourceError                  the origin could not give us the bytes
     │   ├── OriginUnreachable        connect failure, timeout, reset: nothing usable came back
     │   ├── OriginOffline            not asked at all: offline by the user's choice (HF_HUB_OFFLINE)
@@ -33,6 +35,10 @@ class UsageError(LazyfsError):
 
 class ManifestError(LazyfsError):
     exit_code = 4
+
+
+class SignatureError(ManifestError):
+    """The manifest cannot be trusted as the signed one: the mount is refused."""
 
 
 class SourceError(LazyfsError):

@@ -19,12 +19,14 @@ from lazyfs import __version__
 from lazyfs.cache.directory import default_cache_dir
 from lazyfs.cli.cache import cache_group
 from lazyfs.cli.common import configure_logging, reports_errors
+from lazyfs.cli.signing import signature_options
 from lazyfs.core.sizes import format_size, parse_size
 from lazyfs.errors import IntegrityError, LazyfsError, UsageError
 
 if TYPE_CHECKING:
     from lazyfs.core.manifest import Manifest
     from lazyfs.daemon.config import MountConfig
+    from lazyfs.sources.signatures import SignatureTrust
 
 DEFAULT_CACHE_SIZE = "50G"
 # The reader's DEFAULT_READAHEAD_BYTES, spelled here so the CLI need not import the read path.
@@ -114,10 +116,15 @@ def manifest_build(
     modelscope://ORG/NAME[@REV]) that is streamed once, each file checked against the
     hub's digest; mount it lazily with the result: lazyfs mount hf://... --manifest FILE.
 
+    To sign a repository, build its manifest first, then sign the directory (OpenSSF model
+    signing: the signature then covers the manifest, and through it every block); the
+    manifest never lists model.sig. Mount it with --signature-key (docs/signing.md).
+
     \b
     Examples:
       lazyfs manifest build ./my-model --block-size 4M
       lazyfs manifest build hf://ORG/NAME@main -o org-name.lazyfs-manifest.json
+      lazyfs manifest build ./my-model && model_signing sign key ./my-model --private_key K
     """
     from lazyfs.cache.atomic import write_atomically
     from lazyfs.core.hubs import is_hub_source, split_hub_path
@@ -494,6 +501,7 @@ def _log_name(mountpoint: Path) -> str:
 )
 @click.option("--ready-fd", type=int, hidden=True)
 @reports_errors
+@signature_options
 def mount(
     url: str,
     mountpoint: Path,
@@ -524,6 +532,7 @@ def mount(
     prefetch_path: tuple[str, ...],
     metrics_address: str | None,
     ready_fd: int | None,
+    signature: SignatureTrust | None,
 ) -> None:
     """Mount the repository at URL on MOUNTPOINT, read-only and lazily.
 
@@ -596,6 +605,7 @@ def mount(
             dir_mode,
         ),
         subdir=subdir,
+        signature=signature,
     )
     if foreground:
         from lazyfs.daemon.lifecycle import run_foreground

@@ -24,6 +24,7 @@ from lazyfs.core.manifest import (
     check_path,
     check_tree,
 )
+from lazyfs.core.signedfiles import SIGNATURE_NAME
 from lazyfs.errors import ManifestError, SourceError, UsageError
 
 HF = "hf"
@@ -405,8 +406,9 @@ def mount_entries(
 
     With a manifest, a file whose hub sha256 the manifest's entry matches gets the manifest's
     block digests; a file the hub knows only by its Git blob id is verified whole against it
-    (the manifest cannot tie its bytes to the commit). Without one, every file is verified
-    whole. A manifest that names other files, sizes or contents is refused.
+    (the manifest cannot tie its bytes to the commit), and so is a signature (``model.sig``),
+    which a manifest never lists. Without one, every file is verified whole. A manifest that
+    names other files, sizes or contents is refused.
     """
     files = [file for file in snapshot.files if file.path != MANIFEST_NAME]
     if manifest is None:
@@ -418,8 +420,8 @@ def mount_entries(
         raise ManifestError(f"manifest does not match this revision ({snapshot.name}): {problem}")
     entries = []
     for path, file in listed.items():
-        entry = described[path]
-        if file.sha256 is None:
+        entry = described.get(path)
+        if entry is None or file.sha256 is None:
             entries.append(file.pending_entry())
         else:
             entries.append(entry)
@@ -429,11 +431,11 @@ def mount_entries(
 def _first_mismatch(
     listed: Mapping[str, HubFile], described: Mapping[str, FileEntry]
 ) -> str | None:
-    for path in sorted(listed.keys() - described.keys()):
+    for path in sorted(listed.keys() - described.keys() - {SIGNATURE_NAME}):
         return f"{json.dumps(path)} is not in the manifest"
     for path in sorted(described.keys() - listed.keys()):
         return f"{json.dumps(path)} is not in the repository"
-    for path in sorted(listed):
+    for path in sorted(listed.keys() & described.keys()):
         file, entry = listed[path], described[path]
         if file.size != entry.size:
             return f"{json.dumps(path)} is {file.size} bytes, the manifest says {entry.size}"

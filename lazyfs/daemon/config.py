@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lazyfs.core.attempts import RetryPolicy
 from lazyfs.core.ownership import Ownership
+from lazyfs.sources.signatures import SignatureTrust
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,6 @@ class MountConfig:
     ownership: Ownership | None = None
     # --subdir (or a hub URL's path): the repository folder the mount shows.
     subdir: str | None = None
+    # --signature-key and friends: whom the repository's signature must come from (None: no
+    # signature is asked for).
+    signature: SignatureTrust | None = None

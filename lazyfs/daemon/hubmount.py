@@ -19,8 +19,9 @@ from lazyfs.cache.listings import ListingCache
 from lazyfs.cache.store import load_cached_manifest, store_manifest
 from lazyfs.core.hubs import HubFile, Snapshot
 from lazyfs.core.listings import CachedListing
-from lazyfs.core.manifest import MANIFEST_NAME, Manifest
+from lazyfs.core.manifest import MANIFEST_NAME
 from lazyfs.daemon.config import MountConfig
+from lazyfs.daemon.manifestchoice import OpenedManifest
 from lazyfs.errors import CacheError, IntegrityError, MountError, OriginUnreachable, SourceError
 from lazyfs.sources.hub import (
     HubOrigin,
@@ -38,7 +39,7 @@ LISTINGS = "listings"
 
 async def open_hub_mount(
     origin: HubOrigin, config: MountConfig, given: bytes | None
-) -> tuple[Manifest, float]:
+) -> OpenedManifest:
     """The mount's manifest and timestamp: block mode from ``given`` or the repository's
     committed manifest, else whole-file mode."""
     snapshot = await _listed(origin, ListingCache(config.cache_dir / LISTINGS))
@@ -52,7 +53,7 @@ async def open_hub_mount(
                 f"{snapshot.name} is not in the cache and the hub is not asked"
             )
     manifest = hub_manifest(snapshot, raw, config.manifest_sha256)
-    return manifest, snapshot.modified or time.time()
+    return OpenedManifest(manifest, snapshot.modified or time.time(), raw)
 
 
 async def _listed(origin: HubOrigin, listings: ListingCache) -> Snapshot:

@@ -36,6 +36,7 @@ from lazyfs.daemon.hubmount import open_hub_mount
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
+from lazyfs.daemon.signedmount import check_signed_mount
 from lazyfs.errors import (
     CacheError,
     LazyfsError,
@@ -78,11 +79,16 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             settings = hub_settings(config.url, config.token_file)
             origin = HubOrigin(*settings, client, policy, transport=transport)
             stack.callback(origin.close)
-            manifest, mtime = await open_hub_mount(origin, config, given)
+            opened = await open_hub_mount(origin, config, given)
         else:
             origin = HttpOrigin(config.url, client, policy, transport=transport)
             stack.callback(origin.close)
-            manifest, mtime = await open_manifest(origin, config, given)
+            opened = await open_manifest(origin, config, given)
+        if config.signature is not None:
+            await check_signed_mount(
+                origin, config, config.signature, opened.raw, client, transport
+            )
+        manifest, mtime = opened.manifest, opened.mtime
         if config.subdir is not None:
             # Only the folder's files: nothing else is listed, proven or prefetched.
             manifest = files_under(manifest, config.subdir)

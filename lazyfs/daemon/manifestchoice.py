@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -27,14 +28,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class OpenedManifest:
+    """The manifest a mount serves, its timestamp, and the exact bytes it was parsed from
+    (None: a hub repository without one, served file by file)."""
+
+    manifest: Manifest
+    mtime: float
+    raw: bytes | None
+
+
 async def open_manifest(
     origin: HttpOrigin, config: MountConfig, given: bytes | None = None
-) -> tuple[Manifest, float]:
+) -> OpenedManifest:
     """The manifest given with ``--manifest``, else the origin's, or, when the origin is
     unreachable, the cached copy."""
     if given is not None:
         check_pin(given, config.manifest_sha256)
-        return parse_manifest(given), time.time()
+        return OpenedManifest(parse_manifest(given), time.time(), given)
     url = origin.url_for(MANIFEST_NAME)
     try:
         raw = await origin.get(MANIFEST_NAME)
@@ -52,11 +63,11 @@ async def open_manifest(
     else:
         check_pin(raw, config.manifest_sha256)
         manifest = parse_manifest(raw)
-        return manifest, store_manifest(config.cache_dir, config.url, raw)
+        return OpenedManifest(manifest, store_manifest(config.cache_dir, config.url, raw), raw)
     check_pin(raw, config.manifest_sha256)
     cached = load_cached_manifest(config.cache_dir, config.url)
     assert cached is not None
-    return parse_manifest(raw), cached[1]
+    return OpenedManifest(parse_manifest(raw), cached[1], raw)
 
 
 def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
@@ -68,10 +79,10 @@ def _cached_manifest_or_raise(config: MountConfig, cause: SourceError) -> bytes:
 
 
 async def load_manifest_source(
-    source: str, client: httpx.AsyncClient, transport: Transport
+    source: str, client: httpx.AsyncClient, transport: Transport, option: str = "--manifest"
 ) -> bytes:
-    """The manifest given with ``--manifest``: a local file, or a URL (fetched without any
-    hub token: it is not the hub)."""
+    """The manifest given with ``--manifest`` (or the signature given with ``--signature``):
+    a local file, or a URL (fetched without any hub token: it is not the hub)."""
     if source.startswith(("http://", "https://")):
         origin = HttpOrigin(source, client, transport=transport)
         try:
@@ -82,4 +93,4 @@ async def load_manifest_source(
     try:
         return await trio.Path(source).read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read --manifest {source}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {option} {source}: {exc.strerror}") from None

@@ -24,6 +24,7 @@ from lazyfs.core.manifest import (
     make_manifest,
     parse_manifest,
 )
+from lazyfs.core.signedfiles import SIGNATURE_NAME
 from lazyfs.errors import ManifestError, UsageError
 from lazyfs.publish.sharedreads import Abandoned, SharedReads, read_full_at
 
@@ -53,6 +54,9 @@ def list_published_files(root: Path) -> list[str]:
             path = Path(directory) / name
             relative = path.relative_to(root).as_posix()
             if relative == MANIFEST_NAME or relative.startswith(f"{MANIFEST_NAME}."):
+                continue
+            if relative == SIGNATURE_NAME:
+                # The signature signs the manifest, so the manifest cannot list it.
                 continue
             try:
                 mode = path.stat().st_mode

@@ -1,0 +1,98 @@
+"""A signed mount: the repository's signature fetched, verified, and checked to cover the
+manifest before anything is served (docs/signing.md).
+
+The signature comes from ``--signature`` (a file or URL) or as ``model.sig`` from the mount's
+own source; a copy is kept in the cache directory so that a mount from the cached manifest,
+with the origin down, still checks it. A kept copy needs no trust: it is verified every time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from lazyfs.cache.store import load_cached_manifest, store_manifest
+from lazyfs.core.manifest import MANIFEST_NAME
+from lazyfs.core.signedfiles import SIGNATURE_NAME, check_signed_manifest
+from lazyfs.daemon.config import MountConfig
+from lazyfs.daemon.manifestchoice import load_manifest_source
+from lazyfs.errors import (
+    CacheError,
+    OriginCertificateError,
+    OriginHTTPError,
+    SignatureError,
+    SourceError,
+)
+from lazyfs.sources.origin import HttpOrigin
+from lazyfs.sources.signatures import SignatureTrust, verify_signature
+
+if TYPE_CHECKING:
+    import httpx
+
+    from lazyfs.sources.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+async def check_signed_mount(
+    origin: HttpOrigin,
+    config: MountConfig,
+    trust: SignatureTrust,
+    raw: bytes | None,
+    client: httpx.AsyncClient,
+    transport: Transport,
+) -> None:
+    """Refuse the mount (``SignatureError``, one line) unless the signature verifies with
+    ``trust`` and covers the manifest ``raw``."""
+    if raw is None:
+        raise SignatureError(
+            f"{config.url} has no {MANIFEST_NAME}; a signed mount needs one among the "
+            "signed files (lazyfs manifest build DIR, then sign DIR)"
+        )
+    bundle = await _signature(origin, config, trust, client, transport)
+    signed = await trio.to_thread.run_sync(verify_signature, bundle, trust)
+    check_signed_manifest(signed, raw)
+    log.info(
+        "signature verified with %s: %d signed files, %s among them",
+        trust.describe(),
+        len(signed.sha256),
+        MANIFEST_NAME,
+    )
+
+
+async def _signature(
+    origin: HttpOrigin,
+    config: MountConfig,
+    trust: SignatureTrust,
+    client: httpx.AsyncClient,
+    transport: Transport,
+) -> bytes:
+    if trust.location is not None:
+        return await load_manifest_source(trust.location, client, transport, "--signature")
+    url = origin.url_for(SIGNATURE_NAME)
+    key = f"signature:{url}"
+    try:
+        bundle = await origin.get(SIGNATURE_NAME)
+    except OriginHTTPError as exc:
+        if exc.status in (404, 410):
+            raise SignatureError(f"no signature at {url} (HTTP {exc.status})") from None
+        return _kept_or_raise(config, key, exc)
+    except OriginCertificateError:
+        raise
+    except SourceError as exc:
+        return _kept_or_raise(config, key, exc)
+    try:
+        await trio.to_thread.run_sync(store_manifest, config.cache_dir, key, bundle)
+    except CacheError as exc:
+        log.warning("%s", exc)
+    return bundle
+
+
+def _kept_or_raise(config: MountConfig, key: str, cause: SourceError) -> bytes:
+    kept = load_cached_manifest(config.cache_dir, key)
+    if kept is None:
+        raise SourceError(f"cannot fetch the signature: {cause}") from None
+    log.warning("cannot fetch the signature (%s); checking the kept copy", cause)
+    return kept[0]
