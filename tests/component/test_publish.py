@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyfs.core.manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
+from lazyfs.core.signedfiles import SIGNATURE_NAME
 from lazyfs.errors import UsageError
 from lazyfs.publish import build as publish
 from lazyfs.publish import sharedreads
@@ -57,6 +58,7 @@ TREE: dict[str, tuple[bytes, bool]] = {
     "bin/run.sh": (b"#!/bin/sh\necho hi\n", True),
     "weights/model.safetensors": (payload(5 * BLOCK + 123, 4), False),
     "z/group-exec": (b"x", True),
+    "weights/model.sig": (b"deeper, a file like any", False),
 }
 LINK = "link-to-deep.bin"  # a symlink inside the tree, to a/b/c/deep.bin
 
@@ -75,6 +77,8 @@ def tree(tmp_path: Path) -> Path:
     write(root, "weights/.svn/entries", b"svn")
     write(root, MANIFEST_NAME, b"stale")
     write(root, f"{MANIFEST_NAME}.1234.tmp", b"partial")
+    # Nor the repository's signature: it signs the manifest.
+    write(root, SIGNATURE_NAME, b"{}")
     return root
 
 
