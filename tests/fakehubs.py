@@ -108,6 +108,9 @@ class FakeHub:
         self.cas = cas  # LFS files are stored in this Xet CAS too (Hugging Face only)
         self.xet_hashes: dict[str, str] = {}  # sha256 -> xetHash of files uploaded to ``cas``
         self.xet_token_ttl = 3600  # seconds a minted CAS read token lives
+        # The one token it takes now: set another to rotate it (the old one then gets 401 on
+        # Hugging Face, 403 on ModelScope, as a token that was never valid does).
+        self.accepted_token = TOKEN
         # Listed LFS sha256 by path, instead of the true one (a hub whose listing disagrees).
         self.listed_sha256: dict[str, str] = {}
         self.repos: dict[str, FakeRepo] = {}
@@ -326,7 +329,7 @@ class _ApiHandler(_Handler):
 
     def hf_repo(self, key: str, head: bool, content: bool) -> FakeRepo | None:
         repo = self.hub.repos.get(key)
-        allowed = self.token() == TOKEN
+        allowed = self.token() == self.hub.accepted_token
         if repo is None or (repo.private and not allowed):
             self.hf_error(401, "RepoNotFound", "Repository not found", head)
             return None
@@ -503,7 +506,7 @@ class _ApiHandler(_Handler):
         if repo is None:
             self.ms_reply(404, None, 10010205001, "record not found")
             return
-        if repo.private and self.token() != TOKEN:
+        if repo.private and self.token() != self.hub.accepted_token:
             self.ms_reply(403, None, 10010205003, "no permission to access this model")
             return
         params = {name: values[0] for name, values in parse_qs(parts.query).items()}

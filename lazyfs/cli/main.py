@@ -66,7 +66,8 @@ def cli() -> None:
 token_file_option = click.option(
     "--token-file",
     type=click.Path(path_type=Path),
-    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN).",
+    help="Hub token file (default: $HF_TOKEN or $MODELSCOPE_API_TOKEN). Read again when it "
+    "changes (a rotated Kubernetes secret) and when the hub refuses the token: no remount.",
 )
 ca_file_option = click.option(
     "--ca-file",

@@ -190,6 +190,17 @@ def hf_tree_url(endpoint: str, repo: HubRepo, commit: str) -> str:
     return f"{endpoint}/api/{kind}/{repo.repo_id}/tree/{commit}?recursive=true&expand=false"
 
 
+def token_headers(hub: str, token: str | None) -> dict[str, str]:
+    """The headers that carry ``token`` to ``hub``'s own endpoint (none without a token)."""
+    if token is None:
+        return {}
+    headers = {"Authorization": f"Bearer {token}"}
+    if hub == MODELSCOPE:
+        # ModelScope also takes it as the session cookie (docs/hubs.md).
+        headers["Cookie"] = f"m_session_id={token}"
+    return headers
+
+
 def hf_xet_token_url(endpoint: str, repo: HubRepo, commit: str) -> str:
     """Where the Hub hands out read tokens for the repository's Xet storage (CAS)."""
     kind = "datasets" if repo.dataset else "models"

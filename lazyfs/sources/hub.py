@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 from typing_extensions import Buffer
@@ -34,11 +36,14 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
+from lazyfs.sources.hubtoken import TokenSource
 from lazyfs.sources.origin import HttpOrigin
 from lazyfs.sources.transport import Transport, parse_retry_after, same_origin
 from lazyfs.sources.xet import XetFile, XetSource
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The tree API pages at 1,000 entries; this bounds a listing at ten million files.
 MAX_LISTING_PAGES = 10_000
@@ -66,7 +71,7 @@ class HubOrigin(HttpOrigin):
         self,
         repo: HubRepo,
         endpoint: str,
-        token: str | None,
+        token: TokenSource,
         client: httpx.AsyncClient,
         policy: RetryPolicy | None = None,
         *,
@@ -78,10 +83,11 @@ class HubOrigin(HttpOrigin):
         self.commit: str | None = None
         # Set when the mount serves a kept listing because the hub could not be asked.
         self.offline: OfflineMount | None = None
-        if token is not None:
-            self.headers["Authorization"] = f"Bearer {token}"
-            if repo.hub == hubs.MODELSCOPE:
-                self.headers["Cookie"] = f"m_session_id={token}"
+        # Read again when its file changes or the hub refuses it; every request asks it.
+        self.token = token
+
+    def request_headers(self) -> dict[str, str]:
+        return {**self.headers, **hubs.token_headers(self.repo.hub, self.token.current())}
 
     def url_for(self, path: str) -> str:
         if self.commit is None:
@@ -104,6 +110,26 @@ class HubOrigin(HttpOrigin):
         # OriginHTTPError keeps 429 and 5xx retryable (Retry-After honoured); the rest fail.
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         raise OriginHTTPError(message, status, retry_after)
+
+    async def get_small(self, url: str) -> tuple[bytes, httpx.Headers]:
+        send = super().get_small
+        return await self._with_current_token(lambda: send(url))
+
+    async def probe(self, path: str) -> None:
+        send = super().probe
+        await self._with_current_token(lambda: send(path))
+
+    async def _with_current_token(self, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()``, and once more if the hub refused the token it carried (HTTP 401) and
+        another is now at hand (a rotated ``--token-file``); a second refusal stands."""
+        sent = self.token.current()
+        try:
+            return await send()
+        except OriginHTTPError as exc:
+            if exc.status != 401 or not self.token.refused(sent):
+                raise
+        log.info("%s: the hub refused the token; asking again with the new one", self.repo.name)
+        return await send()
 
     async def resolve(self) -> Snapshot:
         """Resolve the revision to a commit, list the files there, and check access."""
@@ -150,7 +176,8 @@ class HubOrigin(HttpOrigin):
                 f"{path}: bytes {start}-{start + length - 1} are not in the cache, and "
                 f"{self.offline.reason}: the hub is not asked"
             )
-        return await super().fetch_block(path, start, length, no_cache=no_cache)
+        send = super().fetch_block
+        return await self._with_current_token(lambda: send(path, start, length, no_cache=no_cache))
 
     async def _resolve_hf(self) -> Snapshot:
         url = hubs.hf_revision_url(self.endpoint, self.repo)
@@ -274,7 +301,7 @@ def xet_source_for(
         origin.repo,
         origin.commit,
         origin.endpoint,
-        origin.headers,
+        origin.token,
         client,
         transport,
         origin.pool,

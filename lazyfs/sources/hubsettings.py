@@ -10,6 +10,7 @@ from pathlib import Path
 from lazyfs.core import hubs
 from lazyfs.core.hubs import HubRepo
 from lazyfs.errors import UsageError
+from lazyfs.sources.hubtoken import TokenSource
 
 
 def hub_endpoint(hub: str) -> str:
@@ -17,10 +18,14 @@ def hub_endpoint(hub: str) -> str:
     return hubs.check_endpoint(hub, os.environ.get(variable) or hubs.DEFAULT_ENDPOINTS[hub])
 
 
-def hub_settings(source: str, token_file: Path | None) -> tuple[HubRepo, str, str | None]:
-    """A hub source checked, with its endpoint and token: what ``HubOrigin`` takes."""
+def hub_settings(source: str, token_file: Path | None) -> tuple[HubRepo, str, TokenSource]:
+    """A hub source checked, with its endpoint and token: what ``HubOrigin`` takes. A token
+    from ``token_file`` is read again whenever the file changes (``TokenSource``)."""
     repo = hubs.parse_hub_source(source)
-    return repo, hub_endpoint(repo.hub), hub_token(repo.hub, token_file)
+    token = hub_token(repo.hub, token_file)
+    if token_file is None:
+        return repo, hub_endpoint(repo.hub), TokenSource(token)
+    return repo, hub_endpoint(repo.hub), TokenSource(token, token_file, read_token_file)
 
 
 def hub_offline(hub: str) -> str | None:
@@ -30,19 +35,26 @@ def hub_offline(hub: str) -> str | None:
 
 def hub_token(hub: str, token_file: Path | None) -> str | None:
     """The token from ``--token-file``, else from the hub's environment variable."""
-    if token_file is None:
-        variable = hubs.TOKEN_VARIABLES[hub]
-        token = os.environ.get(variable) or None
-        where = f"${variable}"
-    else:
-        try:
-            token = token_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not text"
-            raise UsageError(f"cannot read --token-file {token_file}: {reason}") from None
-        where = f"--token-file {token_file}"
-    # It goes into an HTTP header: printable ASCII without spaces, or a clear refusal.
-    if token is not None and (
+    if token_file is not None:
+        return read_token_file(token_file)
+    variable = hubs.TOKEN_VARIABLES[hub]
+    token = os.environ.get(variable) or None
+    return None if token is None else checked_token(token, f"${variable}")
+
+
+def read_token_file(token_file: Path) -> str:
+    """The one token in ``token_file``, or ``UsageError`` with one line saying why not."""
+    try:
+        token = token_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise UsageError(f"cannot read --token-file {token_file}: {reason}") from None
+    return checked_token(token, f"--token-file {token_file}")
+
+
+def checked_token(token: str, where: str) -> str:
+    """``token`` if it can go into an HTTP header: printable ASCII without spaces."""
+    if (
         not token
         or not token.isascii()
         or not all(ch.isprintable() and not ch.isspace() for ch in token)

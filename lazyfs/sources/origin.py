@@ -118,6 +118,11 @@ class HttpOrigin:
     def url_for(self, path: str) -> str:
         return join_url(self.base_url, path)
 
+    def request_headers(self) -> dict[str, str]:
+        """The headers for a request about to be sent to the origin (a hub's carry its token
+        as of now)."""
+        return self.headers
+
     async def get(self, path: str) -> bytes:
         """GET a small whole file (the manifest)."""
         body, _ = await self.get_small(self.url_for(path))
@@ -155,7 +160,7 @@ class HttpOrigin:
     ) -> AsyncIterator[httpx.Response]:
         chain = RedirectChain(url)
         while True:
-            headers = {**chain.credentials(self.headers), **extra}
+            headers = {**chain.credentials(self.request_headers()), **extra}
             async with self._request("GET", chain.url, headers) as response:
                 if chain.follow(response.status_code, response.headers.get("location")):
                     continue
@@ -186,7 +191,7 @@ class HttpOrigin:
             self.url_for(path),
             start,
             length,
-            self.headers,
+            self.request_headers(),
             limit,
             no_cache,
             # A cancelled read must not wait for the socket: the thread ends on its own within

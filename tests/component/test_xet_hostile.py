@@ -16,6 +16,7 @@ import trio
 
 from lazyfs.core.hubs import HF, HubRepo
 from lazyfs.errors import SourceError
+from lazyfs.sources.hubtoken import TokenSource
 from lazyfs.sources.rangeget import ConnectionPool
 from lazyfs.sources.transport import Timeouts, Transport
 from lazyfs.sources.xet import XetFile, XetSource
@@ -65,7 +66,7 @@ def fetch(xet: Xet, start: int, length: int) -> bytes:
                 HubRepo(HF, "org/model", "main"),
                 commit,
                 hub.endpoint,
-                {},
+                TokenSource(None),
                 client,
                 transport,
                 ConnectionPool(TIMEOUTS, transport),

@@ -135,6 +135,50 @@ def test_private_repo_needs_a_token_which_never_leaves_the_hub(
     assert TOKEN not in Path("/proc/self/mountinfo").read_text()
 
 
+def rotate_projected_secret(volume: Path, token: str, version: int) -> None:
+    """Rotate a token the way Kubernetes updates a projected secret volume: the new file in a
+    fresh ``..TIMESTAMP`` folder, then a ``..data`` symlink renamed over the old one
+    (``token -> ..data/token`` stays)."""
+    fresh = volume / f"..2024_01_01_00_00_0{version}.{version}"
+    fresh.mkdir()
+    (fresh / "token").write_text(token + "\n")
+    (volume / "..data_tmp").symlink_to(fresh.name)
+    os.rename(volume / "..data_tmp", volume / "..data")
+    if not (volume / "token").is_symlink():
+        (volume / "token").symlink_to("..data/token")
+
+
+def test_a_rotated_token_file_is_used_without_a_remount(
+    hf: FakeHub, mounter: Mounter, tmp_path: Path
+) -> None:
+    hf.add_repo("org/secret", FILES, private=True)
+    volume = tmp_path / "secret"
+    volume.mkdir()
+    rotate_projected_secret(volume, TOKEN, 1)
+    mountpoint, _ = mounter.mount("hf://org/secret", "--token-file", str(volume / "token"))
+    assert (mountpoint / "config.json").read_bytes() == FILES["config.json"]
+    # Rotated at the hub and in the secret: the old token's 401 has the file read again.
+    hf.accepted_token = "hf_fake_token_rotated_0001"
+    rotate_projected_secret(volume, hf.accepted_token, 2)
+    assert (mountpoint / "tokenizer.json").read_bytes() == FILES["tokenizer.json"]
+    # Rotated at the hub only: the read fails, and never with other bytes.
+    hf.accepted_token = "hf_fake_token_rotated_0002"
+    with pytest.raises(OSError) as failed:
+        (mountpoint / "nested/dir/extra.bin").read_bytes()
+    assert failed.value.errno == errno.EIO
+    log = mounter.log_text()
+    assert "read a new hub token from --token-file" in log
+    assert "nested/dir/extra.bin" in log and "HTTP 401" in log
+    assert "hf_fake_token" not in log
+    asked = [(r.path.rsplit("/", 1)[-1], r.headers.get("authorization")) for r in hf.seen("api")]
+    rotated = "Bearer hf_fake_token_rotated_0001"
+    tokenizer = [sent for name, sent in asked if name == "tokenizer.json"]
+    assert tokenizer == [f"Bearer {TOKEN}", rotated]
+    # Each failed read (the kernel tries once more, one page) asked once: no loop.
+    extra = [sent for name, sent in asked if name == "extra.bin"]
+    assert extra and extra == [rotated] * log.count("extra.bin: HTTP 401")
+
+
 def test_gated_repo_and_bad_revision_and_unreachable_hub_are_one_line(
     hf: FakeHub, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
