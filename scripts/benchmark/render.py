@@ -76,9 +76,11 @@ def table(results: Results, metrics: Sequence[Metric] | None = None) -> str:
     return "\n".join(lines)
 
 
-def header(results: Results) -> str:
+def header(results: Results, workloads: Sequence[Workload] = WORKLOADS) -> str:
+    """``workloads``: those measured (a section run alone: its own)."""
+    fewer = fewer_runs(results.runs, workloads)
     return (
-        f"Medians of {results.runs} run(s){fewer_runs(results.runs)}. Ratio: lazyfs/alternative "
+        f"Medians of {results.runs} run(s){fewer}. Ratio: lazyfs/alternative "
         "for throughput (GB/s, 10^9 bytes/s), alternative/lazyfs for latency, memory, CPU and "
         "data fetched: >1 means lazyfs is better."
     )
@@ -137,7 +139,9 @@ def machine(results: Results) -> list[str]:
 def summary(results: Results, workloads: Sequence[Workload] | None = None) -> str:
     """What a run prints on stdout: of ``workloads`` only, if given (a section run alone)."""
     metrics = table_metrics(workloads) if workloads is not None else None
-    lines = ["", header(results), table(results, metrics), "", goals_table(results, metrics)]
+    measured = WORKLOADS if workloads is None else workloads
+    lines = ["", header(results, measured), table(results, metrics), ""]
+    lines.append(goals_table(results, metrics))
     lines += ["", *machine(results)]
     lines += [f"note: {note}" for note in notes(results)]
     if not results.committed:

@@ -387,6 +387,7 @@ def test_the_fleet_run_alone_holds_origin_bytes_to_one_over_nodes_and_the_tier_t
     run.errors = {FLEET_READ[3].key(THROUGH_TIER): ["wrong bytes: mount 2 of 3 ..."]}
     text = summary(run, SECTIONS["fleet"])
     assert "| 1. " not in text and "| 13 |" not in text  # no other section's rows or goals
+    assert "Medians of 3 run(s). " in text  # no word of the model sections' single run
     share = "3 mounts at once through one cache: origin bytes / (nodes x file size)"
     assert f"| 14 | {share} ≤ 1/3 | 0.333 x | yes |" in text  # exactly 1/3 reaches it
     assert "(nodes x file size) ≤ 1/8 | 0.127 x | no |" in text
