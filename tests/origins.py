@@ -55,10 +55,13 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
     return origin
 
 
-def start_cache_tier(upstream: Origin, workdir: Path, block_size: str) -> tuple[Origin, Path]:
+def start_cache_tier(
+    upstream: Origin, workdir: Path, block_size: str, *, workers: int = 1
+) -> tuple[Origin, Path]:
     """The shipped block cache tier (scripts/cluster/cache-config, run as a user runs it) in an
-    nginx of its own in front of ``upstream``; returns it and its cache directory. Its access
-    log lists the requests readers made of it, ``upstream``'s those that went through."""
+    nginx of its own (``workers`` worker processes) in front of ``upstream``; returns it and its
+    cache directory. Its access log lists the requests readers made of it, ``upstream``'s those
+    that went through."""
     cache_dir = workdir / "blocks"
 
     def site(port: int) -> str:
@@ -67,7 +70,7 @@ def start_cache_tier(upstream: Origin, workdir: Path, block_size: str) -> tuple[
         command += ["--listen", f"127.0.0.1:{port}", "--max-size", "2G"]
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
-    return start_nginx_origin(workdir, workdir, site=site), cache_dir
+    return start_nginx_origin(workdir, workdir, workers=workers, site=site), cache_dir
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ downloading them first, on one machine, with nginx on 127.0.0.1 as the origin fo
 - ``xet``: issue 13's, a safetensors file stored in Xet (uploaded by the real hf_xet client to
   the tests' fake Xet CAS, served with the fake Hub in this process) read through three mounts
   of one repository: Xet mode, whole-file mode (--no-xet) and a committed block manifest;
-- ``goals``: issues 11, 12 and 13's goals, each a metric, a reference and a threshold;
+- ``fleet``: issue 14's, 1, 3 and 8 mounts reading one file at once through the shipped nginx
+  cache tier (scripts/cluster/) in front of an origin nginx, what the origin sent, and a cold
+  read through the tier against one direct from the origin;
+- ``goals``: issues 11 to 14's goals, each a metric, a reference and a threshold;
 - ``harness``: runs every workload (or one section's, --only) on each of its subjects --runs
   times, into ``Results``;
 - ``render``: results (JSON) to the tables and to docs/performance.md.

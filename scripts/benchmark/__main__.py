@@ -38,8 +38,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="one run, a 512 MiB file, a 256M model, 8 x 32 MiB shards and small models "
-        "(a 0.2 GB Llama in 2 shards, a 0.1 GB GGUF): a smoke run",
+        help="one run, a 512 MiB file, a 256M model, 8 x 32 MiB shards, small models "
+        "(a 0.2 GB Llama in 2 shards, a 0.1 GB GGUF) and a 64 MiB file for the fleet: a smoke run",
     )
     parser.add_argument(
         "--fresh",
@@ -56,8 +56,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--only",
         choices=sorted(SECTIONS),
         default="",
-        help="measure one section alone (xet: issue 13's Xet file); its results are saved, "
-        "never rendered as the doc",
+        help="measure one section alone (xet: issue 13's Xet file; fleet: issue 14's mounts "
+        "through one cache tier); its results are saved, never rendered as the doc",
     )
     parser.add_argument(
         "--render",

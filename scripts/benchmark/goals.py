@@ -1,4 +1,4 @@
-"""Issues 11, 12 and 13's goals, each declared once: a metric, what it is held against
+"""Issues 11 to 14's goals, each declared once: a metric, what it is held against
 (another series of the metric, as a ratio, or a fixed threshold in the metric's unit), and the
 threshold. The goals table in the summary and in docs/performance.md is rendered from these and
 nothing else.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scripts.benchmark.fleet import DIRECT, FLEET_SEQ_COLD, NODES, ORIGIN_SHARE, mounts
 from scripts.benchmark.metrics import Metric, Series
 from scripts.benchmark.modelworkloads import (
     ALLOWANCE,
@@ -58,6 +59,7 @@ class Goal:
     series: Series | None = None  # the side measured; the metric's first series if None
     against: str = ""  # how the text names the reference, if not "LABEL's"
     issue: int = 11
+    shown: str = ""  # how the text says a threshold without a reference ("1/3"), if not "N UNIT"
 
     @property
     def measured(self) -> Series:
@@ -82,7 +84,7 @@ class Goal:
             sign = ">" if self.strict else "≥"
         else:
             sign = "<" if self.strict else "≤"
-        return f"{self.what} {sign} {self.threshold:g} {unit.symbol}"
+        return f"{self.what} {sign} {self.shown or f'{self.threshold:g} {unit.symbol}'}"
 
     def judge(self, results: Results) -> tuple[str, bool | None]:
         """What was measured, in words, and whether the goal is reached (None: not measured)."""
@@ -184,6 +186,18 @@ GOALS: tuple[Goal, ...] = (
         against="whole-file mode's (--no-xet)",
         issue=13,
     ),
+    # issue 14: a fleet on one origin
+    *(
+        Goal(
+            f"{mounts(nodes)} at once through one cache: origin bytes / (nodes x file size)",
+            ORIGIN_SHARE[nodes],
+            1 / nodes,  # the origin sends the file once
+            shown="1" if nodes == 1 else f"1/{nodes}",
+            issue=14,
+        )
+        for nodes in NODES
+    ),
+    Goal("cold sequential read through a cold cache tier", FLEET_SEQ_COLD, 0.9, DIRECT, issue=14),
 )
 
 

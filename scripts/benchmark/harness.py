@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scripts.benchmark.commands import one_line, progress
+from scripts.benchmark.fleet import FLEET_SUBJECTS, FLEET_WORKLOADS, FleetOrigin, machine_line
 from scripts.benchmark.machine import describe, tree_state
 from scripts.benchmark.reads import size_label
 from scripts.benchmark.results import Parameters, Results, StepRecorder
@@ -21,10 +22,10 @@ from scripts.benchmark.stage import Stage
 from scripts.benchmark.subjects import SUBJECTS, Subject
 from scripts.benchmark.workload import Workload
 from scripts.benchmark.workloads import SECTIONS, WORKLOADS
-from scripts.benchmark.xet import ORIGIN, XET_SUBJECTS, XetOrigin
+from scripts.benchmark.xet import ORIGIN, XET_SUBJECTS, XET_WORKLOADS, XetOrigin
 
 # Every subject a workload may name: what a run that died may have left behind is theirs.
-ALL_SUBJECTS: tuple[type[Subject], ...] = (*SUBJECTS, *XET_SUBJECTS)
+ALL_SUBJECTS: tuple[type[Subject], ...] = (*SUBJECTS, *XET_SUBJECTS, *FLEET_SUBJECTS)
 
 
 def benchmark(stage: Stage, runs: int, command: str, only: str = "") -> Results:
@@ -37,7 +38,10 @@ def benchmark(stage: Stage, runs: int, command: str, only: str = "") -> Results:
     try:
         clean_up(stage)  # what a run that died left behind
         stage.prepare(everything=not only)
-        stage.xet = XetOrigin.start(stage)
+        if set(workloads) & set(XET_WORKLOADS):
+            stage.xet = XetOrigin.start(stage)
+        if set(workloads) & set(FLEET_WORKLOADS):
+            stage.fleet = FleetOrigin.start(stage)
         described = {} if only else stage.models.describe()
         results = Results(
             commit=commit,
@@ -53,7 +57,8 @@ def benchmark(stage: Stage, runs: int, command: str, only: str = "") -> Results:
                 first_mib_offset=stage.first_mib.offsets[0] if stage.first_mib else 0,
                 shard=size_label(stage.shard_size),
                 **described,
-                **stage.xet.describe(),
+                **(stage.xet.describe() if stage.xet else {}),
+                fleet=size_label(stage.fleet_size) if stage.fleet else "",
             ),
             only=only,
         )
@@ -66,7 +71,9 @@ def benchmark(stage: Stage, runs: int, command: str, only: str = "") -> Results:
         report_logs(stage.logs)
     for note in stage.notes:
         results.note(note)
-    results.machine = [*describe(stage.work, load_start, nginx=not only), ORIGIN]
+    origins = [ORIGIN] if stage.xet else []
+    origins += [machine_line()] if stage.fleet else []
+    results.machine = [*describe(stage.work, load_start, nginx=not only), *origins]
     results.minutes = (time.monotonic() - started) / 60
     return results
 

@@ -35,6 +35,7 @@ MEGABYTES = Unit("MB", higher_is_better=False, digits=".0f")  # 10^6 bytes: the 
 REQUESTS = Unit("requests", higher_is_better=False, digits=".0f")
 REQUESTS_PER_GIB = Unit("requests per GiB", higher_is_better=False, digits="")
 TIMES = Unit("x", higher_is_better=False, digits=".2f")  # one size over another
+SHARE = Unit("x", higher_is_better=False, digits=".3f")  # a size over another, 1/8 = 0.125
 PERCENT = Unit("%", higher_is_better=False, digits=".2f")
 
 

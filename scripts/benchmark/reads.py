@@ -38,6 +38,12 @@ if args["mode"] == "pread":
     finally:
         os.close(fd)
     print(json.dumps({"latencies": latencies, "sha256": digest.hexdigest()}))
+elif args["mode"] == "sha256":
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    with open(args["path"], "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(memoryview(buffer)[:count])
+    print(json.dumps({"sha256": digest.hexdigest()}))
 elif args["mode"] == "names":
     from safetensors import safe_open
     with safe_open(args["path"], "numpy") as tensors:
@@ -100,30 +106,51 @@ def dd(path: Path, timeout: float) -> float:
 def dd_at_once(paths: list[Path], timeout: float) -> float:
     """Seconds from starting one dd per path (1 MiB requests, to /dev/null) all at once to the
     last one's exit; every dd must succeed."""
+    commands = [["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"] for path in paths]
+    return at_once(commands, timeout, "dd")[0]
+
+
+def sha256_at_once(paths: list[Path], timeout: float) -> tuple[float, list[str]]:
+    """Seconds from starting one reader per path (a helper process reading 1 MiB at a time and
+    hashing it) all at once to the last one's exit, and the sha256 each read."""
+    commands = [
+        [sys.executable, "-c", HELPER, json.dumps({"mode": "sha256", "path": str(path)})]
+        for path in paths
+    ]
+    seconds, outputs = at_once(commands, timeout, "sha256 reader")
+    return seconds, [json.loads(output)["sha256"] for output in outputs]
+
+
+def at_once(commands: list[list[str]], timeout: float, what: str) -> tuple[float, list[str]]:
+    """Seconds from starting every command at once to the last one's exit, and what each printed
+    on stdout; every command must succeed."""
     started = time.perf_counter()
     procs: list[subprocess.Popen[bytes]] = []
+    outputs = []
     try:
-        for path in paths:
-            command = ["dd", f"if={path}", "of=/dev/null", "bs=1M", "status=none"]
+        for command in commands:
             procs.append(
                 subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                 )
             )
         deadline = started + timeout
         for proc in procs:
             try:
-                _, err = proc.communicate(timeout=max(0.0, deadline - time.perf_counter()))
+                out, err = proc.communicate(timeout=max(0.0, deadline - time.perf_counter()))
             except subprocess.TimeoutExpired:
-                raise StepError(f"{len(paths)} dd at once: not done after {timeout:.0f}s") from None
+                raise StepError(
+                    f"{len(commands)} {what} at once: not done after {timeout:.0f}s"
+                ) from None
             if proc.returncode != 0:
                 lines = err.decode(errors="replace").strip().splitlines()
                 reason = lines[-1] if lines else "no output"
-                raise StepError(f"dd exited {proc.returncode}: {reason}"[:200])
-        return time.perf_counter() - started
+                raise StepError(f"{what} exited {proc.returncode}: {reason}"[:200])
+            outputs.append(out.decode(errors="replace"))
+        return time.perf_counter() - started, outputs
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from scripts.benchmark.fleet import NODES as FLEET_NODES
+from scripts.benchmark.fleet import WORKERS as FLEET_WORKERS
 from scripts.benchmark.goals import goals_table
 from scripts.benchmark.metrics import Metric, Series, Unit
 from scripts.benchmark.modelworkloads import HOT_SHARE_GOAL, LLAMA_COLD_MOUNT, MODEL_RUNS
@@ -74,9 +76,11 @@ def table(results: Results, metrics: Sequence[Metric] | None = None) -> str:
     return "\n".join(lines)
 
 
-def header(results: Results) -> str:
+def header(results: Results, workloads: Sequence[Workload] = WORKLOADS) -> str:
+    """``workloads``: those measured (a section run alone: its own)."""
+    fewer = fewer_runs(results.runs, workloads)
     return (
-        f"Medians of {results.runs} run(s){fewer_runs(results.runs)}. Ratio: lazyfs/alternative "
+        f"Medians of {results.runs} run(s){fewer}. Ratio: lazyfs/alternative "
         "for throughput (GB/s, 10^9 bytes/s), alternative/lazyfs for latency, memory, CPU and "
         "data fetched: >1 means lazyfs is better."
     )
@@ -135,7 +139,9 @@ def machine(results: Results) -> list[str]:
 def summary(results: Results, workloads: Sequence[Workload] | None = None) -> str:
     """What a run prints on stdout: of ``workloads`` only, if given (a section run alone)."""
     metrics = table_metrics(workloads) if workloads is not None else None
-    lines = ["", header(results), table(results, metrics), "", goals_table(results, metrics)]
+    measured = WORKLOADS if workloads is None else workloads
+    lines = ["", header(results, measured), table(results, metrics), ""]
+    lines.append(goals_table(results, metrics))
     lines += ["", *machine(results)]
     lines += [f"note: {note}" for note in notes(results)]
     if not results.committed:
@@ -145,6 +151,7 @@ def summary(results: Results, workloads: Sequence[Workload] | None = None) -> st
 
 def methods(results: Results) -> str:
     p = results.parameters
+    fleets = ", ".join(str(nodes) for nodes in FLEET_NODES[:-1]) + f" and {FLEET_NODES[-1]}"
     return f"""\
 - Everything runs on this one machine: nginx serves the files on 127.0.0.1, so the network
   is loopback and the origin is never the bottleneck the way a real one can be.
@@ -242,7 +249,21 @@ at 4 KiB-aligned offsets
   the bench process's over the read: where it nears a core, the origin bounds the figure.
   Requests: every request the Hub, its CDN and the CAS answered from the mount's start to
   its unmount, per GiB of the file, and Xet mode's split by kind (CAS read tokens are the
-  Hub's `xet-read-token`)."""
+  Hub's `xet-read-token`).
+- 14 (issue 14): a fleet on one origin. A {p.fleet} file of random bytes with its manifest
+  ({BLOCK_SIZE[:-1]} MiB blocks) served by an origin nginx of its own, and the shipped cache
+  tier (`scripts/cluster/cache-config`, slice = block size, `proxy_cache_lock`) in an nginx in
+  front of it, {FLEET_WORKERS} workers each, on 127.0.0.1; every measurement through the tier
+  starts a new tier on an empty cache directory. Origin once: {fleets} lazyfs mounts
+  of the tier's URL, each with an empty cache of its own, mounted one after the other, then
+  the page cache dropped and the origin's file read once, then one reader per mount at once
+  (a process reading 1 MiB at a time and hashing it: a sha256 that is not the file's fails
+  the step). "origin bytes" is the sum of the bytes the origin's access log says it sent for
+  the file (its manifest not counted), read after every unmount and the tier's stop; the goal
+  is 1/nodes, the file sent once. Aggregate: nodes x file size over the wall time to the last
+  reader's exit. Cold sequential read: `dd bs=1M` on a new mount with an empty cache, page
+  cache dropped as in 1, through a new tier or direct from the origin; the limit is `curl -s
+  URL | openssl dgst -sha256` from the origin, its digest checked."""
 
 
 def document(results: Results) -> str:
@@ -273,7 +294,7 @@ def document(results: Results) -> str:
             "",
             "## Goals",
             "",
-            "Issues 11, 12 and 13's goals, each held against this run's figures "
+            "Issues 11 to 14's goals, each held against this run's figures "
             "(scripts/benchmark/goals.py).",
             "",
             goals_table(results),

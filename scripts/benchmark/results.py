@@ -44,6 +44,8 @@ class Parameters:
     # Issue 13's Xet file (empty in results from before it)
     xet: str = ""  # "1.07 GB, 510 tensors"
     xet_tensor: str = ""  # "4.0 MiB at 50%"
+    # Issue 14's fleet (empty in results from before it)
+    fleet: str = ""  # size label of the file the fleet's mounts read, "256M"
 
 
 @dataclass

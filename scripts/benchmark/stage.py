@@ -19,6 +19,7 @@ from scripts.benchmark.reads import GIB, KIB, MIB, Probe, size_label, tensor_nam
 from tests.support.processes import Origin, cmdline, kill_pid, start_nginx_origin
 
 if TYPE_CHECKING:
+    from scripts.benchmark.fleet import FleetOrigin
     from scripts.benchmark.xet import XetOrigin
 
 SEED = 20240601
@@ -83,6 +84,7 @@ class Stage:
     first_mib: Probe | None = None
     origin: Origin | None = None
     xet: XetOrigin | None = None  # the fake Hub and Xet CAS issue 13's workloads read from
+    fleet: FleetOrigin | None = None  # the origin nginx issue 14's fleet reads through a cache
     _drop_warned: bool = False
     _scratch_count: int = 0
 
@@ -103,6 +105,7 @@ class Stage:
         self.nginx_dir = self.work / "nginx"
         self.models = Models(self.work, self.www, self.quick)
         self.xet_size = 256 * MIB if self.quick else GIB
+        self.fleet_size = 64 * MIB if self.quick else 256 * MIB  # up to 8 mounts read it at once
 
     # -- what is served --
     @property
@@ -139,8 +142,9 @@ class Stage:
 
     # -- setup and teardown --
     def prepare(self, everything: bool = True) -> None:
-        """The work directory; and, unless only issue 13's section runs (``everything``
-        False), the files nginx serves and nginx. The Xet origin is ``XetOrigin.start``'s."""
+        """The work directory; and, unless one section runs alone (``everything`` False), the
+        files nginx serves and nginx. The Xet and fleet origins are their sections' own
+        (``XetOrigin.start``, ``FleetOrigin.start``)."""
         for path in (self.work, self.www, self.logs, self.bin, self.hash_dir):
             path.mkdir(parents=True, exist_ok=True)
         for old in self.logs.iterdir():  # the logs of the last run
@@ -204,17 +208,13 @@ class Stage:
         raise StepError(f"nginx did not start (see {self.nginx_dir / 'error.log'})")
 
     def stop_stale_nginx(self) -> None:
-        """The nginx of an earlier run that died, found by its pid file and our config path."""
-        conf = str(self.nginx_dir / "nginx.conf")
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self.nginx_dir / "nginx.pid").read_text().strip())
-            if conf in cmdline(pid):
-                progress(f"stopping nginx left by an earlier run (pid {pid})")
-                kill_pid(pid, conf)
+        stop_stale_nginx(self.nginx_dir)
 
     def close(self) -> None:
         if self.xet is not None:
             self.xet.close()
+        if self.fleet is not None:
+            self.fleet.close()
         if self.origin is not None:
             self.origin.stop()
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -289,3 +289,13 @@ def write_random(path: Path, size: int, fresh: bool) -> None:
     with open(path, "wb") as handle:
         for _ in range(size // (16 * MIB)):
             handle.write(os.urandom(16 * MIB))
+
+
+def stop_stale_nginx(nginx_dir: Path) -> None:
+    """The nginx of an earlier run that died, found by its pid file and our config path."""
+    conf = str(nginx_dir / "nginx.conf")
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((nginx_dir / "nginx.pid").read_text().strip())
+        if conf in cmdline(pid):
+            progress(f"stopping nginx left by an earlier run (pid {pid})")
+            kill_pid(pid, conf)

@@ -139,9 +139,13 @@ class LazyfsMount(Mount):
         super().__init__(stage)
         self.log_copied: dict[Path, int] = {}
 
+    @property
+    def mountpoint(self) -> Path:
+        return self.stage.mountpoint(self.name)
+
     @contextlib.contextmanager
     def opened(self, served: Served, state: Path) -> Iterator[Target]:
-        mountpoint = self.stage.mountpoint(self.name)
+        mountpoint = self.mountpoint
         mountpoint.mkdir(exist_ok=True)
         mount = [*LAZYFS, "mount", self.source(served), str(mountpoint), *self.options]
         try:
@@ -155,12 +159,12 @@ class LazyfsMount(Mount):
             mounted_in = time.perf_counter() - started
             if not is_mounted(mountpoint):
                 raise StepError("`lazyfs mount` returned, but nothing is mounted")
-            pids = self.daemons(self.stage)
+            pids = lazyfs_daemons(mountpoint)
             if not pids:
                 raise StepError("lazyfs mounted, but its daemon process was not found")
             yield Target(path=mountpoint / served.name, pid=pids[0], opened_in=mounted_in)
         finally:
-            self.clean_up(self.stage)
+            stop_lazyfs(mountpoint)
             self.keep_logs(state)
 
     def source(self, served: Served) -> str:
@@ -171,28 +175,15 @@ class LazyfsMount(Mount):
         """The environment of `lazyfs mount` (and so of its daemon); None: this process's."""
         return None
 
-    @classmethod
-    def daemons(cls, stage: Stage) -> list[int]:
-        return processes_with(str(stage.mountpoint(cls.name)), "mount")
-
     def counters(self) -> Counters:
         """What the live mount's `lazyfs status --json` counts so far."""
-        status = [*LAZYFS, "status", str(self.stage.mountpoint(self.name)), "--json"]
+        status = [*LAZYFS, "status", str(self.mountpoint), "--json"]
         report = json.loads(run(status, 60, what="lazyfs status").stdout)
         return Counters(int(report["read_requests"]), int(report["bytes_fetched"]))
 
     @classmethod
     def clean_up(cls, stage: Stage) -> None:
-        mountpoint = stage.mountpoint(cls.name)
-        pids = cls.daemons(stage)
-        if is_mounted(mountpoint) or pids:
-            try:
-                run([*LAZYFS, "unmount", str(mountpoint)], UNMOUNT_TIMEOUT, what="lazyfs unmount")
-            except StepError as exc:
-                progress(f"  warning: {exc}")
-        force_unmount(mountpoint)
-        for pid in pids:
-            kill_pid(pid, str(mountpoint))
+        stop_lazyfs(stage.mountpoint(cls.name))
 
     def keep_logs(self, cache: Path) -> None:
         """Append what the daemon logged since the last copy to logs/lazyfs-daemon.log."""
@@ -207,6 +198,23 @@ class LazyfsMount(Mount):
                 if new:
                     out.write(f"==> {cache.name}/{log.name}\n".encode())
                     out.write(new)
+
+
+def lazyfs_daemons(mountpoint: Path) -> list[int]:
+    return processes_with(str(mountpoint), "mount")
+
+
+def stop_lazyfs(mountpoint: Path) -> None:
+    """Unmount the lazyfs mount at ``mountpoint`` and stop its daemon, whatever their state."""
+    pids = lazyfs_daemons(mountpoint)
+    if is_mounted(mountpoint) or pids:
+        try:
+            run([*LAZYFS, "unmount", str(mountpoint)], UNMOUNT_TIMEOUT, what="lazyfs unmount")
+        except StepError as exc:
+            progress(f"  warning: {exc}")
+    force_unmount(mountpoint)
+    for pid in pids:
+        kill_pid(pid, str(mountpoint))
 
 
 class LazyfsPlain(LazyfsMount):

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from scripts.benchmark.commands import LAZYFS, StepError, timed
+from scripts.benchmark.fleet import FLEET_WORKLOADS
 from scripts.benchmark.metrics import (
     CPU_PER_GB,
     GB_PER_S,
@@ -434,9 +435,10 @@ WORKLOADS: tuple[Workload, ...] = (
     Startup(),
     *MODEL_WORKLOADS,
     *XET_WORKLOADS,
+    *FLEET_WORKLOADS,
 )
 # What `scripts/bench --only NAME` runs alone.
-SECTIONS: dict[str, tuple[Workload, ...]] = {"xet": XET_WORKLOADS}
+SECTIONS: dict[str, tuple[Workload, ...]] = {"xet": XET_WORKLOADS, "fleet": FLEET_WORKLOADS}
 
 
 def all_metrics() -> list[Metric]:

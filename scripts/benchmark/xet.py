@@ -211,7 +211,7 @@ class XetMount(LazyfsMount):
 
     def check_mode(self, path: Path) -> None:
         """Fail the step unless the mount verifies ``path`` the way this subject is about."""
-        status = [*LAZYFS, "status", str(self.stage.mountpoint(self.name)), "--json"]
+        status = [*LAZYFS, "status", str(self.mountpoint), "--json"]
         report = json.loads(run(status, 60, what="lazyfs status").stdout)
         found = [item for item in report["files"] if item["path"] == path.name]
         mode = found[0].get("verified_by") if found else None

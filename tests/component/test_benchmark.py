@@ -14,6 +14,14 @@ import pytest
 
 from scripts.benchmark.__main__ import main
 from scripts.benchmark.commands import StepError
+from scripts.benchmark.fleet import (
+    DIRECT,
+    FLEET_READ,
+    FLEET_SEQ_COLD,
+    LIMIT,
+    ORIGIN_SHARE,
+    THROUGH_TIER,
+)
 from scripts.benchmark.goals import GOALS, Goal, goals_table
 from scripts.benchmark.harness import ALL_SUBJECTS, step
 from scripts.benchmark.metrics import Metric
@@ -113,8 +121,14 @@ def test_every_key_is_declared_once_and_every_title_renders() -> None:
 def test_table_rows_go_by_section_then_declaration() -> None:
     rows = table_metrics()
     assert [metric.section for metric in rows] == sorted(metric.section for metric in rows)
-    assert rows[0] is SEQ_COLD and rows[-1] is XET_REQUESTS_BY_KIND["xorb_data"]
+    assert rows[0] is SEQ_COLD and rows[-1] is FLEET_SEQ_COLD
     assert rows[rows.index(SENTENCE_LOAD) + 1] is XET_FIRST_TENSOR  # issue 13's after 12's
+    assert rows[rows.index(XET_REQUESTS_BY_KIND["xorb_data"]) + 1] is ORIGIN_SHARE[1]  # then 14's
+    fleet_rows = [metric for metric in rows if metric.section == 14]
+    assert fleet_rows == [
+        *(metric for nodes in (1, 3, 8) for metric in (ORIGIN_SHARE[nodes], FLEET_READ[nodes])),
+        FLEET_SEQ_COLD,
+    ]
     assert TTFT_MOUNT not in rows  # a figure for a note, not a row
     random_rows = [metric for metric in rows if metric.section == 4]
     assert random_rows == [*LATENCY.values(), *FETCHED.values()]
@@ -311,6 +325,16 @@ def test_every_goal_is_in_the_goals_table_once() -> None:
     assert "| 11 | cold sequential read ≥ 0.8x curl \\| openssl dgst -sha256 |" in lines[2]
     issues = [int(line.split(" | ")[0].strip("| ")) for line in lines[2:]]
     assert issues == sorted(issues) and issues.count(12) == 6 and issues.count(13) == 3
+    assert [line for line in lines if line.startswith("| 14 | ")] == [
+        "| 14 | 1 mount at once through one cache: origin bytes / (nodes x file size) ≤ 1 "
+        "| not measured | - |",
+        "| 14 | 3 mounts at once through one cache: origin bytes / (nodes x file size) ≤ 1/3 "
+        "| not measured | - |",
+        "| 14 | 8 mounts at once through one cache: origin bytes / (nodes x file size) ≤ 1/8 "
+        "| not measured | - |",
+        "| 14 | cold sequential read through a cold cache tier ≥ 0.9x lazyfs, direct from the "
+        "origin | not measured | - |",
+    ]
     issue_13 = [line for line in lines if line.startswith("| 13 | ")]
     assert issue_13 == [
         "| 13 | Xet mode: cold sequential read ≥ 0.8x block manifest (4 MiB blocks) "
@@ -344,6 +368,45 @@ def test_a_section_run_alone_shows_its_own_rows_and_goals_and_never_becomes_the_
         "(4.0 MiB at 50%)" in text
     )
     with pytest.raises(ResultsError, match="--only xet"):
+        document(run)
+
+
+def test_the_fleet_run_alone_holds_origin_bytes_to_one_over_nodes_and_the_tier_to_direct() -> None:
+    size = 256 << 20
+    run = results(only="fleet", parameters=Parameters(big="2G", model="1G", fleet="256M"))
+    run.values = {
+        # The origin sent the file once to one and to three mounts, one block twice to eight.
+        ORIGIN_SHARE[1].key(THROUGH_TIER): [size / (1 * size)],
+        ORIGIN_SHARE[3].key(THROUGH_TIER): [size / (3 * size)],
+        ORIGIN_SHARE[8].key(THROUGH_TIER): [(size + (4 << 20)) / (8 * size)],
+        FLEET_READ[8].key(THROUGH_TIER): [0.4],
+        FLEET_SEQ_COLD.key(THROUGH_TIER): [0.27],
+        FLEET_SEQ_COLD.key(DIRECT): [0.3],
+        FLEET_SEQ_COLD.key(LIMIT): [0.54],
+    }
+    run.errors = {FLEET_READ[3].key(THROUGH_TIER): ["wrong bytes: mount 2 of 3 ..."]}
+    text = summary(run, SECTIONS["fleet"])
+    assert "| 1. " not in text and "| 13 |" not in text  # no other section's rows or goals
+    assert "Medians of 3 run(s). " in text  # no word of the model sections' single run
+    share = "3 mounts at once through one cache: origin bytes / (nodes x file size)"
+    assert f"| 14 | {share} ≤ 1/3 | 0.333 x | yes |" in text  # exactly 1/3 reaches it
+    assert "(nodes x file size) ≤ 1/8 | 0.127 x | no |" in text
+    assert "(nodes x file size) ≤ 1 | 1.000 x | yes |" in text
+    assert (
+        "| 14 | cold sequential read through a cold cache tier ≥ 0.9x lazyfs, direct from the "
+        "origin | 0.90x (0.27 GB/s against 0.30 GB/s) | yes |" in text
+    )
+    assert row(text, "14. cold sequential read of the 256M file", LIMIT.label)[3:] == [
+        "0.54",
+        "0.50",
+    ]
+    eight = row(text, "14. 8 mounts reading the 256M file at once through one cold cache", "-")
+    assert eight[1] == "0.127"
+    assert (
+        row(text, "14. 3 mounts at once: aggregate", "-")[1]
+        == "failed: wrong bytes: mount 2 of 3 ..."
+    )
+    with pytest.raises(ResultsError, match="--only fleet"):
         document(run)
 
 

@@ -1,6 +1,7 @@
 """The benchmark's lazyfs subjects on real mounts: tensor-aware (said explicitly) and
 --no-tensor-aware, and the counters a model workload reads from `lazyfs status --json`; issue
-13's section on the fake Hub and Xet CAS: each mode it names, and what the fakes counted."""
+13's section on the fake Hub and Xet CAS: each mode it names, and what the fakes counted; issue
+14's fleet through the shipped cache tier: what the origin sent, and every reader checked."""
 
 from __future__ import annotations
 
@@ -10,11 +11,24 @@ from pathlib import Path
 import pytest
 
 from scripts.benchmark.commands import LAZYFS, run
+from scripts.benchmark.fleet import (
+    DIRECT,
+    FLEET_READ,
+    FLEET_SEQ_COLD,
+    FLEET_WORKLOADS,
+    LIMIT,
+    ORIGIN_SHARE,
+    THROUGH_TIER,
+    FleetOrigin,
+    FleetSequential,
+    OriginOnce,
+    TierMount,
+)
 from scripts.benchmark.harness import step
 from scripts.benchmark.reads import MIB
 from scripts.benchmark.results import Parameters, Results
 from scripts.benchmark.stage import Stage
-from scripts.benchmark.subjects import LazyfsMount, LazyfsPlain
+from scripts.benchmark.subjects import Curl, LazyfsMount, LazyfsPlain
 from scripts.benchmark.xet import (
     MANIFEST,
     REQUEST_KINDS,
@@ -96,3 +110,41 @@ def test_the_xet_section_reads_the_mode_it_names_and_counts_what_the_fakes_sent(
     assert results.values[XET_SEQ_COLD.key(XET)][0] > 0
     for subject in XET_SUBJECTS:
         assert not is_mounted(stage.mountpoint(subject.name))
+
+
+def test_the_fleet_section_counts_what_the_origin_sent_and_fails_on_a_wrong_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three mounts through one tier, then the cold sequential read through a tier, direct and
+    with curl; then the three mounts again, told to expect another digest."""
+    stage = Stage(tmp_path / "work", quick=True)
+    stage.fleet_size = 16 * MIB  # four 4 MiB blocks
+    stage.prepare(everything=False)
+    monkeypatch.setattr(stage, "drop_caches", lambda: None)  # the machine's, not the test's
+    results = Results("0" * 40, [], "test", "2026-12-01", 1, True, Parameters("2G", "1G"))
+    (three,) = [w for w in FLEET_WORKLOADS if isinstance(w, OriginOnce) and w.nodes == 3]
+    (sequential,) = [w for w in FLEET_WORKLOADS if isinstance(w, FleetSequential)]
+    try:
+        stage.fleet = FleetOrigin.start(stage)
+        step(three, TierMount(stage), stage, results)
+        for subject in (TierMount(stage), LazyfsMount(stage), Curl(stage)):
+            step(sequential, subject, stage, results)
+        assert results.errors == {}
+        stage.fleet.sha256 = "0" * 64
+        step(three, TierMount(stage), stage, results)
+    finally:
+        TierMount.clean_up(stage)
+        LazyfsMount.clean_up(stage)
+        stage.close()
+    # The file went out of the origin once for the three mounts: one transfer of each block.
+    assert results.values[ORIGIN_SHARE[3].key(THROUGH_TIER)] == [1 / 3]
+    assert results.values[FLEET_READ[3].key(THROUGH_TIER)][0] > 0
+    for series in (THROUGH_TIER, DIRECT, LIMIT):
+        assert results.values[FLEET_SEQ_COLD.key(series)][0] > 0
+    # A digest that is not the file's fails the step, and it records no figure.
+    for metric in (ORIGIN_SHARE[3], FLEET_READ[3]):
+        (reason,) = results.errors[metric.key(THROUGH_TIER)]
+        assert reason.startswith("wrong bytes: mount 1 of 3 through the tier read sha256 ")
+        assert len(results.values[metric.key(THROUGH_TIER)]) == 1
+    for node in range(3):
+        assert not is_mounted(TierMount(stage, node).mountpoint)
