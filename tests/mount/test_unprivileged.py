@@ -1,6 +1,6 @@
 """A mount by a normal user, as on a workstation: through the setuid fusermount3, with the
 defaults a user gets (cache in ~/.cache/lazyfs), the CLI run by that user from mount to
-unmount."""
+unmount; and ``--allow-other``, which a user may ask for only if /etc/fuse.conf lets users."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from lazyfs.core.fuseconf import user_allow_other_set
+from lazyfs.daemon.mountpoint import FUSE_CONF
 from tests.mounts import publish
 from tests.origins import Origin
 from tests.support.processes import is_mounted
-from tests.users import check_fusermount_is_setuid, unprivileged_user
+from tests.users import User, check_fusermount_is_setuid, unprivileged_user
 from tests.waiting import wait_until
 
 BLOCK = 64 * 1024
@@ -62,3 +64,27 @@ def test_a_normal_user_mounts_reads_prefetches_and_unmounts(origin: Origin) -> N
         assert unmounted.returncode == 0, unmounted.stderr
         assert not is_mounted(mountpoint)
         assert wait_until(lambda: not user.processes()), "the user's daemon outlived its mount"
+
+        check_allow_other_as(user, origin)
+
+
+def check_allow_other_as(user: User, origin: Origin) -> None:
+    """What ``--allow-other`` does for this user follows this machine's /etc/fuse.conf
+    (Debian's leaves user_allow_other commented out): refused before anything starts, in one
+    line saying what to change; or, where users may, a mount that others can read."""
+    conf = FUSE_CONF.read_bytes() if FUSE_CONF.exists() else b""
+    mountpoint = user.make_dir("shared")
+    asked = user.lazyfs("mount", origin.url, mountpoint, "--allow-other")
+    if not user_allow_other_set(conf):
+        assert asked.returncode == 2, asked.stderr
+        line = asked.stderr.strip()
+        assert len(line.splitlines()) == 1, line
+        assert str(FUSE_CONF) in line and "user_allow_other" in line, line
+        assert not is_mounted(mountpoint)
+        assert not user.processes()
+        return
+    assert asked.returncode == 0, asked.stderr
+    assert "allow_other" in mount_fields(mountpoint)[1].split(",")
+    assert (mountpoint / "config.json").read_text() == '{"layers": 2}\n'  # read by root
+    unmounted = user.lazyfs("unmount", mountpoint)
+    assert unmounted.returncode == 0, unmounted.stderr
