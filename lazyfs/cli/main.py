@@ -477,7 +477,12 @@ def _log_name(mountpoint: Path) -> str:
     show_default=True,
     help="Permissions folders show.",
 )
-@click.option("--allow-other", is_flag=True, help="Let users other than the mounter read it.")
+@click.option(
+    "--allow-other",
+    is_flag=True,
+    help="Let users other than the mounter read it (a mount by a user other than root needs "
+    "user_allow_other in /etc/fuse.conf).",
+)
 @click.option("--foreground", is_flag=True, help="Stay in the foreground, logging to stderr.")
 @click.option("--log-file", type=click.Path(path_type=Path), help="Log here instead.")
 @click.option(
@@ -581,6 +586,10 @@ def mount(
         manifest_source = str(Path(manifest_source).absolute())
     if manifest_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256):
         raise UsageError("--manifest-sha256 must be 64 lowercase hex digits")
+    if allow_other:
+        from lazyfs.daemon.mountpoint import check_allow_other
+
+        check_allow_other()
     config = MountConfig(
         url=url,
         mountpoint=mountpoint.absolute(),

@@ -10,10 +10,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from lazyfs.core.fuseconf import user_allow_other_set
 from lazyfs.daemon.runtime import pid_file
-from lazyfs.errors import MountError
+from lazyfs.errors import MountError, UsageError
 
 UNMOUNT_TIMEOUT = 20.0
+FUSE_CONF = Path("/etc/fuse.conf")  # the path compiled into fusermount3
 
 
 def _unescape_mountinfo(field: bytes) -> bytes:
@@ -79,6 +81,25 @@ def check_fuse_device() -> None:
         )
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is not readable and writable by this user")
+
+
+def check_allow_other() -> None:
+    """Refuse ``--allow-other`` when fusermount3 would: for a user other than root, unless
+    /etc/fuse.conf has ``user_allow_other``. Asked before the daemon starts, so the user
+    reads why in one line rather than "fuse_session_mount failed" and a log to look in."""
+    if os.geteuid() == 0:
+        return  # root mounts without fusermount3, and fuse.conf does not bind it
+    try:
+        conf = FUSE_CONF.read_bytes()
+    except FileNotFoundError:
+        conf = b""
+    except OSError:
+        return  # fusermount3 reads it as root: let it decide
+    if not user_allow_other_set(conf):
+        raise UsageError(
+            f"--allow-other: a mount by a user other than root needs a line user_allow_other "
+            f"in {FUSE_CONF} (ask an administrator to add it, or mount without --allow-other)"
+        )
 
 
 def unmount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
