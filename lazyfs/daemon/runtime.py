@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
+
+from lazyfs.errors import MountError
 
 
 def runtime_dir() -> Path:
@@ -13,6 +16,14 @@ def runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.getuid() == 0 else "/tmp")
     path = Path(base) / f"lazyfs-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Under /tmp anyone may have made it first: a pid file or socket planted there would have
+    # `lazyfs unmount` signal, or `lazyfs status` believe, whatever it names.
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise MountError(
+            f"{path} is not a folder private to this user (it must be yours, mode 0700); "
+            "remove it or set XDG_RUNTIME_DIR"
+        )
     return path
 
 
