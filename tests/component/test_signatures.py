@@ -6,19 +6,31 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from lazyfs.core.manifest import MANIFEST_NAME
 from lazyfs.errors import SignatureError, UsageError
 from lazyfs.sources.signatures import SignatureTrust, check_trust, verify_signature
+from tests.fakesigstore import FakeSigstore, make_fake_sigstore, sign_keyless
 from tests.signing import (
     make_key_pair,
     make_signing_certificate,
     sign_with_certificate,
     sign_with_key,
 )
+
+IDENTITY = "publisher@example.com"
+ISSUER = "https://issuer.example"
+
+
+@pytest.fixture(scope="module")
+def sigstore(tmp_path_factory: pytest.TempPathFactory) -> FakeSigstore:
+    return make_fake_sigstore(tmp_path_factory.mktemp("sigstore"))
 
 
 @pytest.fixture
@@ -102,3 +114,75 @@ def test_trust_options_are_checked_before_anything_starts(tmp_path: Path) -> Non
     for trust, why in refused:
         with pytest.raises(UsageError, match=why):
             check_trust(trust)
+
+
+def keyless(sigstore: FakeSigstore, **changes: Any) -> SignatureTrust:
+    trust = {"identity": IDENTITY, "issuer": ISSUER, "trust_root": sigstore.trust_config}
+    return SignatureTrust(**(trust | changes))
+
+
+def refused_with(bundle: bytes, trust: SignatureTrust, why: str) -> None:
+    with pytest.raises(SignatureError) as refused:
+        verify_signature(bundle, trust)
+    assert why in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+
+
+def test_a_sigstore_keyless_signature_verifies_offline_against_a_private_trust_root(
+    model: Path, tmp_path: Path, sigstore: FakeSigstore
+) -> None:
+    import model_signing
+
+    signature = sign_keyless(model, sigstore, IDENTITY, ISSUER)
+    bundle = signature.read_bytes()
+    signed = verify_signature(bundle, keyless(sigstore))
+    assert signed.method == "files"
+    assert signed.sha256 == {
+        name: sha256_of(model / name) for name in ("weights.bin", "sub/config.json", MANIFEST_NAME)
+    }
+    # The private Sigstore is one model_signing's own `verify sigstore --trust_config` accepts.
+    model_signing.verifying.Config().use_sigstore_verifier(
+        identity=IDENTITY, oidc_issuer=ISSUER, trust_config=sigstore.trust_config
+    ).set_hashing_config(
+        model_signing.hashing.Config().set_ignored_paths(paths=[signature.name])
+    ).verify(model, signature)
+
+    elsewhere = make_fake_sigstore(tmp_path / "another-sigstore")
+    refused_with(bundle, keyless(sigstore, identity="other@example.com"), "SANs do not match")
+    refused_with(bundle, keyless(sigstore, issuer="https://other.example"), "OIDCIssuer")
+    refused_with(bundle, keyless(sigstore, trust_root=None), "certificate chain")
+    refused_with(bundle, keyless(elsewhere), "certificate chain")
+
+
+def edited(bundle: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """``bundle`` with its transparency log entry changed by ``edit``."""
+    document = json.loads(bundle)
+    edit(document["verificationMaterial"]["tlogEntries"][0])
+    return json.dumps(document).encode()
+
+
+def test_a_keyless_signature_whose_log_entry_or_sct_does_not_check_out_is_refused(
+    model: Path, sigstore: FakeSigstore
+) -> None:
+    bundle = sign_keyless(model, sigstore, IDENTITY, ISSUER).read_bytes()
+
+    def later(entry: dict[str, Any]) -> None:
+        entry["integratedTime"] = str(int(entry["integratedTime"]) + 1)
+
+    def another_path(entry: dict[str, Any]) -> None:
+        entry["inclusionProof"]["hashes"].reverse()
+
+    def another_tree(entry: dict[str, Any]) -> None:
+        checkpoint = entry["inclusionProof"]["checkpoint"]
+        checkpoint["envelope"] = checkpoint["envelope"].replace("\n6\n", "\n7\n", 1)
+
+    def no_promise(entry: dict[str, Any]) -> None:
+        del entry["inclusionPromise"]
+
+    refused_with(edited(bundle, later), keyless(sigstore), "invalid inclusion promise")
+    refused_with(edited(bundle, another_path), keyless(sigstore), "inclusion proof")
+    refused_with(edited(bundle, another_tree), keyless(sigstore), "checkpoint: invalid signature")
+    refused_with(edited(bundle, no_promise), keyless(sigstore), "inclusion promise")
+    # A certificate from the trusted CA, with an SCT no trusted CT log made.
+    stray = ec.generate_private_key(ec.SECP256R1())
+    unlogged = sign_keyless(model, sigstore, IDENTITY, ISSUER, ct_key=stray).read_bytes()
+    refused_with(unlogged, keyless(sigstore), "failed to verify SCT")
