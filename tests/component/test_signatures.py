@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -96,6 +97,16 @@ def test_a_signature_is_refused_with_one_line_for_any_other_key_or_bytes(
         assert why in str(refused.value) and "\n" not in str(refused.value)
 
 
+def sigstore_trust(trust_root: Path) -> SignatureTrust:
+    return SignatureTrust(identity=IDENTITY, issuer=ISSUER, trust_root=trust_root)
+
+
+def json_file(folder: Path, document: object) -> Path:
+    path = folder / "document.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
 def test_trust_options_are_checked_before_anything_starts(tmp_path: Path) -> None:
     keys = make_key_pair(tmp_path / "keys")
     signer = make_signing_certificate(tmp_path / "pki")
@@ -110,6 +121,8 @@ def test_trust_options_are_checked_before_anything_starts(tmp_path: Path) -> Non
         (SignatureTrust(key=tmp_path / "missing.pub"), "cannot read --signature-key"),
         (SignatureTrust(key=keys.private), "--signature-key"),
         (SignatureTrust(certificates=(keys.public,)), "--signature-certificate"),
+        (sigstore_trust(keys.public), "--signature-trust-root .*: not JSON"),
+        (sigstore_trust(json_file(tmp_path, {"mediaType": "x"})), "not a Sigstore trust"),
     ]
     for trust, why in refused:
         with pytest.raises(UsageError, match=why):
@@ -145,6 +158,13 @@ def test_a_sigstore_keyless_signature_verifies_offline_against_a_private_trust_r
     ).set_hashing_config(
         model_signing.hashing.Config().set_ignored_paths(paths=[signature.name])
     ).verify(model, signature)
+    # The bare trusted root, as a deployment publishes it (trusted_root.json), does as well.
+    trusted_root = tmp_path / "trusted_root.json"
+    trusted_root.write_text(
+        json.dumps(json.loads(sigstore.trust_config.read_text())["trustedRoot"])
+    )
+    check_trust(keyless(sigstore, trust_root=trusted_root))
+    assert verify_signature(bundle, keyless(sigstore, trust_root=trusted_root)) == signed
 
     elsewhere = make_fake_sigstore(tmp_path / "another-sigstore")
     refused_with(bundle, keyless(sigstore, identity="other@example.com"), "SANs do not match")
@@ -186,3 +206,23 @@ def test_a_keyless_signature_whose_log_entry_or_sct_does_not_check_out_is_refuse
     stray = ec.generate_private_key(ec.SECP256R1())
     unlogged = sign_keyless(model, sigstore, IDENTITY, ISSUER, ct_key=stray).read_bytes()
     refused_with(unlogged, keyless(sigstore), "failed to verify SCT")
+
+
+def test_sigstores_production_root_is_the_one_the_package_ships_not_a_cached_file(
+    model: Path, tmp_path: Path, sigstore: FakeSigstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = sign_keyless(model, sigstore, IDENTITY, ISSUER).read_bytes()
+    production = keyless(sigstore, trust_root=None)
+    # sigstore's offline mode reads its cache unverified: a trusted_root.json found there, left
+    # by another program or planted, must not become what the mount trusts.
+    cache = tmp_path / "xdg-cache"
+    planted = cache / "sigstore-python/tuf" / quote("https://tuf-repo-cdn.sigstore.dev", safe="")
+    planted.mkdir(parents=True)
+    config = json.loads(sigstore.trust_config.read_text())
+    (planted / "trusted_root.json").write_text(json.dumps(config["trustedRoot"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    refused_with(bundle, production, "certificate chain")
+    # Nor does the check need a writable home (a read-only container).
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/version/cache")
+    monkeypatch.setenv("XDG_DATA_HOME", "/proc/version/data")
+    refused_with(bundle, production, "certificate chain")
