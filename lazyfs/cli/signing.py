@@ -45,8 +45,9 @@ SIGNATURE_OPTIONS = (
         "--signature-trust-root",
         type=_PATH,
         metavar="FILE",
-        help="A Sigstore trust configuration (JSON) to check --signature-identity against "
-        "instead of the bundled production one (a private Sigstore).",
+        help="A Sigstore trust configuration or trusted root (JSON) to check "
+        "--signature-identity against instead of the bundled production one (a private "
+        "Sigstore).",
     ),
     click.option(
         "--signature",

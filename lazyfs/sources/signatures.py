@@ -10,9 +10,9 @@ Three ways to trust a signature, as ``model_signing verify`` offers:
 - a public key (``--signature-key``): the signature's ECDSA over its DSSE envelope;
 - a certificate chain (``--signature-certificate``): the signing certificate must chain to it;
 - a Sigstore identity (``--signature-identity`` and ``--signature-issuer``): the Fulcio
-  certificate, its transparency log entry and the identity, checked against a trust root on
-  disk (Sigstore's production root bundled with the sigstore package, or ``--signature-trust-root``)
-  without asking any server.
+  certificate, its SCT, its transparency log entry and the identity, checked against a trust
+  root on disk (Sigstore's production root as the sigstore package ships it, or
+  ``--signature-trust-root``) without asking any server.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from lazyfs.errors import SignatureError, UsageError
 
 log = logging.getLogger(__name__)
 
+_TRUSTED_ROOT_TYPE = "application/vnd.dev.sigstore.trustedroot+json"
+_CLIENT_TRUST_CONFIG_TYPE = "application/vnd.dev.sigstore.clienttrustconfig"
+
 
 @dataclass(frozen=True)
 class SignatureTrust:
@@ -39,7 +42,7 @@ class SignatureTrust:
     certificates: tuple[Path, ...] = ()
     identity: str | None = None
     issuer: str | None = None
-    # A Sigstore ClientTrustConfig JSON; None: Sigstore's production root, offline.
+    # A Sigstore trust configuration or trusted root (JSON); None: Sigstore's production root.
     trust_root: Path | None = None
     # Where the signature is (a file or URL); None: model.sig in the repository.
     location: str | None = None
@@ -80,7 +83,7 @@ def check_trust(trust: SignatureTrust) -> None:
     for path in trust.certificates:
         _load(path, "--signature-certificate", x509.load_pem_x509_certificates)
     if trust.trust_root is not None:
-        _load(trust.trust_root, "--signature-trust-root", _parse_trust_config)
+        _load(trust.trust_root, "--signature-trust-root", _trusted_root)
 
 
 def _load(path: Path, option: str, parse: Callable[[bytes], Any]) -> Any:
@@ -94,10 +97,37 @@ def _load(path: Path, option: str, parse: Callable[[bytes], Any]) -> Any:
         raise UsageError(f"{option} {path}: {_reason(exc) or 'not PEM'}") from None
 
 
-def _parse_trust_config(data: bytes) -> Any:
-    from sigstore.models import ClientTrustConfig
+def _trusted_root(data: bytes) -> Any:
+    """The Sigstore trusted root in ``data``: a client trust configuration (what
+    ``model_signing --trust_config`` and ``sigstore --trust-config`` read), or the bare trusted
+    root (``trusted_root.json``, what a Sigstore deployment publishes and ``cosign
+    --trusted-root`` reads). Verifying needs the trusted root alone."""
+    from sigstore.models import ClientTrustConfig, TrustedRoot
+    from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootDocument
 
-    return ClientTrustConfig.from_json(data.decode())
+    try:
+        document = json.loads(data)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    media_type = str(document.get("mediaType")) if isinstance(document, dict) else ""
+    if media_type.startswith(_TRUSTED_ROOT_TYPE):
+        return TrustedRoot(TrustedRootDocument.from_json(data))
+    if media_type.startswith(_CLIENT_TRUST_CONFIG_TYPE):
+        return ClientTrustConfig.from_json(data.decode()).trusted_root
+    raise ValueError(f"not a Sigstore trust configuration or trusted root (mediaType {media_type})")
+
+
+def _production_trusted_root() -> Any:
+    """Sigstore's production trusted root as the installed sigstore package ships it.
+
+    Not ``ClientTrustConfig.production(offline=True)``: offline, that takes whatever
+    ``trusted_root.json`` the user's sigstore cache holds (~/.cache/sigstore-python), unverified,
+    and creates that directory first, so what a mount trusts would depend on what an earlier
+    program left there, and a read-only home would fail the mount."""
+    from sigstore._internal.tuf import DEFAULT_TUF_URL
+    from sigstore._utils import read_embedded
+
+    return _trusted_root(read_embedded("trusted_root.json", DEFAULT_TUF_URL))
 
 
 def verify_signature(bundle: bytes, trust: SignatureTrust) -> SignedFiles:
@@ -165,15 +195,13 @@ def _verifier(trust: SignatureTrust) -> tuple[Any, Any]:
 
 def _sigstore_verifier(identity: str, issuer: str, trust_root: Path | None) -> tuple[Any, Any]:
     from model_signing._signing import sign_sigstore, signing
-    from sigstore.models import ClientTrustConfig
     from sigstore.verify import Verifier, policy
 
     if trust_root is None:
-        # The root the sigstore package ships, never refreshed over the network.
-        config = ClientTrustConfig.production(offline=True)
+        trusted_root = _production_trusted_root()
     else:
-        config = ClientTrustConfig.from_json(trust_root.read_text())
-    verifier = Verifier(trusted_root=config.trusted_root)
+        trusted_root = _load(trust_root, "--signature-trust-root", _trusted_root)
+    verifier = Verifier(trusted_root=trusted_root)
     identity_policy = policy.Identity(identity=identity, issuer=issuer)
 
     class OfflineSigstoreVerifier(signing.Verifier):

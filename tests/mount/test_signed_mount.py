@@ -14,6 +14,7 @@ import pytest
 from lazyfs.core.manifest import MANIFEST_NAME
 from lazyfs.core.signedfiles import SIGNATURE_NAME
 from tests.fakehubs import FakeHub, fake_hub
+from tests.fakesigstore import make_fake_sigstore, sign_keyless
 from tests.mounts import Mounter, publish
 from tests.origins import Origin
 from tests.signing import (
@@ -82,6 +83,27 @@ def test_a_certificate_signature_kept_beside_the_repository_mounts_with_its_ca(
     mountpoint, _ = mounter.mount(origin.url, *trusted)
     assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
     assert "signature verified with certificate chain" in mounter.log_text()
+
+
+@pytest.mark.parametrize("origin", ["lazyfs"], indirect=True)
+def test_a_keyless_signed_repository_mounts_with_its_private_sigstore_trust_root(
+    origin: Origin, mounter: Mounter, tmp_path: Path
+) -> None:
+    (origin.root / "model.safetensors").write_bytes(WEIGHTS)
+    publish(origin.root)
+    sigstore = make_fake_sigstore(tmp_path / "sigstore")
+    sign_keyless(origin.root, sigstore, "publisher@example.com", "https://issuer.example")
+    keyless = (
+        "--signature-identity",
+        "publisher@example.com",
+        "--signature-issuer",
+        "https://issuer.example",
+        "--signature-trust-root",
+        str(sigstore.trust_config),
+    )
+    mountpoint, _ = mounter.mount(origin.url, *keyless)
+    assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+    assert "signature verified with Sigstore identity publisher@example.com" in (mounter.log_text())
 
 
 def test_a_hub_repository_with_a_model_sig_mounts_the_same_way(
