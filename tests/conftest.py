@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.origins import NGINX, Origin, start_lazyfs_origin, start_nginx_origin
+from tests.xetuploads import SessionUploads
 
 TIERS = ("pure", "component", "mount")
 
@@ -52,6 +53,25 @@ def private_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
+
+
+@pytest.fixture(scope="session")
+def run_shared_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A directory every test process of this run sees, and no other run: an xdist worker's
+    base temp dir is ``popen-gwN`` inside the controller's (its parent is the run's); without
+    xdist the one process's own base temp dir."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if hasattr(request.config, "workerinput") else base) / "run-shared"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+@pytest.fixture(scope="session")
+def xet_uploads(run_shared_dir: Path) -> SessionUploads:
+    """Fake Xet CAS uploads and generated model bytes made once per run (tests/xetuploads.py)."""
+    return SessionUploads(run_shared_dir / "xet")
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +38,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 if TYPE_CHECKING:
     from tests.fakexet import FakeXetCas
+
+    # Files (name -> bytes) into a CAS; name -> xetHash.
+    XetUpload = Callable[[FakeXetCas, dict[str, bytes]], dict[str, str]]
 
 TOKEN = "hf_fake_token_0123456789"
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -102,10 +105,18 @@ class Request:
 class FakeHub:
     """One fake hub (``kind``: "hf" or "modelscope") and its CDN, each on its own port."""
 
-    def __init__(self, kind: str, page_size: int = 3, cas: FakeXetCas | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        page_size: int = 3,
+        cas: FakeXetCas | None = None,
+        upload: XetUpload | None = None,
+    ) -> None:
         self.kind = kind
         self.page_size = page_size
         self.cas = cas  # LFS files are stored in this Xet CAS too (Hugging Face only)
+        # How they get there: tests.fakexet.upload by default (the real hf_xet client).
+        self.upload = upload
         self.xet_hashes: dict[str, str] = {}  # sha256 -> xetHash of files uploaded to ``cas``
         self.xet_token_ttl = 3600  # seconds a minted CAS read token lives
         # The one token it takes now: set another to rotate it (the old one then gets 401 on
@@ -178,7 +189,7 @@ class FakeHub:
         for path, data in files.items():
             if is_lfs(path, data) and sha256_of(data) not in self.xet_hashes:
                 fresh[sha256_of(data)] = data
-        for sha256, xet_hash in upload(self.cas, fresh).items():
+        for sha256, xet_hash in (self.upload or upload)(self.cas, fresh).items():
             self.xet_hashes[sha256] = xet_hash
 
     def xet_hash(self, path: str, data: bytes) -> str | None:
@@ -200,8 +211,13 @@ class FakeHub:
 
 
 @contextmanager
-def fake_hub(kind: str, page_size: int = 3, cas: FakeXetCas | None = None) -> Iterator[FakeHub]:
-    hub = FakeHub(kind, page_size, cas)
+def fake_hub(
+    kind: str,
+    page_size: int = 3,
+    cas: FakeXetCas | None = None,
+    upload: XetUpload | None = None,
+) -> Iterator[FakeHub]:
+    hub = FakeHub(kind, page_size, cas, upload)
     try:
         yield hub
     finally:

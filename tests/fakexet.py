@@ -162,6 +162,9 @@ class FakeXetCas:
         self.xorb_chunks: dict[str, list[ChunkEntry]] = {}
         self.served: dict[str, StoredXorb] = {}  # as served: corruption lands here
         self.files: dict[str, XetFile] = {}
+        # Every xorb (its hash) and shard ("") as uploaded, in order: what ``replay`` needs to
+        # fill another CAS the same way without the client.
+        self.received: list[tuple[str, bytes]] = []
         self.tokens: dict[str, int] = {}  # token -> exp (unix seconds)
         self.expired_tokens: set[str] = set()
         self.urls: dict[str, SignedUrl] = {}
@@ -286,6 +289,7 @@ class FakeXetCas:
 
     def store_xorb(self, name: str, data: bytes) -> None:
         with self.lock:
+            self.received.append((name, data))
             self.xorbs[name] = data
             if name in self.xorb_chunks:
                 self.served[name] = StoredXorb.walk(data, len(self.xorb_chunks[name]))
@@ -293,12 +297,22 @@ class FakeXetCas:
     def store_shard(self, data: bytes) -> None:
         files, xorbs = parse_shard(data)
         with self.lock:
+            self.received.append(("", data))
             for name, chunks in xorbs.items():
                 self.xorb_chunks[name] = chunks
                 if name in self.xorbs:
                     self.served[name] = StoredXorb.walk(self.xorbs[name], len(chunks))
             for xet_file in files:
                 self.files[xet_file.hash] = xet_file
+
+    def replay(self, received: Sequence[tuple[str, bytes]]) -> None:
+        """Store what another CAS received (its ``received``, or a part of it) as if the
+        client had uploaded it here: the same parsing, the same state."""
+        for name, data in received:
+            if name:
+                self.store_xorb(name, data)
+            else:
+                self.store_shard(data)
 
     # Read side, sans HTTP
 

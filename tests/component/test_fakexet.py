@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lazyfs.core.xetproof import Subtree, WindowProofError, parse_chunk_windows,
 from lazyfs.core.xorb import decode_chunk, parse_chunks
 from tests.fakehubs import TOKEN, fake_hub
 from tests.fakexet import FakeXetCas, build_windows, fake_xet_cas, upload
+from tests.xetuploads import SessionUploads
 
 KIB = 1024
 ZEROS_AT = 400_000  # mixed.bin: random bytes, then maximum-size chunks of zeros
@@ -51,11 +53,14 @@ def contents() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def filled(contents: dict[str, bytes]) -> Iterator[tuple[FakeXetCas, dict[str, str], str]]:
+def filled(
+    contents: dict[str, bytes], xet_uploads: SessionUploads
+) -> Iterator[tuple[FakeXetCas, dict[str, str], str]]:
     """One CAS holding ``contents``, for the tests that only read (no knob turned): the CAS,
-    name -> xetHash, and a token."""
+    name -> xetHash, and a token. Uploaded by the client once per run, replayed in the other
+    test processes (the test of ``SessionUploads`` below shows that gives the same CAS)."""
     with fake_xet_cas() as server:
-        hashes = upload(server, contents)
+        hashes = xet_uploads.upload(server, contents)
         token, _ = server.mint_token()
         yield server, hashes, token
 
@@ -213,6 +218,34 @@ def test_reconstructions_reassemble_any_range(
     assert (
         _get(f"{cas.endpoint}/{version}/reconstructions/{file_hash}", past_end).status_code == 416
     )
+
+
+def test_an_upload_saved_once_per_run_replays_into_another_cas_as_the_client_left_it(
+    contents: dict[str, bytes], tmp_path: Path
+) -> None:
+    files = {name: contents[name] for name in ("mixed.bin", "repeat.bin")}
+    # Two test processes of one run: each its own CAS, one directory between them.
+    first, second = SessionUploads(tmp_path / "run"), SessionUploads(tmp_path / "run")
+    with fake_xet_cas() as uploaded, fake_xet_cas() as replayed, fake_xet_cas() as other:
+        hashes = first.upload(uploaded, files)
+        assert uploaded.counts["xorb-upload"] >= 1 and uploaded.counts["shard-upload"] >= 1
+        assert second.upload(replayed, files) == hashes
+        assert replayed.counts == Counter()  # from the saved upload, not the client
+        assert replayed.files == uploaded.files
+        assert replayed.xorb_chunks == uploaded.xorb_chunks
+        assert replayed.xorbs == uploaded.xorbs and replayed.served == uploaded.served
+        token, _ = replayed.mint_token()
+        for name, data in files.items():
+            assert _read(replayed, token, hashes[name], 0, len(data), "v2") == data
+        # Damage in one process's CAS stays there.
+        replayed.corrupt(hashes["mixed.bin"], 1000)
+        token, _ = uploaded.mint_token()
+        assert (
+            _read(uploaded, token, hashes["mixed.bin"], 0, 2000, "v2") == files["mixed.bin"][:2000]
+        )
+        # Other files are uploaded by the client again.
+        second.upload(other, {"one-chunk.bin": contents["one-chunk.bin"]})
+        assert other.counts["shard-upload"] >= 1
 
 
 def test_v2_reconstructions_switched_off_answer_404(cas: FakeXetCas) -> None:

@@ -22,6 +22,7 @@ from lazyfs.sources.transport import Timeouts, Transport
 from lazyfs.sources.xet import XetFile, XetSource
 from tests.fakehubs import FakeHub, fake_hub
 from tests.fakexet import FakeXetCas, fake_xet_cas
+from tests.xetuploads import SessionUploads
 
 PATH = "model.bin"
 SIZE = 3 * 1024 * 1024 + 12_345
@@ -36,8 +37,8 @@ def contents() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def xet(contents: bytes) -> Iterator[Xet]:
-    with fake_xet_cas() as cas, fake_hub("hf", cas=cas) as hub:
+def xet(contents: bytes, xet_uploads: SessionUploads) -> Iterator[Xet]:
+    with fake_xet_cas() as cas, fake_hub("hf", cas=cas, upload=xet_uploads.upload) as hub:
         repo = hub.add_repo("org/model", {PATH: contents})
         found = repo.files_at("main")
         assert found is not None

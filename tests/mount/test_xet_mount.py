@@ -20,38 +20,54 @@ from tests.fakehubs import FakeHub, fake_hub
 from tests.fakexet import FakeXetCas, fake_xet_cas
 from tests.mounts import Mounter, lazyfs
 from tests.waiting import wait_until
+from tests.xetuploads import SessionUploads
 
 CONFIG = b'{"model_type": "llama", "hidden_size": 64}\n'
 BLOCK = 4 * 1024 * 1024
 
 
-def safetensors_bytes(tmp: Path, tensors: int, values: int, seed: int) -> bytes:
+def write_safetensors(path: Path, tensors: int, values: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     # Whole numbers as float32: LZ4 and byte grouping have something to do, as on real weights.
     arrays = {
         f"model.layers.{n}.weight": (rng.standard_normal(values, dtype=np.float32) * 8).round()
         for n in range(tensors)
     }
-    path = tmp / f"weights-{seed}.safetensors"
     save_file(arrays, path)
+
+
+def safetensors_bytes(tmp: Path, tensors: int, values: int, seed: int) -> bytes:
+    path = tmp / f"weights-{seed}.safetensors"
+    write_safetensors(path, tensors, values, seed)
     return path.read_bytes()
 
 
+def shared_safetensors(uploads: SessionUploads, tensors: int, values: int, seed: int) -> bytes:
+    """``safetensors_bytes``, generated once per run for all test processes."""
+    return uploads.generated(
+        f"weights-{tensors}x{values}-{seed}.safetensors",
+        lambda path: write_safetensors(path, tensors, values, seed),
+    )
+
+
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    tmp = tmp_path_factory.mktemp("xetmodel")
+def model(xet_uploads: SessionUploads) -> dict[str, bytes]:
     return {
         "config.json": CONFIG,
         # 256 MiB: 64 tensors of 4 MiB, 64 of the mount's blocks.
-        "model.safetensors": safetensors_bytes(tmp, 64, 1 << 20, 3),
+        "model.safetensors": shared_safetensors(xet_uploads, 64, 1 << 20, 3),
         # 12 MiB, for the tests that read a file whole.
-        "small.safetensors": safetensors_bytes(tmp, 6, 1 << 19, 4),
+        "small.safetensors": shared_safetensors(xet_uploads, 6, 1 << 19, 4),
     }
 
 
 @pytest.fixture(scope="module")
-def xet_hub(model: dict[str, bytes]) -> Iterator[tuple[FakeHub, FakeXetCas]]:
-    with fake_xet_cas() as cas, fake_hub("hf", cas=cas) as hub:
+def xet_hub(
+    model: dict[str, bytes], xet_uploads: SessionUploads
+) -> Iterator[tuple[FakeHub, FakeXetCas]]:
+    # The real hf_xet client uploads the model once per run; other test processes replay
+    # what it sent into a CAS of their own (tests/xetuploads.py).
+    with fake_xet_cas() as cas, fake_hub("hf", cas=cas, upload=xet_uploads.upload) as hub:
         hub.add_repo("org/model", model)
         yield hub, cas
 
