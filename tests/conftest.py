@@ -13,11 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.origins import NGINX, Origin, start_lazyfs_origin, start_nginx_origin
 from tests.xetuploads import SessionUploads
 
 TIERS = ("pure", "component", "mount")
+
+# Properties are about behaviour, never time: on a shared 2-core machine under a parallel
+# suite, one example or its generation may take seconds, and that must not fail a test.
+settings.register_profile("lazyfs", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("lazyfs")
 
 
 @pytest.hookimpl(wrapper=True)
