@@ -6,11 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lazyfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from lazyfs.sources.signatures import SignatureTrust
 
 _PATH = click.Path(path_type=Path)
 
@@ -95,10 +98,13 @@ def _trust(
     issuer: str | None,
     trust_root: Path | None,
     location: str | None,
-) -> Any:
+) -> SignatureTrust | None:
     from lazyfs.sources.signatures import SignatureTrust, check_trust
 
-    if not (key or certificates or identity or issuer or trust_root):
+    # Given at all, even empty (an fstab template's unset variable), a signature is asked for:
+    # an empty value is refused by check_trust, never taken as "no signature".
+    asked = (key, identity, issuer, trust_root)
+    if all(value is None for value in asked) and not certificates:
         if location is not None:
             raise UsageError(
                 "--signature needs a way to trust it: --signature-key, "

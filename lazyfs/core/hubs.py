@@ -411,15 +411,18 @@ def check_listing(snapshot: Snapshot) -> None:
 
 
 def mount_entries(
-    snapshot: Snapshot, manifest: Manifest | None, block_size: int
+    snapshot: Snapshot, manifest: Manifest | None, block_size: int, signed: bool = False
 ) -> tuple[int, tuple[FileEntry, ...]]:
     """The block size and the file entries of a mount of ``snapshot``.
 
     With a manifest, a file whose hub sha256 the manifest's entry matches gets the manifest's
     block digests; a file the hub knows only by its Git blob id is verified whole against it
     (the manifest cannot tie its bytes to the commit), and so is a signature (``model.sig``),
-    which a manifest never lists. Without one, every file is verified whole. A manifest that
-    names other files, sizes or contents is refused.
+    which a manifest never lists. A ``signed`` manifest (one a repository signature covers) is
+    the root of trust instead of the listing: every file it describes is served by its
+    digests, the Git ones included, so no byte the signature does not cover is served.
+    Without a manifest, every file is verified whole. A manifest that names other files, sizes
+    or contents is refused.
     """
     files = [file for file in snapshot.files if file.path != MANIFEST_NAME]
     if manifest is None:
@@ -432,7 +435,7 @@ def mount_entries(
     entries = []
     for path, file in listed.items():
         entry = described.get(path)
-        if entry is None or file.sha256 is None:
+        if entry is None or (file.sha256 is None and not signed):
             entries.append(file.pending_entry())
         else:
             entries.append(entry)

@@ -52,7 +52,7 @@ async def open_hub_mount(
                 f"--manifest-sha256 given, but the {MANIFEST_NAME} committed to "
                 f"{snapshot.name} is not in the cache and the hub is not asked"
             )
-    manifest = hub_manifest(snapshot, raw, config.manifest_sha256)
+    manifest = hub_manifest(snapshot, raw, config.manifest_sha256, config.signature is not None)
     return OpenedManifest(manifest, snapshot.modified or time.time(), raw)
 
 

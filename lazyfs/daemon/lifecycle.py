@@ -68,9 +68,11 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
         given = None
         if config.manifest_source is not None:
             given = await load_manifest_source(config.manifest_source, client, transport)
-            if config.manifest_sha256 is None and config.manifest_source.startswith("http:"):
+            unchecked = config.manifest_sha256 is None and config.signature is None
+            if unchecked and config.manifest_source.startswith("http:"):
                 log.warning(
-                    "--manifest %s comes over plain http without --manifest-sha256: "
+                    "--manifest %s comes over plain http without --manifest-sha256 or a "
+                    "signature: "
                     "its block digests are trusted as they arrive",
                     config.manifest_source,
                 )

@@ -25,6 +25,7 @@ from lazyfs.errors import (
     SignatureError,
     SourceError,
 )
+from lazyfs.sources.hub import HubOrigin
 from lazyfs.sources.origin import HttpOrigin
 from lazyfs.sources.signatures import SignatureTrust, verify_signature
 
@@ -51,7 +52,7 @@ async def check_signed_mount(
             f"{config.url} has no {MANIFEST_NAME}; a signed mount needs one among the "
             "signed files (lazyfs manifest build DIR, then sign DIR)"
         )
-    bundle = await _signature(origin, config, trust, client, transport)
+    bundle, fetched_as = await _signature(origin, config, trust, client, transport)
     signed = await trio.to_thread.run_sync(verify_signature, bundle, trust)
     check_signed_manifest(signed, raw)
     log.info(
@@ -60,6 +61,12 @@ async def check_signed_mount(
         len(signed.sha256),
         MANIFEST_NAME,
     )
+    if fetched_as is not None:
+        # Kept only once it checked out: a bad copy never replaces a good one.
+        try:
+            await trio.to_thread.run_sync(store_manifest, config.cache_dir, fetched_as, bundle)
+        except CacheError as exc:
+            log.warning("%s", exc)
 
 
 async def _signature(
@@ -68,31 +75,33 @@ async def _signature(
     trust: SignatureTrust,
     client: httpx.AsyncClient,
     transport: Transport,
-) -> bytes:
+) -> tuple[bytes, str | None]:
+    """The signature, and the cache key to keep it under once verified (None: not fetched
+    from the repository, nothing to keep)."""
     if trust.location is not None:
-        return await load_manifest_source(trust.location, client, transport, "--signature")
+        given = await load_manifest_source(trust.location, client, transport, "--signature")
+        return given, None
     url = origin.url_for(SIGNATURE_NAME)
     key = f"signature:{url}"
+    if isinstance(origin, HubOrigin) and origin.offline is not None:
+        # The mount serves a kept listing: the hub is not asked for anything else either.
+        return _kept_or_raise(config, key, origin.offline.describe()), None
     try:
         bundle = await origin.get(SIGNATURE_NAME)
     except OriginHTTPError as exc:
         if exc.status in (404, 410):
             raise SignatureError(f"no signature at {url} (HTTP {exc.status})") from None
-        return _kept_or_raise(config, key, exc)
+        return _kept_or_raise(config, key, str(exc)), None
     except OriginCertificateError:
         raise
     except SourceError as exc:
-        return _kept_or_raise(config, key, exc)
-    try:
-        await trio.to_thread.run_sync(store_manifest, config.cache_dir, key, bundle)
-    except CacheError as exc:
-        log.warning("%s", exc)
-    return bundle
+        return _kept_or_raise(config, key, str(exc)), None
+    return bundle, key
 
 
-def _kept_or_raise(config: MountConfig, key: str, cause: SourceError) -> bytes:
+def _kept_or_raise(config: MountConfig, key: str, cause: str) -> bytes:
     kept = load_cached_manifest(config.cache_dir, key)
     if kept is None:
-        raise SourceError(f"cannot fetch the signature: {cause}") from None
+        raise SourceError(f"cannot fetch the signature ({cause}) and none is kept") from None
     log.warning("cannot fetch the signature (%s); checking the kept copy", cause)
     return kept[0]

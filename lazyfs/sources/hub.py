@@ -257,9 +257,12 @@ async def fetch_committed_manifest(
     return raw
 
 
-def hub_manifest(snapshot: Snapshot, raw: bytes | None, pin: str | None) -> Manifest:
+def hub_manifest(
+    snapshot: Snapshot, raw: bytes | None, pin: str | None, signed: bool = False
+) -> Manifest:
     """The mount's manifest: block mode from ``raw`` (given with --manifest, or committed to
-    the repository), else whole-file mode."""
+    the repository), else whole-file mode; ``signed``: ``raw`` is the root of trust (a
+    signature must cover it, see ``mount_entries``)."""
     if raw is None:
         if pin is not None:
             raise MountError(f"--manifest-sha256 given, but {snapshot.name} has no manifest")
@@ -267,7 +270,7 @@ def hub_manifest(snapshot: Snapshot, raw: bytes | None, pin: str | None) -> Mani
     else:
         check_pin(raw, pin)
         manifest = parse_manifest(raw)
-    block_size, entries = hubs.mount_entries(snapshot, manifest, DEFAULT_BLOCK_SIZE)
+    block_size, entries = hubs.mount_entries(snapshot, manifest, DEFAULT_BLOCK_SIZE, signed)
     whole = sum(1 for entry in entries if entry.check is not None)
     xet = sum(1 for entry in entries if entry.check is not None and entry.xet_hash is not None)
     log.info(

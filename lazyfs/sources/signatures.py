@@ -70,6 +70,8 @@ def check_trust(trust: SignatureTrust) -> None:
         )
     if (trust.identity is None) != (trust.issuer is None):
         raise UsageError("--signature-identity and --signature-issuer go together")
+    if trust.identity == "" or trust.issuer == "":
+        raise UsageError("--signature-identity and --signature-issuer must not be empty")
     if trust.trust_root is not None and trust.identity is None:
         raise UsageError("--signature-trust-root is for --signature-identity")
     from cryptography import x509
@@ -78,8 +80,13 @@ def check_trust(trust: SignatureTrust) -> None:
 
     if trust.key is not None:
         key = _load(trust.key, "--signature-key", serialization.load_pem_public_key)
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise UsageError(f"--signature-key {trust.key}: not an elliptic-curve public key")
+        # The curves model_signing signs with.
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
+            "secp256r1",
+            "secp384r1",
+            "secp521r1",
+        ):
+            raise UsageError(f"--signature-key {trust.key}: not a P-256, P-384 or P-521 public key")
     for path in trust.certificates:
         _load(path, "--signature-certificate", x509.load_pem_x509_certificates)
     if trust.trust_root is not None:
@@ -133,7 +140,12 @@ def _production_trusted_root() -> Any:
 def verify_signature(bundle: bytes, trust: SignatureTrust) -> SignedFiles:
     """The files ``bundle`` signs, once its cryptography checks out with ``trust``; else
     ``SignatureError`` saying why, in one line."""
-    verifier, signature_type = _verifier(trust)
+    try:
+        verifier, signature_type = _verifier(trust)
+    except Exception as exc:  # trust material gone or unusable since the command checked it
+        raise SignatureError(
+            f"cannot check signatures with {trust.describe()}: {_reason(exc) or type(exc).__name__}"
+        ) from None
     with tempfile.TemporaryDirectory(prefix="lazyfs-signature-") as folder:
         # model_signing reads signatures from files (and mends older layouts as it does).
         path = Path(folder, "model.sig")

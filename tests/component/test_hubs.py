@@ -286,6 +286,17 @@ def test_a_matching_manifest_gives_lfs_files_their_blocks() -> None:
     assert config.blocks == () and config.check == FileCheck("git-sha1", git_blob_sha1(CONFIG))
 
 
+def test_a_signed_manifest_gives_every_file_its_blocks_and_a_signature_stays_whole() -> None:
+    """Signed, the manifest is the root of trust: a Git file is served by the signed digests,
+    not by the hub's blob id, which a hostile hub could serve other same-size bytes under."""
+    signed = snapshot_of({**FILES, MANIFEST_NAME: b"{}", "model.sig": b"{}"}, {"model.safetensors"})
+    manifest = manifest_of(FILES)
+    _, entries = hubs.mount_entries(signed, manifest, 4 * 1024 * 1024, signed=True)  # type: ignore[arg-type]
+    config, weights, signature = entries
+    assert config == manifest.files[0] and weights == manifest.files[1]  # type: ignore[attr-defined]
+    assert signature.path == "model.sig" and signature.check is not None
+
+
 @pytest.mark.parametrize(
     ("files", "problem"),
     [

@@ -4,6 +4,7 @@ another key or no signature refuse the mount with one line and exit 4."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -130,6 +131,14 @@ def test_a_hub_repository_with_a_model_sig_mounts_the_same_way(
         mountpoint, _ = mounter.mount("hf://org/signed", "--signature-key", str(keys.public))
         assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
         assert SIGNATURE_NAME in os.listdir(mountpoint)
+        # A hub serving other bytes of the same size for a Git file, and listing them as
+        # such: the signed manifest, not the hub's blob id, decides, and nothing is served.
+        hub.add_repo("org/altered", {**files, "README.md": b"# signet\n"})
+        mountpoint, _ = mounter.mount("hf://org/altered", "--signature-key", str(keys.public))
+        with pytest.raises(OSError) as failed:
+            (mountpoint / "README.md").read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
         unsigned = {path: data for path, data in files.items() if path != SIGNATURE_NAME}
         hub.add_repo("org/unsigned", unsigned)
         refused(
