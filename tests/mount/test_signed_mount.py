@@ -139,6 +139,13 @@ def test_a_hub_repository_with_a_model_sig_mounts_the_same_way(
             (mountpoint / "README.md").read_bytes()
         assert failed.value.errno == errno.EIO
         assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+        # Offline, the kept listing, manifest and signature: checked again, the hub not asked.
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        asked = len(hub.seen("api")) + len(hub.seen("cdn"))
+        mountpoint, _ = mounter.mount("hf://org/signed", "--signature-key", str(keys.public))
+        assert (mountpoint / "model.safetensors").read_bytes() == WEIGHTS
+        assert len(hub.seen("api")) + len(hub.seen("cdn")) == asked
+        monkeypatch.delenv("HF_HUB_OFFLINE")
         unsigned = {path: data for path, data in files.items() if path != SIGNATURE_NAME}
         hub.add_repo("org/unsigned", unsigned)
         refused(
