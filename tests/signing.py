@@ -62,7 +62,7 @@ def make_signing_certificate(folder: Path, name: str = "publisher") -> SigningCe
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(cert_sign=True), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -75,7 +75,7 @@ def make_signing_certificate(folder: Path, name: str = "publisher") -> SigningCe
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -128,7 +128,8 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+def key_usage(cert_sign: bool) -> x509.KeyUsage:
+    """A CA's key usage (``cert_sign``), or a signing certificate's."""
     return x509.KeyUsage(
         digital_signature=not cert_sign,
         content_commitment=False,
