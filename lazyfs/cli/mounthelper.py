@@ -57,7 +57,7 @@ IGNORED = {
 def mount_options() -> dict[str, tuple[str, bool]]:
     """``-o`` name -> (its ``lazyfs mount`` flag, whether it takes a value), for every visible
     option of ``lazyfs mount``: ``--cache-dir`` is ``cache_dir``."""
-    from lazyfs.cli.main import mount
+    from lazyfs.cli.mount import mount
 
     options = {}
     for parameter in mount.params:

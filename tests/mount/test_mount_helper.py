@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from lazyfs.cli.main import OctalMode, mount
+from lazyfs.cli.mount import OctalMode, mount
 from lazyfs.cli.mounthelper import translate
 from lazyfs.errors import UsageError
 from tests.mounts import LAZYFS, publish
