@@ -36,7 +36,7 @@ from lazyfs.daemon.hubmount import open_hub_mount
 from lazyfs.daemon.manifestchoice import load_manifest_source, open_manifest
 from lazyfs.daemon.mountpoint import check_mountpoint, mount_entry
 from lazyfs.daemon.runtime import control_socket, pid_file
-from lazyfs.daemon.signedmount import check_signed_mount
+from lazyfs.daemon.signedmount import signed_manifest
 from lazyfs.errors import (
     CacheError,
     LazyfsError,
@@ -86,11 +86,11 @@ async def serve_mount(config: MountConfig, on_ready: Callable[[], None]) -> None
             origin = HttpOrigin(config.url, client, policy, transport=transport)
             stack.callback(origin.close)
             opened = await open_manifest(origin, config, given)
-        if config.signature is not None:
-            await check_signed_mount(
-                origin, config, config.signature, opened.raw, client, transport
-            )
         manifest, mtime = opened.manifest, opened.mtime
+        if config.signature is not None:
+            manifest = await signed_manifest(
+                origin, config, config.signature, opened, client, transport
+            )
         if config.subdir is not None:
             # Only the folder's files: nothing else is listed, proven or prefetched.
             manifest = files_under(manifest, config.subdir)

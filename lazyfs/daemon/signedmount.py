@@ -1,5 +1,6 @@
 """A signed mount: the repository's signature fetched, verified, and checked to cover the
-manifest before anything is served (docs/signing.md).
+manifest (or, for a hub revision without one, made the digest of every signed file) before
+anything is served (docs/signing.md).
 
 The signature comes from ``--signature`` (a file or URL) or as ``model.sig`` from the mount's
 own source; a copy is kept in the cache directory so that a mount from the cached manifest,
@@ -14,10 +15,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from lazyfs.cache.store import load_cached_manifest, store_manifest
-from lazyfs.core.manifest import MANIFEST_NAME
-from lazyfs.core.signedfiles import SIGNATURE_NAME, check_signed_manifest
+from lazyfs.core.manifest import MANIFEST_NAME, Manifest
+from lazyfs.core.signedfiles import SIGNATURE_NAME, check_signed_manifest, sign_whole_files
 from lazyfs.daemon.config import MountConfig
-from lazyfs.daemon.manifestchoice import load_manifest_source
+from lazyfs.daemon.manifestchoice import OpenedManifest, load_manifest_source
 from lazyfs.errors import (
     CacheError,
     OriginCertificateError,
@@ -37,36 +38,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def check_signed_mount(
+async def signed_manifest(
     origin: HttpOrigin,
     config: MountConfig,
     trust: SignatureTrust,
-    raw: bytes | None,
+    opened: OpenedManifest,
     client: httpx.AsyncClient,
     transport: Transport,
-) -> None:
-    """Refuse the mount (``SignatureError``, one line) unless the signature verifies with
-    ``trust`` and covers the manifest ``raw``."""
-    if raw is None:
-        raise SignatureError(
-            f"{config.url} has no {MANIFEST_NAME}; a signed mount needs one among the "
-            "signed files (lazyfs manifest build DIR, then sign DIR)"
-        )
+) -> Manifest:
+    """The manifest to serve once the signature verifies with ``trust`` and covers it; else
+    ``SignatureError`` (one line) refuses the mount. A hub revision without a block manifest
+    is served file by file, each signed file against its signed sha256."""
     bundle, fetched_as = await _signature(origin, config, trust, client, transport)
     signed = await trio.to_thread.run_sync(verify_signature, bundle, trust)
-    check_signed_manifest(signed, raw)
-    log.info(
-        "signature verified with %s: %d signed files, %s among them",
-        trust.describe(),
-        len(signed.sha256),
-        MANIFEST_NAME,
-    )
     if fetched_as is not None:
-        # Kept only once it checked out: a bad copy never replaces a good one.
+        # Kept only once it verified: a bad copy never replaces a good one.
         try:
             await trio.to_thread.run_sync(store_manifest, config.cache_dir, fetched_as, bundle)
         except CacheError as exc:
             log.warning("%s", exc)
+    if opened.raw is None:
+        manifest = sign_whole_files(signed, opened.manifest, config.url)
+        covered = "every signed file verified whole against it"
+    else:
+        check_signed_manifest(signed, opened.raw)
+        manifest = opened.manifest
+        covered = f"{MANIFEST_NAME} among them"
+    log.info(
+        "signature verified with %s: %d signed files, %s",
+        trust.describe(),
+        len(signed.sha256),
+        covered,
+    )
+    return manifest
 
 
 async def _signature(

@@ -134,7 +134,10 @@ def test_a_hub_repository_with_a_model_sig_mounts_the_same_way(
         # A hub serving other bytes of the same size for a Git file, and listing them as
         # such: the signed manifest, not the hub's blob id, decides, and nothing is served.
         hub.add_repo("org/altered", {**files, "README.md": b"# signet\n"})
-        mountpoint, _ = mounter.mount("hf://org/altered", "--signature-key", str(keys.public))
+        fresh = mounter.cache_dir("altered")
+        mountpoint, _ = mounter.mount(
+            "hf://org/altered", "--signature-key", str(keys.public), cache_dir=fresh
+        )
         with pytest.raises(OSError) as failed:
             (mountpoint / "README.md").read_bytes()
         assert failed.value.errno == errno.EIO
@@ -155,3 +158,45 @@ def test_a_hub_repository_with_a_model_sig_mounts_the_same_way(
             str(keys.public),
             why="no signature at",
         )
+
+
+def test_a_hub_repository_signed_without_a_block_manifest_is_served_file_by_file(
+    mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a publisher who never heard of lazyfs ships: model_signing's model.sig beside the
+    files, no lazyfs-manifest.json. Every signed file is verified whole against its signed
+    sha256, the Git ones too."""
+    published = tmp_path / "published"
+    published.mkdir()
+    files = {
+        "model.safetensors": WEIGHTS,
+        "config.json": b'{"hidden_size": 64}\n',
+        "modeling_custom.py": b"def forward(x):\n    return x\n",
+    }
+    for path, data in files.items():
+        (published / path).write_bytes(data)
+    keys = make_key_pair(tmp_path / "keys")
+    signed = {**files, SIGNATURE_NAME: sign_with_key(published, keys).read_bytes()}
+    key = ("--signature-key", str(keys.public))
+    with fake_hub("hf") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        hub.add_repo("org/signed", signed)
+        mountpoint, _ = mounter.mount("hf://org/signed", *key)
+        for path, data in files.items():
+            assert (mountpoint / path).read_bytes() == data
+        assert "every signed file verified whole" in mounter.log_text()
+        # Code of the same size, listed as such by the hub: not the signed bytes, not served.
+        altered = b"def forward(x):\n    return 0\n"
+        assert len(altered) == len(files["modeling_custom.py"])
+        hub.add_repo("org/altered", {**signed, "modeling_custom.py": altered})
+        # A cache of its own: the first mount's holds the signed bytes, which it would serve.
+        fresh = mounter.cache_dir("altered")
+        mountpoint, _ = mounter.mount("hf://org/altered", *key, cache_dir=fresh)
+        with pytest.raises(OSError) as failed:
+            (mountpoint / "modeling_custom.py").read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert (mountpoint / "config.json").read_bytes() == files["config.json"]
+        lacking = {path: data for path, data in signed.items() if path != "config.json"}
+        hub.add_repo("org/lacking", lacking)
+        refused(mounter, "hf://org/lacking", *key, why="config.json is signed but not in")

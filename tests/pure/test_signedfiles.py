@@ -9,8 +9,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from lazyfs.core.manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
-from lazyfs.core.signedfiles import SignedFiles, check_signed_manifest
+from lazyfs.core.manifest import MANIFEST_NAME, FileCheck, FileEntry, Manifest, parse_manifest
+from lazyfs.core.signedfiles import (
+    SIGNATURE_NAME,
+    SignedFiles,
+    check_signed_manifest,
+    sign_whole_files,
+)
 from lazyfs.errors import ManifestError, SignatureError
 from tests.pure.test_manifest import digests
 
@@ -98,3 +103,50 @@ def test_a_signature_without_the_manifest_or_by_shards_is_refused() -> None:
 def test_a_signature_error_is_a_manifest_error_exit_4() -> None:
     assert issubclass(SignatureError, ManifestError)
     assert SignatureError.exit_code == 4
+
+
+def whole_file(path: str, check: FileCheck) -> FileEntry:
+    """An entry of a hub revision without a manifest: verified whole against ``check``."""
+    return FileEntry(
+        path, 10, False, check.digest if check.algorithm == "sha256" else "", (), check
+    )
+
+
+@given(digests, digests, digests)
+def test_a_signature_makes_the_digest_of_every_signed_file_served_whole(
+    weights: str, config: str, listed_blob: str
+) -> None:
+    served = Manifest(
+        65536,
+        (
+            whole_file(".gitattributes", FileCheck("git-sha1", listed_blob[:40])),
+            whole_file("config.json", FileCheck("git-sha1", listed_blob[:40])),
+            whole_file("model.safetensors", FileCheck("sha256", weights)),
+            whole_file(SIGNATURE_NAME, FileCheck("git-sha1", listed_blob[:40])),
+        ),
+    )
+    signed = SignedFiles("model", "files", {"config.json": config, "model.safetensors": weights})
+    files = {entry.path: entry for entry in sign_whole_files(signed, served, "hf://o/m").files}
+    # The Git file is checked against what was signed, not the hub's blob id.
+    assert files["config.json"].check == FileCheck("sha256", config)
+    assert files["config.json"].sha256 == config
+    assert files["model.safetensors"].check == FileCheck("sha256", weights)
+    # What the signer leaves out stays as the listing has it.
+    assert files[".gitattributes"] == served.files[0]
+    assert files[SIGNATURE_NAME] == served.files[3]
+
+
+@given(digests, digests)
+def test_a_revision_that_lacks_a_signed_file_or_lists_another_digest_is_refused(
+    weights: str, other: str
+) -> None:
+    assume(weights != other)
+    served = Manifest(65536, (whole_file("model.safetensors", FileCheck("sha256", weights)),))
+    for files, why in (
+        ({"model.safetensors": other}, "the signature says"),
+        ({"model.safetensors": weights, "config.json": other}, "config.json is signed but not"),
+    ):
+        with pytest.raises(SignatureError, match=why):
+            sign_whole_files(SignedFiles("model", "files", files), served, "hf://o/m")
+    with pytest.raises(SignatureError, match="file by file"):
+        sign_whole_files(SignedFiles("model", "shards", {}), served, "hf://o/m")
