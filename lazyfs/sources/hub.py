@@ -36,7 +36,7 @@ from lazyfs.errors import (
     OriginUnreachable,
     SourceError,
 )
-from lazyfs.sources.hubtoken import TokenSource
+from lazyfs.sources.hubtoken import TokenSource, with_current_token
 from lazyfs.sources.origin import HttpOrigin
 from lazyfs.sources.transport import Transport, parse_retry_after, same_origin
 from lazyfs.sources.xet import XetFile, XetSource
@@ -120,16 +120,7 @@ class HubOrigin(HttpOrigin):
         await self._with_current_token(lambda: send(path))
 
     async def _with_current_token(self, send: Callable[[], Awaitable[T]]) -> T:
-        """``send()``, and once more if the hub refused the token it carried (HTTP 401) and
-        another is now at hand (a rotated ``--token-file``); a second refusal stands."""
-        sent = self.token.current()
-        try:
-            return await send()
-        except OriginHTTPError as exc:
-            if exc.status != 401 or not self.token.refused(sent):
-                raise
-        log.info("%s: the hub refused the token; asking again with the new one", self.repo.name)
-        return await send()
+        return await with_current_token(self.token, send, self.repo.name)
 
     async def resolve(self) -> Snapshot:
         """Resolve the revision to a commit, list the files there, and check access."""

@@ -20,10 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-from lazyfs.errors import UsageError
+from lazyfs.errors import OriginHTTPError, UsageError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +105,17 @@ def _stat(path: Path) -> _Stat | None:
     except OSError:
         return None
     return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+async def with_current_token(tokens: TokenSource, send: Callable[[], Awaitable[T]], what: str) -> T:
+    """``send()`` (which sends the token as of now), and once more if the hub refused the
+    token it carried (HTTP 401) and another is now at hand (a rotated ``--token-file``); a
+    second refusal stands."""
+    sent = tokens.current()
+    try:
+        return await send()
+    except OriginHTTPError as exc:
+        if exc.status != 401 or not tokens.refused(sent):
+            raise
+    log.info("%s: the hub refused the token; asking again with the new one", what)
+    return await send()

@@ -44,7 +44,7 @@ from lazyfs.core.xetrecon import (
 )
 from lazyfs.core.xorb import decode_chunk
 from lazyfs.errors import OriginHTTPError, OriginOffline, OriginProtocolError, SourceError
-from lazyfs.sources.hubtoken import TokenSource
+from lazyfs.sources.hubtoken import TokenSource, with_current_token
 from lazyfs.sources.rangeget import ConnectionPool, get_signed_range
 from lazyfs.sources.transport import Transport, parse_retry_after, status_error
 
@@ -308,31 +308,27 @@ class XetSource:
     async def _new_token(self) -> _Token:
         """A CAS read token from the Hub, asked with the user's Hub token as of now; once more
         if the Hub refuses that (401) and another is at hand (a rotated ``--token-file``)."""
+        return await with_current_token(self._hub_token, self._ask_token, "a Xet read token")
+
+    async def _ask_token(self) -> _Token:
         url = hubs.hf_xet_token_url(self.endpoint, self.repo, self.commit)
-        for retried in (False, True):
-            sent = self._hub_token.current()
-            self.counters.token_refreshes += 1
-            try:
-                async with self.client.stream(
-                    "GET",
-                    url,
-                    headers=hubs.token_headers(hubs.HF, sent),
-                    follow_redirects=False,
-                ) as response:
-                    status = response.status_code
-                    body = await _read_limited(response, MAX_ANSWER_BYTES, url, decoded=True)
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-            except httpx.HTTPError as exc:
-                raise self.transport.error(url, exc) from None
-            if status == 200:
-                value, expires, cas_url = hubs.parse_xet_token(body, url)
-                return _Token(value, expires, cas_url)
-            if status != 401 or retried or not self._hub_token.refused(sent):
-                raise OriginHTTPError(
-                    f"{url}: no Xet read token (HTTP {status})", status, retry_after
-                )
-            log.info("the Hub refused the token for a Xet read token; asking with the new one")
-        raise AssertionError("unreachable")
+        self.counters.token_refreshes += 1
+        try:
+            async with self.client.stream(
+                "GET",
+                url,
+                headers=hubs.token_headers(hubs.HF, self._hub_token.current()),
+                follow_redirects=False,
+            ) as response:
+                status = response.status_code
+                body = await _read_limited(response, MAX_ANSWER_BYTES, url, decoded=True)
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+        except httpx.HTTPError as exc:
+            raise self.transport.error(url, exc) from None
+        if status != 200:
+            raise OriginHTTPError(f"{url}: no Xet read token (HTTP {status})", status, retry_after)
+        value, expires, cas_url = hubs.parse_xet_token(body, url)
+        return _Token(value, expires, cas_url)
 
 
 def _only(answer: ChunkWindows, window: tuple[int, int]) -> ChunkWindows:
