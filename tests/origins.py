@@ -8,11 +8,14 @@ either one which requests reached it. The process handling is shared with script
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from tests.support.processes import (
     NGINX,
@@ -22,12 +25,14 @@ from tests.support.processes import (
     read_access_log,
     start_nginx_origin,
 )
+from tests.waiting import wait_until
 
 __all__ = [
     "NGINX",
     "AccessRecord",
     "Origin",
     "PrivateCA",
+    "cached_slice",
     "free_port",
     "make_test_ca",
     "read_access_log",
@@ -36,6 +41,7 @@ __all__ = [
     "start_lazyfs_origin",
     "start_nginx_origin",
     "start_tinyproxy",
+    "tier_answer",
 ]
 TINYPROXY = Path("/usr/bin/tinyproxy")
 CACHE_CONFIG = Path(__file__).resolve().parents[1] / "scripts" / "cluster" / "cache-config"
@@ -71,6 +77,22 @@ def start_cache_tier(
         return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     return start_nginx_origin(workdir, workdir, workers=workers, site=site), cache_dir
+
+
+def cached_slice(cache_dir: Path, key: str) -> Path:
+    """Where the tier keeps a key (levels=1:2 of its md5, from the end), once it is there:
+    nginx renames a slice into its cache after the last byte went to the reader, so the file
+    may appear a moment after the answer."""
+    digest = hashlib.md5(key.encode()).hexdigest()  # nginx names cache files so
+    stored = cache_dir / digest[-1] / digest[-3:-1] / digest
+    assert wait_until(stored.exists), f"the tier never stored {key}"
+    return stored
+
+
+def tier_answer(client: httpx.Client, path: str, headers: dict[str, str]) -> tuple[str, bytes]:
+    """What the tier answers for ``path``: its cache status and the body."""
+    answer = client.get(path, headers=headers)
+    return answer.headers["x-cache-status"], answer.content
 
 
 @dataclass(frozen=True)
