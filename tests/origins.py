@@ -12,6 +12,8 @@ import hashlib
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ __all__ = [
     "cached_slice",
     "free_port",
     "make_test_ca",
+    "nginx_origin",
     "read_access_log",
     "read_proxy_log",
     "start_cache_tier",
@@ -59,6 +62,18 @@ def start_lazyfs_origin(root: Path, workdir: Path) -> Origin:
     origin = Origin("lazyfs", root, workdir, log, command, banner=True)
     origin.start()
     return origin
+
+
+@contextmanager
+def nginx_origin(workdir: Path, limit_rate: str | None = None) -> Iterator[Origin]:
+    """An nginx serving a fresh ``workdir/origin``, stopped on the way out."""
+    root = workdir / "origin"
+    root.mkdir()
+    served = start_nginx_origin(root, workdir / "origin-nginx", limit_rate=limit_rate)
+    try:
+        yield served
+    finally:
+        served.stop()
 
 
 def start_cache_tier(

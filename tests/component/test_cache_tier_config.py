@@ -17,8 +17,8 @@ from tests.origins import (
     CACHE_CONFIG,
     Origin,
     cached_slice,
+    nginx_origin,
     start_cache_tier,
-    start_nginx_origin,
     tier_answer,
 )
 from tests.waiting import wait_until
@@ -30,13 +30,8 @@ BAD = 2  # the block whose cached copy is damaged
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Iterator[Origin]:
-    root = tmp_path / "origin"
-    root.mkdir()
-    served = start_nginx_origin(root, tmp_path / "origin-nginx")
-    try:
+    with nginx_origin(tmp_path) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def test_no_cache_refetches_a_block_and_replaces_the_bad_cached_copy(

@@ -23,7 +23,7 @@ import pytest
 from lazyfs.daemon.runtime import pid_file
 from tests.faultproxy import Faults, fault_proxy
 from tests.mounts import Mounter, force_unmount, is_mounted, lazyfs, publish
-from tests.origins import Origin, start_lazyfs_origin, start_nginx_origin
+from tests.origins import Origin, nginx_origin, start_lazyfs_origin
 
 BLOCK = 256 * 1024
 
@@ -42,13 +42,8 @@ def write_files(root: Path, sizes: dict[str, int], seed: int) -> dict[str, bytes
 
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Origin]:
-    root = tmp_path / "origin"
-    root.mkdir()
-    served = start_nginx_origin(root, tmp_path / "nginx")
-    try:
+    with nginx_origin(tmp_path) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def random_reads(
