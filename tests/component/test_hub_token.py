@@ -22,11 +22,11 @@ from lazyfs.sources.hub import HubOrigin
 from lazyfs.sources.hubsettings import read_token_file
 from lazyfs.sources.hubtoken import TokenSource
 from lazyfs.sources.origin import make_client
-from lazyfs.sources.rangeget import ConnectionPool
-from lazyfs.sources.transport import Timeouts, Transport
-from lazyfs.sources.xet import XetFile, XetSource
+from lazyfs.sources.transport import Transport
+from lazyfs.sources.xet import XetFile
 from tests.fakehubs import TOKEN, FakeHub, fake_hub
 from tests.fakexet import fake_xet_cas
+from tests.xetclient import fetch_through_xet_source
 
 NEW_TOKEN = "hf_fake_token_rotated_0001"
 PERIOD = 10.0
@@ -237,24 +237,7 @@ def fetch_from_xet(
     hub: FakeHub, commit: str, xet_hash: str, tokens: TokenSource, size: int
 ) -> bytes:
     """The first 64 KiB of ``model.bin`` through a fresh XetSource (a fresh CAS token)."""
-    transport = Transport.from_environment(environ={})
-    timeouts = Timeouts(connect=5.0, read=10.0, request=20.0)
-
-    async def main() -> bytes:
-        async with transport.open_client(timeouts) as client:
-            source = XetSource(
-                HubRepo(HF, "org/secret", "main"),
-                commit,
-                hub.endpoint,
-                tokens,
-                client,
-                transport,
-                ConnectionPool(timeouts, transport),
-                {"model.bin": XetFile("model.bin", xet_hash, size)},
-                65536,
-            )
-            with trio.fail_after(30):
-                block, _ = await source.fetch_block("model.bin", 0, 65536)
-            return bytes(block)
-
-    return trio.run(main)
+    file = XetFile("model.bin", xet_hash, size)
+    return fetch_through_xet_source(
+        hub, "org/secret", commit, file, 0, 65536, tokens=tokens, block_size=65536
+    )

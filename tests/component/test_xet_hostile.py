@@ -12,23 +12,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import trio
 
-from lazyfs.core.hubs import HF, HubRepo
 from lazyfs.errors import SourceError
 from lazyfs.sources.hubtoken import TokenSource
-from lazyfs.sources.rangeget import ConnectionPool
-from lazyfs.sources.transport import Timeouts, Transport
-from lazyfs.sources.xet import XetFile, XetSource
+from lazyfs.sources.xet import XetFile
 from tests.fakehubs import FakeHub, fake_hub
 from tests.fakexet import FakeXetCas, fake_xet_cas
+from tests.xetclient import fetch_through_xet_source
 from tests.xetuploads import SessionUploads
 
 PATH = "model.bin"
 SIZE = 3 * 1024 * 1024 + 12_345
 # The hub, the CAS, the file's xetHash and the commit.
 Xet = tuple[FakeHub, FakeXetCas, str, str]
-TIMEOUTS = Timeouts(connect=5.0, read=10.0, request=20.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +55,10 @@ def cas(xet: Xet) -> Iterator[FakeXetCas]:
 def fetch(xet: Xet, start: int, length: int) -> bytes:
     """Bytes ``[start, start + length)`` through a fresh XetSource, as one fetch attempt."""
     hub, _, xet_hash, commit = xet
-    transport = Transport.from_environment(environ={})
-
-    async def main() -> bytes:
-        async with transport.open_client(TIMEOUTS) as client:
-            source = XetSource(
-                HubRepo(HF, "org/model", "main"),
-                commit,
-                hub.endpoint,
-                TokenSource(None),
-                client,
-                transport,
-                ConnectionPool(TIMEOUTS, transport),
-                {PATH: XetFile(PATH, xet_hash, SIZE)},
-                4 * 1024 * 1024,
-            )
-            with trio.fail_after(30):
-                block, _ = await source.fetch_block(PATH, start, length)
-            return bytes(block)
-
-    return trio.run(main)
+    file = XetFile(PATH, xet_hash, SIZE)
+    return fetch_through_xet_source(
+        hub, "org/model", commit, file, start, length, tokens=TokenSource(None), block_size=4 << 20
+    )
 
 
 def test_an_honest_cas_gives_the_bytes(xet: Xet, cas: FakeXetCas, contents: bytes) -> None:
