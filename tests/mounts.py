@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,6 +47,13 @@ def publish(root: Path, block_size: str = "64K") -> bytes:
     raw = (root / MANIFEST_NAME).read_bytes()
     parse_manifest(raw)
     return raw
+
+
+def fully_cached(mountpoint: Path) -> bool:
+    """Whether `lazyfs status` shows every file of the mount whole in its cache."""
+    result = lazyfs("status", "--json", mountpoint)
+    assert result.returncode == 0, result.stderr
+    return all(item["cached_bytes"] == item["size"] for item in json.loads(result.stdout)["files"])
 
 
 @dataclass

@@ -154,12 +154,13 @@ async def _run_fuse(
         pid_path.write_text(f"{os.getpid()}\n")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_fuse_main, nursery.cancel_scope)
-            nursery.start_soon(_raise_kernel_readahead, operations, resolved)
             nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
             nursery.start_soon(_load_cache_index, operations.reader.store)
             prefetcher = Prefetcher(operations.reader, nursery)
             handler = _control_handler(operations, prefetcher)
             await nursery.start(serve_control, control_path, handler)
+            # Before the mount is reported ready: a reader starting at once gets 1 MiB reads too.
+            await _raise_kernel_readahead(operations, resolved)
             if config.prefetch is not None:
                 chosen, unknown = select_entries(operations.tree.files(), config.prefetch)
                 for name in unknown:

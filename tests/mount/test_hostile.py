@@ -22,8 +22,9 @@ import pytest
 
 from lazyfs.daemon.runtime import pid_file
 from tests.faultproxy import Faults, fault_proxy
-from tests.mounts import Mounter, force_unmount, is_mounted, lazyfs, publish
+from tests.mounts import Mounter, force_unmount, fully_cached, is_mounted, lazyfs, publish
 from tests.origins import Origin, nginx_origin, start_lazyfs_origin
+from tests.waiting import wait_until
 
 BLOCK = 256 * 1024
 
@@ -317,6 +318,9 @@ def test_two_mounts_share_one_cache_dir(nginx: Origin, mounter: Mounter) -> None
     for thread in threads:
         thread.join(120)
     assert problems == []
+    # Each block is written to the cache just after it is served; the third mount reads the
+    # cache's index when it starts, so let the writes land first.
+    assert wait_until(lambda: fully_cached(first))
     nginx.clear_log()
     third, _ = mounter.mount(nginx.url, cache_dir=cache)
     read_all(third, names)

@@ -184,6 +184,9 @@ def test_status_after_eviction_and_a_prune_from_outside(origin: Origin, mounter:
     for name, data in files.items():
         assert (mountpoint / name).read_bytes() == data
     truth = held_by_the_cache
+    # other.bin was read last and its blocks are stored in order, after the others: once it is
+    # all cached, no write is still on its way to meet the prune below.
+    assert wait_until(lambda: cached(status(mountpoint))["other.bin"] == len(files["other.bin"]))
     assert wait_until(lambda: cached(status(mountpoint)) == truth(cache_dir, origin.root))
     report = status(mountpoint)
     assert 0 < sum(cached(report).values()) < sum(map(len, files.values()))  # evicted some
